@@ -1,0 +1,98 @@
+"""The control gate: steering state the loop reads at step boundaries (never calls into the loop).
+
+Other threads (the control server, signal handlers) submit work with `submit()`; the training
+thread runs it at the next boundary, so every change lands between two optimizer steps.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+POLL_S = 0.05
+
+
+class Gate:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: deque[tuple[Callable[[Any], Any], Future]] = deque()
+        self.paused = False
+        self.steps_left = 0  # optimizer steps still allowed while paused ("step N")
+        self.mode = "train"  # or "eval": training held, validation passes run
+        self.eval_requested = False  # an eval pass is owed
+        self.stop_reason: str | None = None
+        self.stop_now = False  # skip the final checkpoint (second SIGINT)
+        self.checkpoint_requested = False
+        self.alive = True  # False once the loop has ended: submit() then fails fast
+
+    # -- from any thread -------------------------------------------------------------------
+    def submit(self, fn: Callable[[Any], Any]) -> Future:
+        """Run fn(loop) on the training thread at the next boundary; the future gets its result."""
+        fut: Future = Future()
+        with self._cond:
+            if not self.alive:
+                fut.set_exception(RuntimeError("the run has ended"))
+                return fut
+            self._pending.append((fn, fut))
+            self._cond.notify_all()
+        return fut
+
+    def request_stop(self, reason: str, now: bool = False) -> None:
+        with self._cond:
+            self.stop_reason = self.stop_reason or reason
+            self.stop_now = self.stop_now or now
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- from the training thread ----------------------------------------------------------
+    def service(self, loop: Any) -> None:
+        """Run every submitted command now (between steps or between validation batches)."""
+        while self._pending:
+            with self._cond:
+                if not self._pending:
+                    return
+                fn, fut = self._pending.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(loop))
+            except BaseException as e:  # the command's error goes back to its caller
+                fut.set_exception(e)
+
+    def boundary(self, loop: Any) -> None:
+        """Called by the loop before each optimizer step: apply commands, hold while paused/eval."""
+        self.service(loop)
+        while self.stop_reason is None:
+            if self.checkpoint_requested:
+                self.checkpoint_requested = False
+                loop.save_checkpoint("last", reason="requested")
+            if self.mode == "eval":
+                if self.eval_requested:
+                    self.eval_requested = False
+                    loop.eval_pass()
+                    continue
+            elif not self.paused:
+                return
+            elif self.steps_left > 0:
+                self.steps_left -= 1
+                return
+            with self._cond:
+                if not self._pending and self.stop_reason is None:
+                    self._cond.wait(POLL_S)
+            self.service(loop)
+            loop.idle()
+
+    def close(self) -> None:
+        """The loop has ended: fail whatever is still queued."""
+        with self._cond:
+            self.alive = False
+            pending, self._pending = list(self._pending), deque()
+        for _, fut in pending:
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(RuntimeError("the run has ended"))

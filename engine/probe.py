@@ -1,0 +1,268 @@
+"""The probe: what is observed at every optimizer step, at a cost-bounded interval, and alerts.
+
+Per step it records loss, lr of each group, step/data time and samples/s. Layer stats,
+histograms and the training metric run at intervals chosen from their measured cost so that
+together they stay within ~2% of training time (or as forced by flags).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import Any
+
+import torch
+
+from . import wire
+from .loop import Callback, Loop, StepOutput
+from .stats import LayerStats
+from .store import RunStore
+
+WARMUP_STEPS = 20  # steps measured before the intervals are chosen
+BUDGET = {"stats": 0.012, "hist": 0.004, "metric": 0.004}  # fractions of step time
+SPIKE_FACTOR = 10.0  # a layer's grad norm this far above its running mean is an alert
+META_EVERY_S = 0.5
+
+
+def nice_ceil(x: float) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... that is >= x."""
+    n = 1
+    while True:
+        for m in (1, 2, 5):
+            if n * m >= x:
+                return n * m
+        n *= 10
+
+
+class Deferred:
+    """Device scalars read back a step or more later: no host sync on CUDA, immediate on CPU."""
+
+    MAX_IN_FLIGHT = 256
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.q: deque[tuple[Any, torch.Tensor, Any]] = deque()
+
+    def push(self, values: torch.Tensor, tag: Any) -> list[tuple[Any, list[float]]]:
+        """Queue a 1-D device tensor; returns whatever is ready now (tag, values)."""
+        if not self.cuda:
+            return [(tag, values.tolist())]  # on the CPU this is a plain read, not a sync
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        ev = torch.cuda.Event()
+        ev.record()
+        self.q.append((ev, host, tag))
+        if len(self.q) > self.MAX_IN_FLIGHT:  # the GPU is far behind: wait for the oldest only
+            self.q[0][0].synchronize()
+        return self.ready()
+
+    def ready(self, wait: bool = False) -> list[tuple[Any, list[float]]]:
+        out = []
+        while self.q and (wait or self.q[0][0].query()):
+            ev, host, tag = self.q.popleft()
+            if wait:
+                ev.synchronize()
+            out.append((tag, host.tolist()))
+        return out
+
+
+class Probe(Callback):
+    def __init__(
+        self, store: RunStore, *, stats_every: int | None = None, hist_every: int | None = None,
+        metric_every: int | None = None, pause_on_anomaly: bool = False,
+    ) -> None:  # fmt: skip
+        self.store = store
+        self.forced = {"stats": stats_every, "hist": hist_every, "metric": metric_every}
+        self.every = {k: v or 1 for k, v in self.forced.items()}
+        self.cost: dict[str, float] = {}
+        self.step_times: list[float] = []
+        self.pause_on_anomaly = pause_on_anomaly
+        self.latest: dict[str, float] = {}  # newest value of each train scalar (for printers)
+        self.epoch_train_loss: float | None = None
+        self._epoch_sum, self._epoch_n = 0.0, 0
+        self._grad_mean: dict[str, float] = {}
+        self._loss_bad = False
+        self._next_meta = 0.0
+        self.stats: LayerStats | None = None
+        self.deferred: Deferred | None = None
+        self._stats_due = False
+        self._best_val = math.inf
+
+    # -- set-up ----------------------------------------------------------------------------
+    def on_run_start(self, loop: Loop) -> None:
+        self.stats = LayerStats(loop.model)
+        self.deferred = Deferred(loop.device)
+        self.store.params([
+            (n, list(p.shape), p.numel(), p.requires_grad) for n, p in loop.model.named_parameters()
+        ])  # fmt: skip
+        self.store.set_meta(intervals=self._intervals())
+
+    def _intervals(self) -> dict[str, Any]:
+        return {
+            "stats_every": self.every["stats"], "hist_every": self.every["hist"],
+            "metric_every": self.every["metric"], "chosen": "auto" if None in self.forced.values() else "flags",
+            "measured_cost_s": {k: round(v, 6) for k, v in self.cost.items()},
+        }  # fmt: skip
+
+    def _due(self, what: str, step: int) -> bool:
+        """Is `what` due at this (1-based) step? During warm-up: step 1 (and 2 for the metric)."""
+        if self.forced[what] is None and step <= WARMUP_STEPS:
+            return step == 1 or (what == "metric" and step == 2)
+        return step % self.every[what] == 0
+
+    def _choose_intervals(self, loop: Loop) -> None:
+        step_time = sorted(self.step_times)[len(self.step_times) // 2]  # median: robust to stalls
+        for what, frac in BUDGET.items():
+            if self.forced[what] is None and what in self.cost:
+                self.every[what] = nice_ceil(self.cost[what] / max(frac * step_time, 1e-9))
+        if self.forced["hist"] is None:  # histograms are a lower-rate view than stats
+            self.every["hist"] = max(self.every["hist"], 10 * self.every["stats"])
+        iv = self._intervals()
+        self.store.set_meta(intervals=iv)
+        self.store.event(
+            wire.EV_INFO, step=loop.step,
+            message=f"probe intervals: layer stats every {iv['stats_every']} steps, histograms every "
+            f"{iv['hist_every']}, train metric every {iv['metric_every']} (step {step_time * 1e3:.2f} ms; "
+            "budget ~2% of training time)",
+        )  # fmt: skip
+
+    # -- per step --------------------------------------------------------------------------
+    def on_epoch_start(self, loop: Loop) -> None:
+        if self._epoch_n:
+            self.epoch_train_loss = self._epoch_sum / self._epoch_n
+        self._epoch_sum, self._epoch_n = 0.0, 0
+        loop.metrics.reset_train()
+
+    def on_before_optimizer_step(self, loop: Loop) -> None:
+        self._stats_due = self._due("stats", loop.step + 1)
+        if self._stats_due:
+            t = time.perf_counter()
+            self.stats.before_step()
+            self.cost["stats"] = time.perf_counter() - t
+
+    def on_step_end(self, loop: Loop, out: StepOutput) -> None:
+        step, epoch = loop.step, loop.epoch
+        if step <= WARMUP_STEPS:
+            self.step_times.append(out.step_time)
+        host = {"step_time": out.step_time, "data_time": out.data_time,
+                "samples_per_s": out.batch_size / out.step_time if out.step_time > 0 else 0.0}  # fmt: skip
+        for i, lr in enumerate(loop.lrs()):
+            host[wire.lr_name(i)] = lr
+        device_vals = {"loss": out.loss}
+        if self._due("metric", step):
+            t = time.perf_counter()
+            reason = loop.metrics.ensure(out.output, out.target)
+            if reason:
+                self.store.event(wire.EV_INFO, f"metric: {reason}", step=step)
+            device_vals.update(loop.metrics.batch_values(out.output, out.target))
+            if step > 1:  # the first call includes the metric's lazy set-up
+                self.cost["metric"] = time.perf_counter() - t
+        names = list(device_vals)
+        packed = torch.stack([v.detach().float().reshape(()) for v in device_vals.values()])
+        for (tag, values) in self.deferred.push(packed, (step, epoch, out.wall, names, host)):
+            self._record_step(loop, tag, values)
+        if self._stats_due:
+            self._stats_due = False
+            t = time.perf_counter()
+            rows = self.stats.after_step()
+            if rows is not None:
+                for tag, values in self.deferred.push(rows.flatten(), ("stats", step, rows.shape)):
+                    self._record_step(loop, tag, values)
+            self.cost["stats"] = self.cost.get("stats", 0.0) + time.perf_counter() - t
+        if self._due("hist", step):
+            t = time.perf_counter()
+            for name, kind, lo, hi, counts in self.stats.histograms():
+                self.store.histogram(step, name, kind, lo, hi, counts)
+            self.cost["hist"] = time.perf_counter() - t
+        if step == WARMUP_STEPS:
+            self._choose_intervals(loop)
+        now = time.monotonic()
+        if now >= self._next_meta:
+            self._next_meta = now + META_EVERY_S
+            self.publish(loop)
+
+    def publish(self, loop: Loop) -> None:
+        """Progress for readers (the dashboard's header, `dltui status`)."""
+        self.store.set_meta(progress={
+            "step": loop.step, "epoch": loop.epoch, "batch": loop.batch,
+            "steps_per_epoch": loop.steps_per_epoch, "total_steps": loop.total_steps,
+            "epochs": loop.epochs, "lrs": loop.lrs(), "mode": loop.gate.mode,
+            "paused": loop.gate.paused, "best_val_loss": _finite_or_none(loop.best_val_loss),
+        })  # fmt: skip
+
+    def _record_step(self, loop: Loop, tag: tuple, values: list[float]) -> None:
+        if tag[0] == "stats":
+            self._record_stats(loop, tag[1], tag[2], values)
+            return
+        step, epoch, wall, names, host = tag
+        scal = dict(zip(names, values, strict=True))
+        loss = scal["loss"]
+        if math.isfinite(loss):
+            self._epoch_sum += loss
+            self._epoch_n += 1
+            self._loss_bad = False
+        elif not self._loss_bad:
+            self._loss_bad = True
+            self._alert(loop, step, f"loss is {loss} at step {step}", {"loss": str(loss)})
+        scal.update(host)
+        self.latest.update(scal)
+        self.store.scalars(step, epoch, wire.TRAIN, wall, scal)
+
+    def _record_stats(self, loop: Loop, step: int, shape: tuple, flat: list[float]) -> None:
+        ncol = shape[1]
+        rows = []
+        for i, name in enumerate(self.stats.names):
+            vals = [None if not math.isfinite(v) else v for v in flat[i * ncol:(i + 1) * ncol]]
+            rows.append((name, *vals))
+            g = vals[4]  # g_norm
+            mean = self._grad_mean.get(name)
+            if g is None and flat[i * ncol + 4] == flat[i * ncol + 4]:  # inf, not a missing grad
+                self._alert(loop, step, f"gradient of {name} is not finite at step {step}", {"layer": name})
+            elif g is not None and mean is not None and mean > 0 and g > SPIKE_FACTOR * mean:
+                self._alert(
+                    loop, step, f"gradient norm spike in {name} at step {step}: {g:.3g} "
+                    f"({g / mean:.0f}x its recent mean {mean:.3g})", {"layer": name, "g_norm": g},
+                )  # fmt: skip
+            if g is not None:
+                self._grad_mean[name] = g if mean is None else 0.8 * mean + 0.2 * g
+        self.store.layer_stats(step, rows)
+
+    def _alert(self, loop: Loop, step: int, message: str, data: dict) -> None:
+        if self.pause_on_anomaly and not loop.gate.paused:
+            loop.gate.paused = True
+            loop.gate.steps_left = 0
+            message += " (run paused: --pause-on-anomaly)"
+            data["paused"] = True
+        self.store.event(wire.EV_ALERT, message, step=step, level="warning", data=data)
+
+    def on_validation_end(self, loop: Loop, values: dict[str, float]) -> None:
+        self.store.scalars(loop.step, loop.epoch, wire.VAL, time.time(), values)
+        loss = values.get("loss")
+        if loss is not None and math.isfinite(loss) and loss < self._best_val:
+            self._best_val = loss
+            best = {"step": loop.step, "epoch": loop.epoch, **{f"val_{k}": v for k, v in values.items()}}
+            self.store.set_meta(best=best)
+
+    def on_checkpoint(self, loop: Loop, path: Any, tag: str, reason: str) -> None:
+        self.store.event(
+            wire.EV_CHECKPOINT, f"checkpoint '{tag}' at step {loop.step} ({reason})", step=loop.step,
+            data={"path": str(path), "tag": tag, "epoch": loop.epoch},
+        )  # fmt: skip
+
+    def on_idle(self, loop: Loop) -> None:
+        for tag, values in self.deferred.ready():
+            self._record_step(loop, tag, values)
+        now = time.monotonic()
+        if now >= self._next_meta:
+            self._next_meta = now + META_EVERY_S
+            self.publish(loop)
+
+    def on_run_end(self, loop: Loop, status: str, error: BaseException | None) -> None:
+        for tag, values in self.deferred.ready(wait=True):
+            self._record_step(loop, tag, values)
+        self.publish(loop)
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None

@@ -1,0 +1,110 @@
+"""Run directories: naming, creating (0700), listing and resolving a run by id (torch-free)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import wire
+from .reader import DB_NAME, RunNotFound, RunReader
+
+DEFAULT_RUNS_DIR = "runs"
+
+
+def new_run_id(script: str | os.PathLike, runs_dir: Path) -> str:
+    """<yyyymmdd-hhmmss>-<script stem>, with -2, -3... if that exists already."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(script).stem)[:40] or "run"
+    base = time.strftime("%Y%m%d-%H%M%S") + "-" + stem
+    rid, n = base, 1
+    while (runs_dir / rid).exists():
+        n += 1
+        rid = f"{base}-{n}"
+    return rid
+
+
+def make_run_dir(path: Path) -> Path:
+    """Create the run directory readable by its owner only (its socket steers the run)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+@dataclass
+class RunInfo:
+    id: str
+    path: Path
+    status: str
+    script: str
+    started: float | None
+    step: int
+    total_steps: int | None
+    best: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "path": str(self.path), "status": self.status, "script": self.script,
+            "started": self.started, "step": self.step, "total_steps": self.total_steps,
+            "best": self.best,
+        }  # fmt: skip
+
+
+def run_info(path: Path) -> RunInfo:
+    with RunReader(path) as r:
+        meta = r.meta()
+        status = r.status(meta)
+        progress = meta.get("progress") or {}
+        best: dict[str, Any] = {}
+        if meta.get("best"):
+            best = meta["best"]
+    return RunInfo(
+        id=path.name, path=path, status=status, script=meta.get("script", "?"),
+        started=meta.get("started"), step=progress.get("step", 0),
+        total_steps=progress.get("total_steps"), best=best,
+    )  # fmt: skip
+
+
+def list_runs(runs_dir: Path) -> list[RunInfo]:
+    """Every run under runs_dir, oldest first. Unreadable ones are listed as 'unreadable'."""
+    out = []
+    if not runs_dir.is_dir():
+        return out
+    for d in sorted(p for p in runs_dir.iterdir() if (p / DB_NAME).exists()):
+        try:
+            out.append(run_info(d))
+        except Exception as e:  # a corrupt or foreign file must not hide the other runs
+            out.append(RunInfo(d.name, d, f"unreadable ({e})", "?", None, 0, None, {}))
+    out.sort(key=lambda i: (i.started or 0, i.id))
+    return out
+
+
+LIVE = (wire.RUNNING, "paused")
+
+
+def resolve_run(runs_dir: Path, spec: str | None, live_only: bool = False) -> Path:
+    """A run directory from an id, a unique id prefix, a path, or (None) the latest run."""
+    if spec:
+        p = Path(spec)
+        if (p / DB_NAME).exists():
+            return p
+        cand = runs_dir / spec
+        if (cand / DB_NAME).exists():
+            return cand
+        matches = [d for d in sorted(runs_dir.glob(spec + "*")) if (d / DB_NAME).exists()] if runs_dir.is_dir() else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            names = ", ".join(m.name for m in matches[:5])
+            raise RunNotFound(f"'{spec}' matches several runs ({names}); give more of the id.")
+        raise RunNotFound(f"no run '{spec}' in {runs_dir}/ (see `dltui runs`).")
+    runs = list_runs(runs_dir)
+    if live_only:
+        runs = [r for r in runs if r.status in LIVE]
+    if not runs:
+        what = "live run" if live_only else "run"
+        raise RunNotFound(f"no {what} in {runs_dir}/ (start one with `dltui train example.py`).")
+    return runs[-1].path

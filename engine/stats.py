@@ -1,0 +1,87 @@
+"""Per-parameter statistics in a handful of batched (foreach) kernels, kept on the device."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+HIST_BINS = 32
+
+
+def _moments(ts: list[torch.Tensor], numel: torch.Tensor) -> list[torch.Tensor]:
+    """norm, mean, std, max|x| of each tensor, as four [k] tensors (no host sync)."""
+    norm = torch.stack(torch._foreach_norm(ts))
+    maxabs = torch.stack(torch._foreach_norm(ts, float("inf")))
+    # No foreach sum exists; k tiny reduction kernels, run only at the stats interval.
+    mean = torch.stack([t.sum() for t in ts]).to(norm.dtype) / numel
+    var = (norm * norm / numel - mean * mean) * (numel / (numel - 1).clamp(min=1))
+    return [norm, mean, var.clamp(min=0).sqrt(), maxabs]
+
+
+class LayerStats:
+    """Computes the layer_stats rows for a model's trainable parameters.
+
+    Call `before_step()` once gradients exist and before optimizer.step(), then `after_step()`;
+    the result is a [k, 11] float tensor in wire.LAYER_STAT_COLUMNS order, still on the device.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self._numel: torch.Tensor | None = None
+        self._pending: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def _counts(self, like: torch.Tensor) -> torch.Tensor:
+        if self._numel is None or self._numel.device != like.device:
+            self._numel = torch.tensor(
+                [p.numel() for p in self.params], dtype=torch.float32, device=like.device
+            )
+        return self._numel
+
+    def before_step(self) -> None:
+        if not self.params:
+            return
+        ws = [p.detach() for p in self.params]
+        numel = self._counts(ws[0])
+        w = _moments(ws, numel)
+        has_grad = [p.grad is not None for p in self.params]
+        gs = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        g = _moments(gs, numel)
+        zero_frac = 1 - torch.stack(torch._foreach_norm(gs, 0)) / numel
+        nonfinite = (~torch.isfinite(w[0])).float() + (~torch.isfinite(g[0])).float()
+        grad_mask = torch.tensor(has_grad, device=numel.device)
+        g = [torch.where(grad_mask, x, torch.full_like(x, float("nan"))) for x in g]
+        w_before = torch._foreach_mul(ws, 1.0)  # one batched copy, for the update ratio
+        self._pending = (w, g, zero_frac, nonfinite, w_before)
+
+    def after_step(self) -> torch.Tensor | None:
+        if self._pending is None:
+            return None
+        w, g, zero_frac, nonfinite, w_before = self._pending
+        self._pending = None
+        delta = torch._foreach_sub([p.detach() for p in self.params], w_before)
+        update = torch.stack(torch._foreach_norm(delta)) / w[0].clamp(min=1e-12)
+        return torch.stack([*w, *g, zero_frac, nonfinite, update], dim=1).float()
+
+    def histograms(self, bins: int = HIST_BINS) -> list[tuple[str, str, float, float, list[int]]]:
+        """(name, 'weight'|'grad', lo, hi, counts) per parameter. Reads min/max on the host, so
+        on CUDA it synchronises: call it only at the (rare) histogram interval."""
+        out = []
+        for name, p in zip(self.names, self.params, strict=True):
+            for kind, t in (("weight", p.detach()), ("grad", p.grad)):
+                if t is None or t.numel() == 0:
+                    continue
+                t = t.detach().float()
+                finite = t[torch.isfinite(t)] if not torch.isfinite(t).all() else t
+                if finite.numel() == 0:
+                    continue
+                lo, hi = finite.min().item(), finite.max().item()
+                if lo == hi:
+                    lo, hi = lo - 0.5, hi + 0.5
+                counts = torch.histc(finite, bins=bins, min=lo, max=hi)
+                out.append((name, kind, lo, hi, [int(c) for c in counts.tolist()]))
+        return out
