@@ -121,6 +121,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         checkpoint_dir=run_dir / "checkpoints", resume=resume_ck,
     )  # fmt: skip
     loop = Loop(recipe, settings, callbacks, gate)
+    from .control import ControlServer, SocketInUse
+
+    server = ControlServer(run_dir, gate, store, loop)
+    try:
+        server.start()  # before touching the store: a live engine on this run means hands off
+    except SocketInUse as e:
+        store.close()
+        raise UsageError(str(e)) from None
     if resume_ck is not None:
         store.truncate_after(loop.step)
         store.event(wire.EV_RUN, f"resumed from checkpoint at step {loop.step}", step=loop.step)
@@ -145,6 +153,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         status, error = loop.run()
     finally:
+        server.close()
         console.restore(tees)
         sampler.stop()
     if error is not None:

@@ -85,7 +85,7 @@ class RunReader:
             return status
         if engine_gone(m):
             return wire.CRASHED
-        return "paused" if m.get("paused") else status
+        return "paused" if (m.get("progress") or {}).get("paused") else status
 
     # -- scalars ---------------------------------------------------------------------------
     def series_names(self) -> list[tuple[str, str]]:

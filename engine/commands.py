@@ -1,0 +1,154 @@
+"""What each control command does: validate on the server thread, apply on the training thread."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from . import wire
+from .inspect_tensor import InspectError, inspect
+
+MODES = ("train", "eval")
+
+
+class CommandError(ValueError):
+    """A command that is invalid; the message goes back to the client and nothing changes."""
+
+
+def state(loop: Any) -> dict[str, Any]:
+    """The run's steering state, as every reply carries it."""
+    g = loop.gate
+    return {
+        "status": "stopping" if g.stop_reason else ("paused" if g.paused else wire.RUNNING),
+        "paused": g.paused, "mode": g.mode, "steps_left": g.steps_left,
+        "step": loop.step, "epoch": loop.epoch, "batch": loop.batch, "epochs": loop.epochs,
+        "steps_per_epoch": loop.steps_per_epoch, "total_steps": loop.total_steps,
+        "lrs": loop.lrs(), "stop_reason": g.stop_reason,
+    }  # fmt: skip
+
+
+# -- learning rate ------------------------------------------------------------------------
+def parse_lr(value: Any) -> tuple[str, float]:
+    """'0.01' -> ('set', 0.01); '*0.5' -> ('mul', 0.5); '/2' -> ('mul', 0.5)."""
+    text = str(value).strip()
+    op = "set"
+    if text[:1] in ("*", "/", "x"):
+        op, text = ("div" if text[0] == "/" else "mul"), text[1:].strip()
+    try:
+        v = float(text)
+    except ValueError:
+        raise CommandError(f"learning rate {value!r} is not a number; use 0.01, *0.5 or /2.") from None
+    if not math.isfinite(v):
+        raise CommandError(f"learning rate {value!r} is not finite; give a positive number.")
+    if v <= 0:
+        what = "factor" if op != "set" else "learning rate"
+        raise CommandError(f"{what} {value!r} must be greater than zero.")
+    if op == "div":
+        return "mul", 1.0 / v
+    return op, v
+
+
+def _schedulers(sched: Any) -> list[Any]:
+    """A scheduler and those it wraps (SequentialLR, ChainedScheduler)."""
+    if sched is None:
+        return []
+    out = [sched]
+    for child in getattr(sched, "_schedulers", None) or []:
+        out += _schedulers(child)
+    return out
+
+
+def apply_lr(loop: Any, spec: Any, group: int | None) -> dict[str, Any]:
+    """Change the LR and every LR the scheduler keeps by the same factor, so the change sticks.
+
+    Closed-form schedulers (LambdaLR, OneCycleLR, cosine restarts) recompute from base_lrs /
+    initial_lr / max_lr / eta_min; chainable ones (StepLR, MultiStepLR) from the current lr.
+    Scaling all of them keeps the scheduled curve's shape at the new height.
+    """
+    op, v = parse_lr(spec)
+    groups = loop.optimizer.param_groups
+    if group is not None and not (isinstance(group, int) and 0 <= group < len(groups)):
+        raise CommandError(f"there is no param group {group!r}; this optimizer has groups 0..{len(groups) - 1}.")
+    chosen = range(len(groups)) if group is None else [group]
+    before = loop.lrs()
+    factors = set()
+    for i in chosen:
+        g = groups[i]
+        old = float(g["lr"])
+        factor = v if op == "mul" else (v / old if old > 0 else None)
+        new = old * v if op == "mul" else v
+        g["lr"] = new if not isinstance(g["lr"], torch.Tensor) else g["lr"].fill_(new)
+        if factor is None:
+            continue
+        factors.add(factor)
+        for key in ("initial_lr", "max_lr", "min_lr"):  # OneCycleLR / CyclicLR keep these per group
+            if isinstance(g.get(key), (int, float)):
+                g[key] = g[key] * factor
+        for s in _schedulers(loop.r.scheduler):
+            for attr in ("base_lrs", "min_lrs", "_last_lr", "max_lrs"):
+                lst = getattr(s, attr, None)
+                if isinstance(lst, list) and i < len(lst) and isinstance(lst[i], (int, float)):
+                    lst[i] = lst[i] * factor
+    if group is None and len(factors) == 1:  # eta_min is shared by all groups
+        (v,) = factors
+        for s in _schedulers(loop.r.scheduler):
+            if isinstance(getattr(s, "eta_min", None), (int, float)):
+                s.eta_min *= v
+    after = loop.lrs()
+    which = "all groups" if group is None else f"group {group}"
+    msg = f"lr {_fmt(before, chosen)} -> {_fmt(after, chosen)} ({which}) at step {loop.step}"
+    return {"before": before, "after": after, "group": group, "message": msg}
+
+
+def _fmt(lrs: list[float], chosen: Any) -> str:
+    vals = [lrs[i] for i in chosen]
+    return ", ".join(f"{x:.4g}" for x in vals)
+
+
+# -- tensors ------------------------------------------------------------------------------
+def named_tensors(loop: Any) -> dict[str, tuple[str, torch.Tensor]]:
+    """Everything inspectable by name: (kind, tensor)."""
+    out: dict[str, tuple[str, torch.Tensor]] = {}
+    params = dict(loop.model.named_parameters())
+    for n, p in params.items():
+        out[n] = ("parameter", p)
+        if p.grad is not None:
+            out[n + ".grad"] = ("gradient", p.grad)
+    for n, b in loop.model.named_buffers():
+        if b is not None:
+            out[n] = ("buffer", b)
+    by_id = {id(p): n for n, p in params.items()}
+    for p, st in loop.optimizer.state.items():
+        pname = by_id.get(id(p))
+        for k, v in st.items():
+            if pname is not None and isinstance(v, torch.Tensor) and v.ndim > 0:
+                out[f"optimizer.{pname}.{k}"] = ("optimizer state", v)
+    for label, value in (("input", loop.last_input), ("output", loop.last_output)):
+        if isinstance(value, torch.Tensor):
+            out[label] = ("batch", value)
+    return out
+
+
+def list_tensors(loop: Any) -> list[dict[str, Any]]:
+    return [
+        {"name": n, "kind": k, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+        for n, (k, t) in named_tensors(loop).items()
+    ]
+
+
+def inspect_named(loop: Any, name: str, expr: str | None) -> dict[str, Any]:
+    tensors = named_tensors(loop)
+    if name not in tensors:
+        close = [n for n in tensors if name.split(".")[-1] in n][:5]
+        hint = f" Did you mean {', '.join(close)}?" if close else " See `dltui ctl RUN tensors`."
+        raise CommandError(f"no tensor named {name!r}.{hint}")
+    kind, t = tensors[name]
+    try:
+        out = inspect(t, name, expr)
+    except InspectError as e:
+        raise CommandError(str(e)) from None
+    out["kind"] = kind
+    out["step"] = loop.step
+    return out
