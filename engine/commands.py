@@ -22,7 +22,7 @@ def state(loop: Any) -> dict[str, Any]:
     g = loop.gate
     return {
         "status": "stopping" if g.stop_reason else ("paused" if g.paused else wire.RUNNING),
-        "paused": g.paused, "mode": g.mode, "steps_left": g.steps_left,
+        "paused": g.paused, "mode": g.mode, "steps_left": g.steps_left(loop.step),
         "step": loop.step, "epoch": loop.epoch, "batch": loop.batch, "epochs": loop.epochs,
         "steps_per_epoch": loop.steps_per_epoch, "total_steps": loop.total_steps,
         "lrs": loop.lrs(), "stop_reason": g.stop_reason,

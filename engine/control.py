@@ -186,20 +186,21 @@ class ControlServer:
 
     def _pause(self, loop: Any) -> None:
         if not self.gate.paused:
-            self.gate.paused, self.gate.steps_left = True, 0
+            self.gate.hold()
             self._event(f"paused at step {loop.step}", {"cmd": "pause"})
 
     def _resume(self, loop: Any) -> None:
         if self.gate.paused:
-            self.gate.paused, self.gate.steps_left = False, 0
+            self.gate.paused, self.gate.step_target = False, None
             self._event(f"resumed at step {loop.step}", {"cmd": "resume"})
 
     def _step(self, loop: Any, n: int) -> dict:
         if not self.gate.paused:
             raise commands.CommandError("step works while paused; pause the run first.")
-        self.gate.steps_left += n
+        start = max(loop.step, self.gate.step_target or 0)
+        self.gate.step_target = start + n
         self._event(f"step {n} from step {loop.step}", {"cmd": "step", "n": n})
-        return {"until_step": loop.step + self.gate.steps_left}
+        return {"until_step": self.gate.step_target}
 
     def _lr(self, loop: Any, value: Any, group: int | None) -> dict:
         out = commands.apply_lr(loop, value, group)

@@ -20,7 +20,7 @@ class Gate:
         self._cond = threading.Condition()
         self._pending: deque[tuple[Callable[[Any], Any], Future]] = deque()
         self.paused = False
-        self.steps_left = 0  # optimizer steps still allowed while paused ("step N")
+        self.step_target: int | None = None  # while paused, run until loop.step reaches this
         self.mode = "train"  # or "eval": training held, validation passes run
         self.eval_requested = False  # an eval pass is owed
         self.stop_reason: str | None = None
@@ -79,14 +79,23 @@ class Gate:
                     continue
             elif not self.paused:
                 return
-            elif self.steps_left > 0:
-                self.steps_left -= 1
+            elif self.step_target is not None and loop.step < self.step_target:
                 return
+            else:
+                self.step_target = None
             with self._cond:
                 if not self._pending and self.stop_reason is None:
                     self._cond.wait(POLL_S)
             self.service(loop)
             loop.idle()
+
+    def steps_left(self, step: int) -> int:
+        """Steps of a `step N` still to run (0 once they are done and the loop is held again)."""
+        return max(0, self.step_target - step) if self.step_target is not None else 0
+
+    def hold(self) -> None:
+        """Pause at the next boundary (training thread only)."""
+        self.paused, self.step_target = True, None
 
     def close(self) -> None:
         """The loop has ended: fail whatever is still queued."""

@@ -230,8 +230,7 @@ class Probe(Callback):
 
     def _alert(self, loop: Loop, step: int, message: str, data: dict) -> None:
         if self.pause_on_anomaly and not loop.gate.paused:
-            loop.gate.paused = True
-            loop.gate.steps_left = 0
+            loop.gate.hold()
             message += " (run paused: --pause-on-anomaly)"
             data["paused"] = True
         self.store.event(wire.EV_ALERT, message, step=step, level="warning", data=data)

@@ -85,7 +85,10 @@ class RunReader:
             return status
         if engine_gone(m):
             return wire.CRASHED
-        return "paused" if (m.get("progress") or {}).get("paused") else status
+        progress = m.get("progress") or {}
+        if progress.get("mode") == "eval":
+            return "eval"
+        return "paused" if progress.get("paused") else status
 
     # -- scalars ---------------------------------------------------------------------------
     def series_names(self) -> list[tuple[str, str]]:

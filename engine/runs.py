@@ -82,7 +82,7 @@ def list_runs(runs_dir: Path) -> list[RunInfo]:
     return out
 
 
-LIVE = (wire.RUNNING, "paused")
+LIVE = (wire.RUNNING, "paused", "eval")
 
 
 def resolve_run(runs_dir: Path, spec: str | None, live_only: bool = False) -> Path:

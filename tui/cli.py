@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from dltui.engine import wire
 from dltui.engine.main import add_run_options
 from dltui.engine.reader import RunNotFound, RunReader
-from dltui.engine.runs import DEFAULT_RUNS_DIR, list_runs, new_run_id, resolve_run, run_info
+from dltui.engine.runs import DEFAULT_RUNS_DIR, LIVE, list_runs, new_run_id, resolve_run, run_info
 
 EXIT_USAGE = 2
 PASS_THROUGH = ("epochs", "max_steps", "seed", "device", "stats_every", "hist_every", "metric_every", "log_every")
@@ -61,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     runs = list_runs(Path(args.runs_dir))
     if args.json:
-        print(json.dumps([r.as_json() for r in runs], indent=2))
+        print(json.dumps([{**r.as_json(), "status": shown_status(r.status)} for r in runs], indent=2))
         return 0
     if not runs:
         print(f"no runs in {args.runs_dir}/")
@@ -70,8 +71,21 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for r in runs:
         steps = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step)
         best = "  ".join(f"{k} {v:.4g}" for k, v in r.best.items() if k.startswith("val_") and isinstance(v, float))
-        print(f"{r.id:<40} {r.status:<10} {steps:>14}  {best}")
+        print(f"{r.id:<40} {shown_status(r.status):<10} {steps:>14}  {best}")
     return 0
+
+
+def live_state(run_dir: Path) -> dict | None:
+    """The engine's own view of a live run (fresher than the store's 0.5 s progress)."""
+    from dltui.engine.client import ControlClient, ControlError
+
+    client = ControlClient(run_dir, timeout=5)
+    try:
+        return client.request("status").state
+    except ControlError:
+        return None
+    finally:
+        client.close()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -80,19 +94,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         info = run_info(run_dir)
         with RunReader(run_dir) as r:
             meta = r.meta()
-            events = r.last_events(5)
+            events = r.last_events(8)
     except RunNotFound as e:
         return die(str(e))
     progress = meta.get("progress") or {}
-    out = {**info.as_json(), "progress": progress, "intervals": meta.get("intervals"),
-           "heartbeat_age_s": round(time.time() - meta.get("heartbeat", 0), 1), "last_events": events}
+    status = shown_status(info.status)
+    live = live_state(run_dir) if info.status in LIVE else None
+    if live:
+        progress = {**progress, **{k: live[k] for k in ("step", "epoch", "batch", "lrs", "mode", "paused")}}
+        status = "eval" if live["mode"] == "eval" else ("paused" if live["paused"] else "live")
+    out = {**info.as_json(), "status": status, "step": progress.get("step", info.step), "progress": progress,
+           "intervals": meta.get("intervals"), "heartbeat_age_s": round(time.time() - meta.get("heartbeat", 0), 1),
+           "last_events": events}  # fmt: skip
     if args.json:
         print(json.dumps(out, indent=2, default=str))
         return 0
-    print(f"{info.id}: {info.status.upper()}  step {info.step}/{info.total_steps or '?'}  "
-          f"epoch {progress.get('epoch', 0)}/{progress.get('epochs', '?')}  lr {progress.get('lrs')}")
+    lrs = ", ".join(f"{x:.4g}" for x in progress.get("lrs") or [])
+    print(f"{info.id}: {status.upper()}  step {out['step']}/{info.total_steps or '?'}  "
+          f"epoch {progress.get('epoch', 0)}/{progress.get('epochs', '?')}  lr {lrs}")
     for ev in events:
-        print(f"  step {ev['step']}: [{ev['kind']}] {ev['message']}")
+        step = "" if ev["step"] is None else f"step {ev['step']}: "
+        print(f"  {step}[{ev['kind']}] {ev['message']}")
     return 0
 
 
@@ -113,6 +135,142 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.csv != "-":
         print(f"wrote {n} rows to {args.csv}", file=sys.stderr)
     return 0
+
+
+def shown_status(status: str) -> str:
+    """The CLI's word for a stored status: a running engine is 'live'."""
+    return "live" if status == "running" else status
+
+
+def split_ctl_words(words: list[str]) -> tuple[str | None, str, list[str]]:
+    """`ctl [RUN] CMD ARGS...`: RUN is optional when the first word is a command."""
+    if words and words[0] in wire.COMMANDS:
+        return None, words[0], words[1:]
+    if len(words) < 2:
+        raise ValueError(f"expected a command ({', '.join(wire.COMMANDS)})")
+    return words[0], words[1], words[2:]
+
+
+def ctl_request(cmd: str, rest: list[str], args: argparse.Namespace) -> dict:
+    """The request arguments for a ctl command line, or ValueError saying what is wrong."""
+    if cmd == "step":
+        if len(rest) > 1 or (rest and not rest[0].lstrip("-").isdigit()):
+            raise ValueError(f"step takes one whole number, got {' '.join(rest)!r}")
+        return {"n": int(rest[0]) if rest else 1}
+    if cmd == "lr":
+        if len(rest) != 1:
+            raise ValueError("lr takes one value: 0.01, '*0.5' or /2 (quote * for the shell)")
+        return {"value": rest[0], **({"group": args.group} if args.group is not None else {})}
+    if cmd == "mode":
+        if len(rest) != 1:
+            raise ValueError("mode takes train or eval")
+        return {"mode": rest[0]}
+    if cmd == "tensor":
+        if len(rest) != 1:
+            raise ValueError("tensor takes a name (see `dltui ctl RUN tensors`), and --expr EXPR")
+        return {"name": rest[0], **({"expr": args.expr} if args.expr else {})}
+    if rest:
+        raise ValueError(f"{cmd} takes no arguments, got {' '.join(rest)!r}")
+    return {}
+
+
+def describe_state(st: dict) -> str:
+    mode = "EVAL" if st.get("mode") == "eval" else st.get("status", "?").upper()
+    lrs = ", ".join(f"{x:.4g}" for x in st.get("lrs") or [])
+    total = st.get("total_steps") or "?"
+    return f"{mode}  step {st.get('step')}/{total}  epoch {st.get('epoch')}/{st.get('epochs')}  lr {lrs}"
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    from dltui.engine.client import ControlClient, ControlError
+
+    try:
+        run, cmd, rest = split_ctl_words(args.words)
+        req = ctl_request(cmd, rest, args)
+    except ValueError as e:
+        return die(f"ctl: {e}")
+    try:
+        run_dir = resolve_run(Path(args.runs_dir), run, live_only=run is None)
+    except RunNotFound as e:
+        return die(str(e))
+    client = ControlClient(run_dir)
+    try:
+        reply = client.request(cmd, **req)
+        if reply.ok and cmd == "step":  # wait for the N steps, so scripts see them done
+            deadline = time.monotonic() + 600
+            while reply.ok and reply.state and reply.state.get("steps_left") and time.monotonic() < deadline:
+                time.sleep(0.05)
+                reply = client.request("status")
+    except ControlError as e:
+        status = shown_status(run_info(run_dir).status)
+        return die(f"{e} The run is {status}.", code=1)
+    finally:
+        client.close()
+    if cmd == "stop" and reply.ok:
+        wait_for_end(run_dir)
+    if args.json:
+        print(json.dumps({"ok": reply.ok, "error": reply.error, "state": reply.state, "data": reply.data}, indent=2, default=str))
+        return 0 if reply.ok else 1
+    if not reply.ok:
+        return die(reply.error or "error", code=1)
+    print_reply(cmd, reply, run_dir)
+    return 0
+
+
+def wait_for_end(run_dir: Path, timeout: float = 120.0) -> None:
+    """After `stop`: wait for the engine to write its final checkpoint and exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and run_info(run_dir).status in LIVE:
+        time.sleep(0.1)
+
+
+def print_reply(cmd: str, reply, run_dir: Path) -> None:
+    data = reply.data
+    if cmd == "tensors":
+        for t in data:
+            print(f"{t['name']:<48} {t['kind']:<16} {str(t['shape']):<20} {t['dtype']}")
+        return
+    if cmd == "tensor":
+        keys = ("name", "expr", "dtype", "device", "shape", "stride", "storage_offset", "storage_numel",
+                "storage_nbytes", "is_contiguous", "shares_storage", "numel")
+        for k in keys:
+            print(f"{k:>15}: {data.get(k)}")
+        st = data.get("stats") or {}
+        print(f"{'stats':>15}: " + "  ".join(f"{k} {v}" for k, v in st.items()))
+        vals = data.get("values") or []
+        shown = "  ".join(f"{tuple(v['index'])}@{v['storage']}={v['value']:.4g}" if isinstance(v["value"], float)
+                          else f"{tuple(v['index'])}@{v['storage']}={v['value']}" for v in vals[:16])
+        print(f"{'values':>15}: {shown}{' ...' if len(vals) > 16 or data.get('truncated') else ''}")
+        return
+    if cmd == "lr":
+        print(f"ok: {data['message']}")
+    elif cmd == "checkpoint":
+        print(f"ok: checkpoint written to {data['path']}")
+    elif cmd == "stop":
+        info = run_info(run_dir)
+        print(f"ok: run {shown_status(info.status)} at step {info.step} (final checkpoint in {run_dir / 'checkpoints'})")
+        return
+    elif cmd != "status":
+        print(f"ok: {cmd}")
+    print(describe_state(reply.state or {}))
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    runs_dir = Path(args.runs_dir)
+    try:
+        if args.run:
+            run_dir = resolve_run(runs_dir, args.run)
+        else:
+            try:
+                run_dir = resolve_run(runs_dir, None, live_only=True)
+            except RunNotFound:
+                run_dir = resolve_run(runs_dir, None)
+        meta_pid = RunReader(run_dir).meta().get("pid")
+    except RunNotFound as e:
+        return die(str(e))
+    from dltui.tui.app import run_app
+
+    return run_app(run_dir, engine_pid=meta_pid, ascii=args.ascii, owns_engine=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", nargs="?", help="run id (default: the latest)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    c = sub.add_parser("ctl", help="steer a live run: pause, resume, step N, lr V, mode M, checkpoint, stop, tensors, tensor NAME")
+    c.add_argument("words", nargs="+", metavar="[RUN] CMD [ARGS]", help="e.g. `pause`, `RUN lr '*0.5'`, `step 10`")
+    c.add_argument("--group", type=int, help="lr: only this param group")
+    c.add_argument("--expr", help="tensor: a view expression on x, e.g. 'x.t()[1:3]'")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_ctl)
+
+    a = sub.add_parser("attach", help="open the dashboard on a run (default: the latest live run)")
+    a.add_argument("run", nargs="?")
+    a.add_argument("--ascii", action="store_true", help="no Braille or box characters")
+    a.set_defaults(func=cmd_attach)
 
     e = sub.add_parser("export", help="write a run's scalars")
     e.add_argument("run", help="run id")
