@@ -77,7 +77,8 @@ class MetricSet:
         """This batch's value of each train metric (as device tensors: no host read here)."""
         out = {}
         for name, m in (self.train or {}).items():
-            out[name] = m(preds_for(m, output, target, self.loss_fn), target)
+            v = m(preds_for(m, output, target, self.loss_fn), target)
+            out[name] = v if v.numel() == 1 else v.float().mean()  # per-class results: their mean
         return out
 
     def update_val(self, output: Any, target: Any) -> None:

@@ -44,10 +44,14 @@ class Deferred:
         self.cuda = device.type == "cuda"
         self.q: deque[tuple[Any, torch.Tensor, Any]] = deque()
 
-    def push(self, values: torch.Tensor, tag: Any) -> list[tuple[Any, list[float]]]:
-        """Queue a 1-D device tensor; returns whatever is ready now (tag, values)."""
-        if not self.cuda:
-            return [(tag, values.tolist())]  # on the CPU this is a plain read, not a sync
+    def push(self, values: list[torch.Tensor] | torch.Tensor, tag: Any) -> list[tuple[Any, list[float]]]:
+        """Queue device values (0-d tensors, or one 1-D tensor); returns what is ready (tag, values)."""
+        if not self.cuda:  # on the CPU a read is a plain memory access, not a sync
+            if isinstance(values, torch.Tensor):
+                return [(tag, values.tolist())]
+            return [(tag, [v.item() for v in values])]
+        if not isinstance(values, torch.Tensor):
+            values = torch.stack([v.detach().float().reshape(()) for v in values])
         host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
         host.copy_(values, non_blocking=True)
         ev = torch.cuda.Event()
@@ -159,8 +163,7 @@ class Probe(Callback):
             if step > 1:  # the first call includes the metric's lazy set-up
                 self.cost["metric"] = time.perf_counter() - t
         names = list(device_vals)
-        packed = torch.stack([v.detach().float().reshape(()) for v in device_vals.values()])
-        for (tag, values) in self.deferred.push(packed, (step, epoch, out.wall, names, host)):
+        for tag, values in self.deferred.push(list(device_vals.values()), (step, epoch, out.wall, names, host)):
             self._record_step(loop, tag, values)
         if self._stats_due:
             self._stats_due = False

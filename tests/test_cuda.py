@@ -1,0 +1,58 @@
+"""CUDA paths: no host sync per step, CUDA memory in the sampler. Skipped without a GPU."""
+
+import pytest
+import torch
+
+from dltui.engine.gate import Gate
+from dltui.engine.loop import Callback, Loop, Settings
+from dltui.engine.probe import Probe
+from dltui.engine.reader import RunReader
+from dltui.engine.recipe import Recipe
+from dltui.engine.store import RunStore
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+
+
+class SyncGuard(Callback):
+    """Turns any host-device synchronisation into an error between run start and run end."""
+
+    def on_run_start(self, loop):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+
+    def on_run_end(self, loop, status, error):
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_no_host_sync_per_step(tmp_path):
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)).to(dev)
+    batches = [(torch.randn(16, 32, device=dev), torch.randint(0, 10, (16,), device=dev)) for _ in range(20)]
+    recipe = Recipe(
+        path=tmp_path / "r.py", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_fn=torch.nn.CrossEntropyLoss(), train_loader=batches, epochs=5,
+    )
+    store = RunStore(tmp_path / "run" / "run.sqlite")
+    store.start()
+    # Stats, histograms and the train metric read the host at their intervals: keep them out of
+    # this window so every step here is an ordinary one.
+    probe = Probe(store, stats_every=10_000, hist_every=10_000, metric_every=10_000)
+    loop = Loop(recipe, Settings(device="cuda"), [SyncGuard(), probe], Gate())
+    status, error = loop.run()
+    store.close(status)
+    assert error is None, error
+    assert loop.step == 100
+    with RunReader(tmp_path / "run") as r:
+        s = r.series("loss", buckets=1000)
+        assert s.steps[-1] == 100 and sum(s.counts) == 100  # every step's loss arrived, later
+
+
+def test_sampler_reads_cuda_memory():
+    from dltui.engine.sampler import Sampler
+
+    torch.ones(1024, device="cuda")
+    got = {}
+    s = Sampler(lambda wall, values: got.update(values), lambda msg: None)
+    s.sample_once()
+    assert got["cuda0.allocated"] > 0 and got["cuda0.reserved"] >= got["cuda0.allocated"]
