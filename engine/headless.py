@@ -39,8 +39,8 @@ class HeadlessPrinter(Callback):
         self.out = out or sys.__stdout__
         self._next = 0.0
         self._t0 = time.monotonic()
-        self._step0 = 0
-        self._start_step = 0
+        self._mark = (0.0, 0)  # (time, step) at the last status line
+        self._rate: float | None = None
 
     def _print(self, line: str) -> None:
         try:
@@ -50,7 +50,7 @@ class HeadlessPrinter(Callback):
 
     def on_run_start(self, loop: Loop) -> None:
         self._t0 = time.monotonic()
-        self._start_step = loop.step
+        self._mark = (self._t0, loop.step)
         total = loop.total_steps if loop.total_steps is not None else "?"
         self._print(
             f"[dltui] run {self.run_dir.name}: {loop.r.path} on {loop.device}, "
@@ -61,9 +61,12 @@ class HeadlessPrinter(Callback):
 
     def _line(self, loop: Loop) -> str:
         lat = self.probe.latest
-        elapsed = time.monotonic() - self._t0
-        done = loop.step - self._start_step
-        rate = done / elapsed if elapsed > 0 else 0.0
+        now = time.monotonic()
+        if now > self._mark[0] and loop.step > self._mark[1]:
+            recent = (loop.step - self._mark[1]) / (now - self._mark[0])  # steps/s since last line
+            self._rate = recent if self._rate is None else 0.5 * self._rate + 0.5 * recent
+        self._mark = (now, loop.step)
+        rate = self._rate or 0.0
         eta = (loop.total_steps - loop.step) / rate if loop.total_steps and rate > 0 else None
         total = loop.total_steps if loop.total_steps is not None else "?"
         parts = [f"epoch {min(loop.epoch + 1, loop.epochs)}/{loop.epochs}", f"step {loop.step}/{total}",
