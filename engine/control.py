@@ -94,26 +94,30 @@ class ControlServer:
             threading.Thread(target=self._serve, args=(conn,), name="dltui-control-conn", daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            if peer_uid(conn) != os.getuid():
-                conn.sendall(wire.Reply(ok=False, error="permission denied: this run belongs to another user").encode())
+        try:
+            self._converse(conn)
+        except OSError:  # the client went away mid-reply (a dashboard quitting): nothing to do
+            pass
+        finally:
+            conn.close()
+
+    def _converse(self, conn: socket.socket) -> None:
+        if peer_uid(conn) != os.getuid():
+            conn.sendall(wire.Reply(ok=False, error="permission denied: this run belongs to another user").encode())
+            return
+        buf = b""
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
                 return
-            buf = b""
-            while True:
-                try:
-                    chunk = conn.recv(65536)
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip():
-                        conn.sendall(self.handle(line).encode())
-                if len(buf) > wire.MAX_REQUEST_BYTES:
-                    conn.sendall(wire.Reply(ok=False, error=f"request too large (over {wire.MAX_REQUEST_BYTES} bytes)").encode())
-                    return  # the rest of an oversized line can't be framed: drop the connection
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.strip():
+                    conn.sendall(self.handle(line).encode())
+            if len(buf) > wire.MAX_REQUEST_BYTES:
+                conn.sendall(wire.Reply(ok=False, error=f"request too large (over {wire.MAX_REQUEST_BYTES} bytes)").encode())
+                return  # the rest of an oversized line can't be framed: drop the connection
 
     def handle(self, line: bytes) -> wire.Reply:
         try:

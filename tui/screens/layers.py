@@ -1,0 +1,313 @@
+"""Layers tab: a sortable table of per-parameter statistics with anomalies flagged, and the selected
+parameter's gradient-norm history and weight/gradient histograms beside it."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Static
+
+from dltui.engine.client import ControlClient
+
+from ..widgets.pane_base import PollingPane
+from ..widgets.pane_histogram import PaneHistogram
+from ..widgets.pane_sparkline import PaneSparkline, fmt
+
+# (column key, header); the key is also the sort key into a row's values.
+COLUMNS = (
+    ("flag", "!"), ("name", "name"), ("shape", "shape"), ("numel", "params"),
+    ("w_norm", "w norm"), ("g_norm", "grad norm"), ("gw", "grad/w"),
+    ("update_ratio", "upd ratio"), ("zero_frac", "zero %"), ("nonfinite", "non-fin"),
+)  # fmt: skip
+SORTABLE = [key for key, _ in COLUMNS]
+# The update/weight ratio is healthy around 1e-3 (Karpathy's rule of thumb); flag two decades off.
+RATIO_HIGH, RATIO_LOW = 1e-1, 1e-5
+SPIKE_FACTOR = 10.0  # a gradient norm this many times its recent median is a spike
+SPIKE_WINDOW = 20  # ... over this many previous stats steps
+HISTORY = 200  # points of gradient-norm history for the sparkline
+
+# Marker characters make anomalies visible without colour; ascii mode has its own set.
+MARKS = {"nonfinite": ("✖", "X"), "spike": ("↯", "!"), "high": ("▲", "^"), "low": ("▼", "v")}
+SEVERITY = {"nonfinite": "bold red", "spike": "bold red", "high": "yellow", "low": "yellow"}
+
+
+def fmt_count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.3g}{suffix}"
+    return str(n)
+
+
+def anomalies(row: dict[str, Any]) -> list[str]:
+    """The anomaly kinds of one row: nonfinite, spike, high / low update ratio."""
+    out = []
+    if (row.get("nonfinite") or 0) > 0:
+        out.append("nonfinite")
+    if row.get("spike"):
+        out.append("spike")
+    ur = row.get("update_ratio")
+    if ur is not None and row.get("trainable", True):
+        if ur > RATIO_HIGH:
+            out.append("high")
+        elif ur < RATIO_LOW:
+            out.append("low")
+    return out
+
+
+def is_spike(history: list[tuple[int, float | None]]) -> bool:
+    """Is the newest gradient norm SPIKE_FACTOR times the median of the ones before it?"""
+    vals = [v for _, v in history if v is not None]
+    if len(vals) < 4:
+        return False
+    *before, last = vals
+    med = statistics.median(before[-SPIKE_WINDOW:])
+    return med > 0 and last > SPIKE_FACTOR * med
+
+
+class LayersPane(PollingPane):
+    """Per-parameter statistics table (left) and the selected parameter's history (right)."""
+
+    BINDINGS = [
+        Binding("s", "sort_next", "Sort by next", id="layers.sort"),
+        Binding("S", "sort_reverse", "Reverse sort", id="layers.reverse"),
+    ]
+    DEFAULT_CSS = """
+    LayersPane { height: 1fr; }
+    LayersPane #layers-body { height: 1fr; }
+    LayersPane #layers-table { width: 1fr; height: 1fr; }
+    LayersPane #layers-side { width: 30; height: 1fr; padding: 0 0 0 1; }
+    LayersPane #layers-title { height: auto; max-height: 2; text-style: bold; }
+    LayersPane #layers-legend { height: 1; color: $text-muted; text-wrap: nowrap; }
+    LayersPane.-narrow #layers-side { display: none; }
+    """
+
+    class Detail(Message):
+        """The selected parameter's history and histograms, read in a worker thread."""
+
+        bubble = False
+
+        def __init__(self, data: dict[str, Any]) -> None:
+            super().__init__()
+            self.data = data
+
+    def __init__(self, run_dir: Path, client: ControlClient | None, **kwargs: Any) -> None:
+        super().__init__(run_dir, client, **kwargs)
+        self.rows: dict[str, dict[str, Any]] = {}  # param name -> values, in model order
+        self.step: int | None = None
+        self.spikes: set[str] = set()
+        self.sort_col: str | None = None  # None: model order
+        self.sort_rev = False
+        self.selected: str | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="layers-body"):
+            table: DataTable = DataTable(id="layers-table", cursor_type="row", zebra_stripes=True)
+            yield table
+            with Vertical(id="layers-side"):
+                yield Static("", id="layers-title")
+                yield PaneSparkline("grad norm", id="layers-spark")
+                yield PaneHistogram("weight", style="green", id="layers-hist-w")
+                yield PaneHistogram("grad", style="magenta", id="layers-hist-g")
+        yield Static(self._legend(), id="layers-legend")
+
+    def _legend(self) -> Text:
+        a = int(self.ascii_mode)
+        out = Text()
+        for kind, why in (("nonfinite", "non-finite"), ("spike", "grad spike")):
+            out.append(MARKS[kind][a], style=SEVERITY[kind])
+            out.append(f" {why}  ")
+        out.append(MARKS["high"][a] + MARKS["low"][a], style="yellow")
+        out.append(f" update ratio >{RATIO_HIGH:g} / <{RATIO_LOW:g}   s sort  S reverse")
+        return out
+
+    # -- data (worker thread) ------------------------------------------------------------------
+    def fetch(self) -> Any:
+        r = self.reader()
+        if r is None:
+            return None
+        params = r.params()
+        step, stats = r.layer_stats_latest()
+        spikes = self.spikes
+        if step != self.step:  # only when new stats arrived: one indexed query per parameter
+            spikes = {
+                p["name"]
+                for p in params
+                if is_spike(r.layer_stat_history(p["name"], "g_norm", SPIKE_WINDOW + 1))
+            }
+        detail = self._detail(r, self.selected) if self.selected else None
+        return {"params": params, "step": step, "stats": stats, "spikes": spikes, "detail": detail}
+
+    @staticmethod
+    def _detail(r: Any, name: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "history": r.layer_stat_history(name, "g_norm", HISTORY),
+            "weight": r.histogram_latest(name, "weight"),
+            "grad": r.histogram_latest(name, "grad"),
+        }
+
+    @work(thread=True, exclusive=True, group="detail")
+    def fetch_detail(self, name: str) -> None:
+        r = self.reader()
+        if r is not None:
+            self.post_message(self.Detail(self._detail(r, name)))
+
+    # -- table (UI thread) ---------------------------------------------------------------------
+    def show(self, data: dict[str, Any]) -> None:
+        self.step, self.spikes = data["step"], data["spikes"]
+        rows: dict[str, dict[str, Any]] = {}
+        for order, p in enumerate(data["params"]):
+            s = data["stats"].get(p["name"], {})
+            w, g = s.get("w_norm"), s.get("g_norm")
+            rows[p["name"]] = {
+                **s, "order": order, "name": p["name"], "shape": p["shape"], "numel": p["numel"],
+                "trainable": p["trainable"], "gw": g / w if g is not None and w else None,
+                "spike": p["name"] in self.spikes,
+            }  # fmt: skip
+        same_rows = list(rows) == list(self.rows)
+        self.rows = rows
+        table = self.query_one(DataTable)
+        if same_rows and table.row_count:
+            self._update_cells(table)
+        else:
+            self._rebuild(table)
+        if self.selected is None and rows:
+            self.selected = self._ordered()[0]
+            self.fetch_detail(self.selected)
+        if data.get("detail"):
+            self._show_detail(data["detail"])
+
+    def _cells(self, row: dict[str, Any]) -> list[Text]:
+        kinds = anomalies(row)
+        a = int(self.ascii_mode)
+        flag = Text()
+        for kind in kinds:
+            flag.append(MARKS[kind][a], style=SEVERITY[kind])
+        worst = SEVERITY[kinds[0]] if kinds else ""
+
+        def num(text: str, bad: bool = False) -> Text:
+            return Text(text, style=worst if bad else "", justify="right")
+
+        ur = row.get("update_ratio")
+        return [
+            flag,
+            Text(row["name"], style=worst),
+            Text("×".join(map(str, row["shape"])) if not a else "x".join(map(str, row["shape"]))),
+            num(fmt_count(row["numel"])),
+            num(fmt(row.get("w_norm"))),
+            num(fmt(row.get("g_norm")), "spike" in kinds),
+            num(fmt(row.get("gw"))),
+            num(fmt(ur), "high" in kinds or "low" in kinds),
+            num("-" if row.get("zero_frac") is None else f"{100 * row['zero_frac']:.1f}"),
+            num(fmt(row.get("nonfinite")), "nonfinite" in kinds),
+        ]
+
+    def _sort_key(self, name: str) -> tuple:
+        row = self.rows[name]
+        col = self.sort_col or "order"
+        if col == "flag":
+            value: Any = len(anomalies(row))
+        elif col == "shape":
+            value = tuple(row["shape"])
+        else:
+            value = row.get(col)
+        # Missing values sort last whichever way the sort goes.
+        missing = value is None
+        return (missing != self.sort_rev, value if not missing else 0)
+
+    def _ordered(self) -> list[str]:
+        return sorted(self.rows, key=self._sort_key, reverse=self.sort_rev)
+
+    def _header(self, key: str, label: str) -> Text:
+        if key == self.sort_col:
+            a = int(self.ascii_mode)
+            return Text(
+                label + " " + (("▼", "v") if self.sort_rev else ("▲", "^"))[a], style="bold"
+            )
+        return Text(label + "  ")  # same width as with an arrow: columns don't jump when sorting
+
+    def _rebuild(self, table: DataTable) -> None:
+        """Columns (with the sort arrow) and rows from scratch; keeps the cursor on its row."""
+        table.clear(columns=True)
+        for key, label in COLUMNS:
+            table.add_column(self._header(key, label), key=key)
+        for name in self._ordered():
+            table.add_row(*self._cells(self.rows[name]), key=name)
+        self._restore_cursor(table)
+
+    def _update_cells(self, table: DataTable) -> None:
+        for name, row in self.rows.items():
+            for (key, _), cell in zip(COLUMNS, self._cells(row), strict=True):
+                if table.get_cell(name, key) != cell:
+                    table.update_cell(name, key, cell)
+        if self.sort_col is not None:
+            # New values may change the order; the cursor follows its row (below).
+            rank = {name: i for i, name in enumerate(self._ordered())}
+            table.sort("name", key=lambda cell: rank[cell.plain])
+        self._restore_cursor(table)
+
+    def _restore_cursor(self, table: DataTable) -> None:
+        if self.selected in self.rows:
+            index = table.get_row_index(self.selected)
+            if table.cursor_row != index:
+                table.move_cursor(row=index, animate=False)
+
+    # -- sorting (UI thread) -------------------------------------------------------------------
+    def sort_by(self, column: str | None, reverse: bool | None = None) -> None:
+        """Sort by `column` (None: model order); numbers sort largest first by default."""
+        if reverse is None:
+            reverse = column not in (None, "name", "shape")
+        self.sort_col, self.sort_rev = column, reverse
+        if self.rows:
+            self._rebuild(self.query_one(DataTable))
+
+    @on(DataTable.HeaderSelected, "#layers-table")
+    def _header_clicked(self, event: DataTable.HeaderSelected) -> None:
+        col = event.column_key.value
+        if col == self.sort_col:
+            self.sort_by(col, not self.sort_rev)  # clicking the sorted column flips it
+        else:
+            self.sort_by(col)
+
+    def action_sort_next(self) -> None:
+        cycle = [None, *SORTABLE]
+        self.sort_by(cycle[(cycle.index(self.sort_col) + 1) % len(cycle)])
+
+    def action_sort_reverse(self) -> None:
+        self.sort_by(self.sort_col, not self.sort_rev)
+
+    # -- selected parameter (UI thread) --------------------------------------------------------
+    @on(DataTable.RowHighlighted, "#layers-table")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        name = event.row_key.value
+        if name and name != self.selected:
+            self.selected = name
+            self.fetch_detail(name)
+
+    def on_layers_pane_detail(self, message: Detail) -> None:
+        message.stop()
+        self._show_detail(message.data)
+
+    def _show_detail(self, d: dict[str, Any]) -> None:
+        if d["name"] != self.selected:
+            return
+        row = self.rows.get(d["name"], {})
+        title = Text(d["name"], style="bold")
+        if self.step is not None:
+            title.append(f"  step {self.step}", style="dim")
+        for kind in anomalies(row):
+            title.append(" " + MARKS[kind][int(self.ascii_mode)], style=SEVERITY[kind])
+        self.query_one("#layers-title", Static).update(title)
+        self.query_one(PaneSparkline).set_values([v for _, v in d["history"]])
+        self.query_one("#layers-hist-w", PaneHistogram).set_histogram(d["weight"])
+        self.query_one("#layers-hist-g", PaneHistogram).set_histogram(d["grad"])

@@ -1,0 +1,342 @@
+"""Tensors tab: a tree of the tensors the engine can show, and an inspector of their storage.
+
+Select a tensor to see its layout (dtype, device, shape, stride, offset, storage, contiguity)
+and a drawing of its storage; type a view expression (`x.t()[1:3]`) to see the view's layout
+drawn beside the original. Every request goes to the live engine over the control socket, in a
+worker thread; a finished run has no engine, so this tab says so instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.widgets import Input, Static, Tree
+
+from dltui.engine.client import ControlClient, ControlError, EngineGone
+
+from ..widgets.pane_base import PollingPane
+from ..widgets.pane_sparkline import fmt
+from ..widgets.pane_storage import PaneStorage
+from ..widgets.pane_values import PaneValues
+
+READ_ONLY = "tensors can be inspected only while the engine is running"
+GROUPS = {
+    "parameter": "parameters", "gradient": "gradients", "buffer": "buffers",
+    "optimizer state": "optimizer state", "batch": "last batch / output",
+}  # fmt: skip
+LIST_EVERY = 3  # re-list tensors every 3rd poll: gradients and optimizer state appear after step 1
+SIDE_BY_SIDE_AT = 76  # inspector width from which base and view are drawn side by side
+
+
+class TensorsPane(PollingPane):
+    """Tensor tree (left) and inspector (right): layout, storage drawings, values."""
+
+    POLL_S = 2.0  # each poll is a request the engine answers at a step boundary: keep it rare
+    BINDINGS = [
+        Binding("r", "refresh_list", "Refresh", id="tensors.refresh"),
+        Binding("slash", "edit_expr", "View expr", key_display="/", id="tensors.expr"),
+        Binding("t", "toggle_tree", "Hide/show list", id="tensors.toggle"),
+        Binding("escape", "focus_tree", "Tensor list", show=False, id="tensors.tree"),
+    ]
+    DEFAULT_CSS = """
+    TensorsPane { height: 1fr; }
+    TensorsPane #tensors-body { height: 1fr; }
+    TensorsPane #tensor-tree { width: 30; height: 1fr; }
+    TensorsPane #inspector { width: 1fr; height: 1fr; padding: 0 0 0 1; }
+    TensorsPane #tensor-summary { height: auto; }
+    TensorsPane #tensor-expr-line { height: 1; margin: 1 0 0 0; }
+    TensorsPane #tensor-expr-label { width: 7; color: $text-muted; }
+    TensorsPane #tensor-expr { border: none; height: 1; width: 1fr; padding: 0 1; }
+    TensorsPane #tensor-error { color: $error; height: auto; }
+    TensorsPane #tensor-drawings { height: auto; layout: vertical; }
+    TensorsPane #tensor-drawings.-side { layout: horizontal; }
+    TensorsPane #tensor-drawings.-side PaneStorage { width: 1fr; }
+    TensorsPane #tensors-readonly { padding: 1 2; color: $text-muted; }
+    TensorsPane.-narrow #tensors-body { layout: vertical; }
+    TensorsPane.-narrow #tensor-tree { width: 100%; height: 40%; }
+    TensorsPane.-narrow #inspector { height: 60%; padding: 0; }
+    """
+
+    class Inspected(Message):
+        """A `tensor` request (base and/or view) came back, or failed."""
+
+        bubble = False
+
+        def __init__(self, name: str, expr: str | None, user: bool, **result: Any) -> None:
+            super().__init__()
+            self.tensor, self.expr, self.user = name, expr, user
+            self.base: dict | None = result.get("base")
+            self.view: dict | None = result.get("view")
+            self.error: str | None = result.get("error")
+            self.gone: str | None = result.get("gone")
+
+    def __init__(self, run_dir: Path, client: ControlClient | None, **kwargs: Any) -> None:
+        super().__init__(run_dir, client, **kwargs)
+        self.listing: list[dict] = []
+        self.selected: str | None = None  # the selected tensor
+        self.good_expr: str | None = None  # the last expression that worked
+        self.base_info: dict | None = None
+        self.view_info: dict | None = None
+        self.error_text: str | None = None
+        self._ticks = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static(READ_ONLY, id="tensors-readonly")
+        with Horizontal(id="tensors-body"):
+            tree: Tree[str] = Tree("tensors", id="tensor-tree")
+            tree.show_root = False
+            yield tree
+            with VerticalScroll(id="inspector"):
+                yield Static("Select a tensor on the left (Enter).", id="tensor-summary")
+                with Horizontal(id="tensor-expr-line"):
+                    yield Static("view =", id="tensor-expr-label")
+                    yield Input(
+                        placeholder="x.t()[1:3] then Enter  (x = this tensor)", id="tensor-expr"
+                    )
+                yield Static("", id="tensor-error")
+                with Horizontal(id="tensor-drawings"):
+                    yield PaneStorage(id="base-storage")
+                    yield PaneStorage(id="view-storage")
+                yield PaneValues(id="tensor-values")
+
+    def on_mount(self) -> None:
+        self.plain_tree(self.query_one(Tree))
+        self._set_gone(self.client is None)
+        self.query_one(PaneValues).display = False
+
+    def _set_gone(self, gone: bool) -> None:
+        self.query_one("#tensors-readonly").display = gone
+        self.query_one("#tensors-body").display = not gone
+        if gone:
+            self.client = None  # nothing left to ask; stop polling the socket
+
+    # -- polling (worker thread) ---------------------------------------------------------------
+    def poll(self, force: bool = False) -> None:
+        if self.client is not None:
+            super().poll(force)
+
+    def fetch(self) -> Any:
+        client = self.client
+        if client is None:
+            return None
+        self._ticks += 1
+        out: dict[str, Any] = {}
+        try:
+            if not self.listing or self._ticks % LIST_EVERY == 1:
+                reply = client.request("tensors")
+                out["listing"] = reply.data if reply.ok else None
+            if self.selected is not None:
+                name, expr = self.selected, self.good_expr
+                self.post_message(
+                    self.Inspected(name, expr, False, **self._ask(client, name, expr))
+                )
+        except EngineGone as e:
+            out["gone"] = str(e)
+        return out
+
+    def _ask(self, client: ControlClient, name: str, expr: str | None, base: bool = True) -> dict:
+        """The base tensor's reply and the view's (when there is an expression), or an error."""
+        out: dict[str, Any] = {}
+        try:
+            if base:
+                reply = client.request("tensor", name=name)
+                if not reply.ok:
+                    return {"error": reply.error}
+                out["base"] = reply.data
+            if expr:
+                reply = client.request("tensor", name=name, expr=expr)
+                if reply.ok:
+                    out["view"] = reply.data
+                else:
+                    out["error"] = reply.error
+        except EngineGone as e:
+            return {"gone": str(e)}
+        except ControlError as e:
+            return {"error": str(e)}
+        return out
+
+    @work(thread=True, exclusive=True, group="inspect")
+    def inspect_tensor(self, name: str, expr: str | None, base: bool = True) -> None:
+        """Ask the engine about `name` (and the view `expr`) for a user action."""
+        client = self.client
+        if client is not None:
+            self.post_message(
+                self.Inspected(name, expr, True, **self._ask(client, name, expr, base))
+            )
+
+    # -- results (UI thread) -------------------------------------------------------------------
+    def show(self, data: dict) -> None:
+        if data.get("gone"):
+            self._set_gone(True)
+            return
+        listing = data.get("listing")
+        if listing is not None and listing != self.listing:
+            self.listing = listing
+            self._rebuild_tree()
+
+    def show_error(self, error: Exception) -> None:
+        """The engine did not answer (a very long step, a hung engine): say so where errors go."""
+        self.error_text = str(error)
+        self.redraw()
+
+    def on_tensors_pane_inspected(self, msg: Inspected) -> None:
+        msg.stop()
+        if msg.gone:
+            self._set_gone(True)
+            return
+        if msg.tensor != self.selected:
+            return  # an answer about a tensor no longer selected
+        if msg.base is not None:
+            self.base_info = msg.base
+        if msg.error:
+            # A bad expression changes nothing but the error line: the last good view stays.
+            self.error_text = msg.error
+        elif msg.user:
+            self.error_text = None
+            self.good_expr = msg.expr or None
+            self.view_info = msg.view if msg.expr else None
+        elif msg.expr == self.good_expr and msg.view is not None:
+            self.view_info = msg.view  # a poll: fresh values, same view; the error line stays
+        self.redraw()
+
+    def _rebuild_tree(self) -> None:
+        tree: Tree[str] = self.query_one(Tree)
+        expanded = {n.data for n in tree.root.children if n.is_expanded}
+        first = not tree.root.children
+        tree.clear()
+        groups: dict[str, Any] = {}
+        for kind, label in GROUPS.items():
+            rows = [t for t in self.listing if t["kind"] == kind]
+            if rows:
+                groups[kind] = (label, rows)
+        for kind, (label, rows) in groups.items():
+            node = tree.root.add(f"{label} ({len(rows)})", data=f"group:{kind}")
+            for t in rows:
+                shape = "×" if not self.ascii_mode else "x"
+                leaf = Text(t["name"])
+                leaf.append(
+                    f"  {shape.join(map(str, t['shape'])) or 'scalar'} {t['dtype']}", style="dim"
+                )
+                node.add_leaf(leaf, data=t["name"])
+            if (first and kind in ("parameter", "batch")) or f"group:{kind}" in expanded:
+                node.expand()
+        if self.selected is None and first and tree.root.children:
+            first_group = tree.root.children[0]
+            if first_group.children:  # Enter on a fresh tab inspects the first tensor
+                self.call_after_refresh(tree.move_cursor, first_group.children[0])
+        if self.selected is not None:
+            for group in tree.root.children:
+                for leaf in group.children:
+                    if leaf.data == self.selected:
+                        group.expand()
+                        self.call_after_refresh(tree.move_cursor, leaf)
+
+    # -- user actions --------------------------------------------------------------------------
+    @on(Tree.NodeSelected, "#tensor-tree")
+    def _selected(self, event: Tree.NodeSelected) -> None:
+        data = event.node.data
+        if isinstance(data, str) and not data.startswith("group:"):
+            self.select(data)
+
+    def select(self, name: str) -> None:
+        """Inspect tensor `name` (with the current view expression, if any)."""
+        self.selected, self.base_info, self.view_info = name, None, None
+        self.query_one("#tensor-summary", Static).update(f"asking the engine about {name}…")
+        expr = self.query_one("#tensor-expr", Input).value.strip()
+        self.inspect_tensor(name, expr if expr not in ("", "x") else None)
+
+    @on(Input.Submitted, "#tensor-expr")
+    def _submitted(self, event: Input.Submitted) -> None:
+        if self.selected is None:
+            self.error_text = "select a tensor first, then type a view of it"
+            self.redraw()
+            return
+        expr = event.value.strip()
+        self.inspect_tensor(self.selected, expr if expr not in ("", "x") else None, base=False)
+
+    def action_refresh_list(self) -> None:
+        self.listing = []
+        self.poll(force=True)
+
+    def action_edit_expr(self) -> None:
+        self.query_one("#tensor-expr", Input).focus()
+
+    def action_focus_tree(self) -> None:
+        tree = self.query_one(Tree)
+        tree.display = True
+        tree.focus()
+
+    def action_toggle_tree(self) -> None:
+        """Hide the list to give the drawings the whole width (side by side from 76 columns)."""
+        tree = self.query_one(Tree)
+        tree.display = not tree.display
+        if not tree.display and tree.has_focus:
+            self.query_one("#tensor-expr", Input).focus()
+        self.call_after_refresh(self._layout_drawings)
+
+    # -- drawing -------------------------------------------------------------------------------
+    def redraw(self) -> None:
+        err = self.query_one("#tensor-error", Static)
+        err.update(Text(self.error_text or "", style="bold red"))
+        err.display = bool(self.error_text)
+        b, v = self.base_info, self.view_info
+        self.query_one("#tensor-summary", Static).update(self._summary(b) if b else "")
+        base_draw = self.query_one("#base-storage", PaneStorage)
+        view_draw = self.query_one("#view-storage", PaneStorage)
+        view_draw.display = v is not None
+        if b is None:
+            base_draw.set_tensor("", None)
+        elif v is not None:
+            # Draw the base over the view's window, folded like the view: the two drawings then
+            # show the same storage cells in the same columns.
+            sw = v["storage_window"]
+            view_draw.set_tensor(f"view {v['expr']}", v, accent="yellow")
+            base_draw.set_tensor(
+                f"x = {self.selected}", b, (sw["lo"], sw["hi"]), fold_by=view_draw.marks
+            )
+            base_draw.min_w = view_draw.min_w = max(base_draw.cell_w, view_draw.cell_w)
+        else:
+            base_draw.set_tensor(f"x = {self.selected}", b)
+        values = self.query_one(PaneValues)
+        values.set_tensor(v or b)
+        values.display = b is not None
+        self._layout_drawings()
+
+    def _summary(self, t: dict) -> Text:
+        """Short lines (the tab may be 40 columns): shape/stride/offset are in the drawing."""
+        out = Text(f"{t['name']}", style="bold")
+        out.append(f"  {t.get('kind', '')} · step {t.get('step', '?')}", style="dim")
+        out.append(f"\n{t['dtype']} · {t['device']} · ")
+        out.append("contiguous" if t["is_contiguous"] else "not contiguous")
+        if t.get("requires_grad"):
+            out.append(" · requires grad", style="dim")
+        nbytes = t["storage_nbytes"]
+        size = f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
+        out.append(f"\nstorage {t['storage_numel']:,} × {t['element_size']} B = {size}")
+        st = t.get("stats") or {}
+        if "min" in st:
+            out.append(f"\nmin {fmt(st['min'])} max {fmt(st['max'])}", style="dim")
+            out.append(f" mean {fmt(st['mean'])} std {fmt(st['std'])}", style="dim")
+            if st.get("nan") or st.get("inf"):
+                out.append(f"  nan {st['nan']}  inf {st['inf']}", style="bold red")
+        if self.view_info is not None:
+            v = self.view_info
+            shares = "shares x's storage" if v["shares_storage"] else "a copy (own storage)"
+            out.append(f"\nview: {shares}, ", style="yellow")
+            out.append("contiguous" if v["is_contiguous"] else "not contiguous", style="yellow")
+        return out
+
+    def _layout_drawings(self) -> None:
+        drawings = self.query_one("#tensor-drawings")
+        wide = self.query_one("#inspector").size.width >= SIDE_BY_SIDE_AT
+        drawings.set_class(wide and self.view_info is not None, "-side")
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._layout_drawings)
