@@ -22,6 +22,7 @@ from .store import RunStore
 WARMUP_STEPS = 20  # steps measured before the intervals are chosen
 BUDGET = {"stats": 0.012, "hist": 0.004, "metric": 0.004}  # fractions of step time
 SPIKE_FACTOR = 10.0  # a layer's grad norm this far above its running mean is an alert
+SPIKE_HISTORY = 5  # stats samples of a layer before its mean is trusted (early training is wild)
 META_EVERY_S = 0.5
 
 
@@ -85,7 +86,7 @@ class Probe(Callback):
         self.latest: dict[str, float] = {}  # newest value of each train scalar (for printers)
         self.epoch_train_loss: float | None = None
         self._epoch_sum, self._epoch_n = 0.0, 0
-        self._grad_mean: dict[str, float] = {}
+        self._grad_mean: dict[str, tuple[float, int]] = {}
         self._loss_bad = False
         self._next_meta = 0.0
         self.stats: LayerStats | None = None
@@ -219,16 +220,16 @@ class Probe(Callback):
             vals = [None if not math.isfinite(v) else v for v in flat[i * ncol:(i + 1) * ncol]]
             rows.append((name, *vals))
             g = vals[4]  # g_norm
-            mean = self._grad_mean.get(name)
+            mean, seen = self._grad_mean.get(name, (0.0, 0))
             if g is None and flat[i * ncol + 4] == flat[i * ncol + 4]:  # inf, not a missing grad
                 self._alert(loop, step, f"gradient of {name} is not finite at step {step}", {"layer": name})
-            elif g is not None and mean is not None and mean > 0 and g > SPIKE_FACTOR * mean:
+            elif g is not None and seen >= SPIKE_HISTORY and mean > 0 and g > SPIKE_FACTOR * mean:
                 self._alert(
                     loop, step, f"gradient norm spike in {name} at step {step}: {g:.3g} "
                     f"({g / mean:.0f}x its recent mean {mean:.3g})", {"layer": name, "g_norm": g},
                 )  # fmt: skip
             if g is not None:
-                self._grad_mean[name] = g if mean is None else 0.8 * mean + 0.2 * g
+                self._grad_mean[name] = (g if not seen else 0.8 * mean + 0.2 * g, seen + 1)
         self.store.layer_stats(step, rows)
 
     def _alert(self, loop: Loop, step: int, message: str, data: dict) -> None:
