@@ -89,7 +89,8 @@ class HeadlessPrinter(Callback):
 
     def on_validation_end(self, loop: Loop, values: dict[str, float]) -> None:
         vals = "  ".join(f"{k} {fmt_num(v)}" for k, v in values.items())
-        self._print(f"[dltui] epoch {loop.epoch}/{loop.epochs} step {loop.step}: val {vals}")
+        epoch = loop.epoch + 1 if loop.batch else loop.epoch  # mid-epoch: the one under way
+        self._print(f"[dltui] epoch {epoch}/{loop.epochs} step {loop.step}: val {vals}")
 
     def on_run_end(self, loop: Loop, status: str, error: BaseException | None) -> None:
         elapsed = time.monotonic() - self._t0

@@ -42,6 +42,7 @@ class StepOutput:
     step_time: float  # seconds, batch fetch to optimizer step done
     data_time: float  # seconds spent waiting for the batch
     wall: float
+    lrs: list[float]  # of each param group, as used by this step
 
 
 @dataclass
@@ -214,13 +215,14 @@ class Loop:
             loss.backward()
             self._emit("on_before_optimizer_step")
             self.optimizer.step()
+            lrs = self.lrs()  # the lrs this step used, before the scheduler moves them
             if sched_per_step:
                 self.r.scheduler.step()
             self.step += 1
             self.batch += 1
             self.last_output = output
             t2 = time.perf_counter()
-            out = StepOutput(loss.detach(), output, target, batch_size_of(target), t2 - t0, t1 - t0, time.time())
+            out = StepOutput(loss.detach(), output, target, batch_size_of(target), t2 - t0, t1 - t0, time.time(), lrs)
             self._emit("on_step_end", out)
 
     def _end_epoch(self) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import wire
-from .runs import DEFAULT_RUNS_DIR, make_run_dir, new_run_id
+from .runs import DEFAULT_RUNS_DIR, discard_if_empty, make_run_dir, new_run_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -80,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     import torch
 
-    from .loop import Loop, Settings, seed_everything
-    from .recipe import RecipeError, check_device, load_recipe
+    from .loop import seed_everything
 
     if args.seed is not None:
         seed_everything(args.seed)
@@ -91,14 +90,33 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         if not ck_path.exists():
             raise UsageError(f"run {args.resume} has no checkpoint to resume from ({ck_path} missing).")
         resume_ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+    from . import console
+
+    # Capture from before the import: a recipe's own prints at import time belong to the run.
+    early = console.Buffer()
+    tees = console.capture(early)
+    try:
+        return _run(args, argv, early, tees, resume_ck)
+    finally:
+        console.restore(tees)
+
+
+def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resume_ck: Any) -> int:
+    import torch
+
+    from .loop import Loop, Settings
+    from .recipe import RecipeError, check_device, load_recipe
+
     try:
         recipe = load_recipe(args.recipe)
         if args.device:
             check_device(args.device, "--device")
     except RecipeError as e:
+        if args.run_dir is not None:
+            discard_if_empty(args.run_dir)  # reserved by `dltui train`, never used
         raise UsageError(str(e)) from None
 
-    run_dir = args.resume or args.run_dir or args.runs_dir / new_run_id(args.recipe, args.runs_dir)
+    run_dir = args.resume or args.run_dir or new_run_dir(args.recipe, args.runs_dir)
     make_run_dir(run_dir)
     from .gate import Gate
     from .probe import Probe
@@ -120,7 +138,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         epochs=args.epochs, max_steps=args.max_steps, seed=args.seed, device=args.device,
         checkpoint_dir=run_dir / "checkpoints", resume=resume_ck,
     )  # fmt: skip
-    loop = Loop(recipe, settings, callbacks, gate)
+    try:
+        loop = Loop(recipe, settings, callbacks, gate)
+    except (RuntimeError, KeyError, ValueError) as e:
+        store.close()
+        if resume_ck is None:
+            raise
+        raise UsageError(f"cannot resume {run_dir}: its checkpoint does not fit this recipe ({e}).") from None
     from .control import ControlServer, SocketInUse
 
     server = ControlServer(run_dir, gate, store, loop)
@@ -147,14 +171,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     sampler = Sampler(store.system, lambda msg: store.event(wire.EV_INFO, msg, level="warning"))
     sampler.start()
     _install_signals(gate, args.detached)
-    from . import console
-
-    tees = console.capture(store)
+    early.replay_into(store)
+    for tee in tees:
+        tee.store = store
     try:
         status, error = loop.run()
     finally:
         server.close()
-        console.restore(tees)
         sampler.stop()
     if error is not None:
         from .recipe import user_traceback

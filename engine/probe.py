@@ -152,7 +152,7 @@ class Probe(Callback):
             self.step_times.append(out.step_time)
         host = {"step_time": out.step_time, "data_time": out.data_time,
                 "samples_per_s": out.batch_size / out.step_time if out.step_time > 0 else 0.0}  # fmt: skip
-        for i, lr in enumerate(loop.lrs()):
+        for i, lr in enumerate(out.lrs):
             host[wire.lr_name(i)] = lr
         device_vals = {"loss": out.loss}
         if self._due("metric", step):

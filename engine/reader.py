@@ -150,21 +150,38 @@ class RunReader:
         level = 0
         while level < wire.ROLLUP_LEVELS and wire.ROLLUP_BASE ** (level + 1) * buckets <= span:
             level += 1
-        if level == 0:
-            rows = self.db.execute(
-                "SELECT step, CASE WHEN value IS NULL THEN 0 ELSE 1 END, value, value, value, value,"
-                " step, wall FROM scalars WHERE series = ? AND step BETWEEN ? AND ? ORDER BY step, rowid",
-                (sid, start, end),
-            )
-        else:
-            w = wire.ROLLUP_BASE**level
-            rows = self.db.execute(
-                "SELECT bucket * ?, n, vmin, vmax, vsum, vlast, step_last, wall_last FROM rollup"
-                " WHERE series = ? AND level = ? AND bucket BETWEEN ? AND ? ORDER BY bucket",
-                (w, sid, level, start // w, end // w),
-            )
-        _merge_into(out, rows, start, span, buckets, summed=level > 0)
+        rows = self._exact_rows(sid, start, end, level)
+        _merge_into(out, rows, start, span, buckets)
         return out
+
+    def _exact_rows(self, sid: int, lo: int, hi: int, level: int) -> list[tuple]:
+        """Rows (first_step, n, min, max, sum, last, last_step, wall) covering exactly [lo, hi].
+
+        Whole buckets of `level` inside the range come from the rollup; the partial buckets at
+        either edge are covered by the next finer level, recursively, down to raw rows. Each
+        edge costs < ROLLUP_BASE rows per level, so the total stays bounded.
+        """
+        if level == 0:
+            return self.db.execute(
+                "SELECT step, CASE WHEN value IS NULL THEN 0 ELSE 1 END, value, value,"
+                " coalesce(value, 0), value, step, wall FROM scalars"
+                " WHERE series = ? AND step BETWEEN ? AND ? ORDER BY step, rowid",
+                (sid, lo, hi),
+            ).fetchall()
+        w = wire.ROLLUP_BASE**level
+        first = -(-lo // w)  # first bucket that starts at or after lo
+        last = (hi + 1) // w - 1  # last bucket that ends at or before hi
+        if first > last:
+            return self._exact_rows(sid, lo, hi, level - 1)
+        rows = self._exact_rows(sid, lo, first * w - 1, level - 1) if lo < first * w else []
+        rows += self.db.execute(
+            "SELECT bucket * ?, n, vmin, vmax, vsum, vlast, step_last, wall_last FROM rollup"
+            " WHERE series = ? AND level = ? AND bucket BETWEEN ? AND ? ORDER BY bucket",
+            (w, sid, level, first, last),
+        ).fetchall()
+        if (last + 1) * w <= hi:
+            rows += self._exact_rows(sid, (last + 1) * w, hi, level - 1)
+        return rows
 
     def scalar_rows(self):
         """Every scalar row (step, epoch, phase, wall, name, value), ordered by step: for export."""
@@ -267,7 +284,7 @@ def engine_gone(meta: dict[str, Any], now: float | None = None) -> bool:
     return now - float(beat) > wire.STALE_AFTER_S
 
 
-def _merge_into(out: Series, rows, start: int, span: int, buckets: int, summed: bool) -> None:
+def _merge_into(out: Series, rows, start: int, span: int, buckets: int) -> None:
     """Fold source rows (first_step, n, min, max, sum, last, last_step, wall) into output buckets."""
     cur = -1
     total = 0.0
@@ -291,7 +308,6 @@ def _merge_into(out: Series, rows, start: int, span: int, buckets: int, summed: 
             if n:
                 out.lasts[-1] = last
         out.counts[-1] += n
-        if n:
-            total += sm if summed else sm * n
+        total += sm
     if cur >= 0:
         out.means.append(total / out.counts[-1] if out.counts[-1] else None)

@@ -62,7 +62,8 @@ def _describe(value: Any) -> str:
         return f"the class {value.__name__} (not an instance of it)"
     if callable(value) and getattr(value, "__name__", None) and not isinstance(value, nn.Module):
         return f"a function ({value.__name__})"
-    return f"a {type(value).__name__}"
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:

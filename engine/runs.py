@@ -15,15 +15,33 @@ from .reader import DB_NAME, RunNotFound, RunReader
 DEFAULT_RUNS_DIR = "runs"
 
 
-def new_run_id(script: str | os.PathLike, runs_dir: Path) -> str:
-    """<yyyymmdd-hhmmss>-<script stem>, with -2, -3... if that exists already."""
+def new_run_dir(script: str | os.PathLike, runs_dir: Path) -> Path:
+    """Reserve runs_dir/<yyyymmdd-hhmmss>-<script stem>[-N] by creating it (0700).
+
+    The exclusive mkdir is the reservation: two runs started in the same second (a sweep)
+    can never share a directory.
+    """
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(script).stem)[:40] or "run"
     base = time.strftime("%Y%m%d-%H%M%S") + "-" + stem
-    rid, n = base, 1
-    while (runs_dir / rid).exists():
-        n += 1
-        rid = f"{base}-{n}"
-    return rid
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        path = runs_dir / (base if n == 1 else f"{base}-{n}")
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            n += 1
+            continue
+        os.chmod(path, 0o700)
+        return path
+
+
+def discard_if_empty(path: Path) -> None:
+    """Remove a reserved run directory that never received anything (the run didn't start)."""
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def make_run_dir(path: Path) -> Path:

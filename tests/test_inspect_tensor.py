@@ -11,6 +11,7 @@ import warnings
 
 import pytest
 import torch
+
 from dltui.engine.inspect_tensor import InspectError, inspect, parse_expr
 
 

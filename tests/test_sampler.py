@@ -10,6 +10,7 @@ import types
 
 import psutil
 import pytest
+
 from dltui.engine import nvml
 from dltui.engine.sampler import NOTE_PREFIX, Sampler, gpu_names
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from dltui.engine import wire
 from dltui.engine.main import add_run_options
 from dltui.engine.reader import RunNotFound, RunReader
-from dltui.engine.runs import DEFAULT_RUNS_DIR, LIVE, list_runs, new_run_id, resolve_run, run_info
+from dltui.engine.runs import DEFAULT_RUNS_DIR, LIVE, list_runs, new_run_dir, resolve_run, run_info
 
 EXIT_USAGE = 2
 PASS_THROUGH = ("epochs", "max_steps", "seed", "device", "stats_every", "hist_every", "metric_every", "log_every")
@@ -48,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         except RunNotFound as e:
             return die(str(e))
     else:
-        run_dir = runs_dir / new_run_id(args.recipe, runs_dir)
+        run_dir = new_run_dir(args.recipe, runs_dir)
     headless = args.headless or (not args.detach and not sys.stdout.isatty())
     if headless:
         argv = engine_argv(args, run_dir, resume) + ["--headless"]
