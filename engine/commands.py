@@ -42,11 +42,14 @@ def parse_lr(value: Any) -> tuple[str, float]:
         raise CommandError(f"learning rate {value!r} is not a number; use 0.01, *0.5 or /2.") from None
     if not math.isfinite(v):
         raise CommandError(f"learning rate {value!r} is not finite; give a positive number.")
+    if op == "div":
+        v = 1.0 / v if v > 0 else v
+        op = "mul"
+        if not math.isfinite(v):
+            raise CommandError(f"factor {value!r} is too small to divide by.")
     if v <= 0:
         what = "factor" if op != "set" else "learning rate"
         raise CommandError(f"{what} {value!r} must be greater than zero.")
-    if op == "div":
-        return "mul", 1.0 / v
     return op, v
 
 
@@ -73,6 +76,10 @@ def apply_lr(loop: Any, spec: Any, group: int | None) -> dict[str, Any]:
         raise CommandError(f"there is no param group {group!r}; this optimizer has groups 0..{len(groups) - 1}.")
     chosen = range(len(groups)) if group is None else [group]
     before = loop.lrs()
+    for i in chosen:  # check every resulting rate before changing anything
+        new = before[i] * v if op == "mul" else v
+        if not (math.isfinite(new) and new > 0):
+            raise CommandError(f"that would set group {i}'s learning rate to {new}; it must be a positive finite number.")
     factors = set()
     for i in chosen:
         g = groups[i]
@@ -91,7 +98,7 @@ def apply_lr(loop: Any, spec: Any, group: int | None) -> dict[str, Any]:
                 lst = getattr(s, attr, None)
                 if isinstance(lst, list) and i < len(lst) and isinstance(lst[i], (int, float)):
                     lst[i] = lst[i] * factor
-    if group is None and len(factors) == 1:  # eta_min is shared by all groups
+    if len(chosen) == len(groups) and len(factors) == 1:  # eta_min is shared by all groups
         (v,) = factors
         for s in _schedulers(loop.r.scheduler):
             if isinstance(getattr(s, "eta_min", None), (int, float)):

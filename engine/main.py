@@ -171,12 +171,19 @@ def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resum
     sampler = Sampler(store.system, lambda msg: store.event(wire.EV_INFO, msg, level="warning"))
     sampler.start()
     _install_signals(gate, args.detached)
+    store.flush()  # readers must see this engine's pid before it serves a single step
     early.replay_into(store)
     for tee in tees:
         tee.store = store
     try:
         status, error = loop.run()
+    except BaseException:
+        store.close()  # whatever happened, what was recorded is written out
+        raise
     finally:
+        # The run is over: a late Ctrl-C or SIGTERM must not interrupt writing its end.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         server.close()
         sampler.stop()
     if error is not None:

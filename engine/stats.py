@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 HIST_BINS = 32
 
 
+SAMPLE = 16_384  # elements a zero-fraction or histogram looks at per tensor (strided sample)
+
+
+def _sample(t: torch.Tensor, n: int = SAMPLE) -> torch.Tensor:
+    """A strided view of at most ~n elements: no copy, statistically fine for fractions/shapes."""
+    flat = t.reshape(-1)
+    return flat if flat.numel() <= n else flat[:: flat.numel() // n]
+
+
+def _maxabs(ts: list[torch.Tensor]) -> torch.Tensor:
+    if hasattr(torch, "_foreach_max"):  # one batched kernel (torch >= 2.4) over |x|
+        return torch.stack(torch._foreach_max(torch._foreach_abs(ts)))
+    return torch.stack(torch._foreach_norm(ts, float("inf")))
+
+
 def _moments(ts: list[torch.Tensor], numel: torch.Tensor) -> list[torch.Tensor]:
     """norm, mean, std, max|x| of each tensor, as four [k] tensors (no host sync)."""
     norm = torch.stack(torch._foreach_norm(ts))
-    maxabs = torch.stack(torch._foreach_norm(ts, float("inf")))
+    maxabs = _maxabs(ts).to(norm.dtype)
     # No foreach sum exists; k tiny reduction kernels, run only at the stats interval.
     mean = torch.stack([t.sum() for t in ts]).to(norm.dtype) / numel
     var = (norm * norm / numel - mean * mean) * (numel / (numel - 1).clamp(min=1))
@@ -51,7 +68,8 @@ class LayerStats:
         has_grad = [p.grad is not None for p in self.params]
         gs = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self.params]
         g = _moments(gs, numel)
-        zero_frac = 1 - torch.stack(torch._foreach_norm(gs, 0)) / numel
+        samples = [_sample(g) for g in gs]  # exact for small tensors, sampled for big ones
+        zero_frac = torch.stack([(x == 0).float().mean() for x in samples])
         nonfinite = (~torch.isfinite(w[0])).float() + (~torch.isfinite(g[0])).float()
         grad_mask = torch.tensor(has_grad, device=numel.device)
         g = [torch.where(grad_mask, x, torch.full_like(x, float("nan"))) for x in g]
@@ -68,20 +86,23 @@ class LayerStats:
         return torch.stack([*w, *g, zero_frac, nonfinite, update], dim=1).float()
 
     def histograms(self, bins: int = HIST_BINS) -> list[tuple[str, str, float, float, list[int]]]:
-        """(name, 'weight'|'grad', lo, hi, counts) per parameter. Reads min/max on the host, so
-        on CUDA it synchronises: call it only at the (rare) histogram interval."""
+        """(name, 'weight'|'grad', lo, hi, counts) per parameter, over a strided sample of at
+        most SAMPLE elements each. Reads min/max on the host, so on CUDA it synchronises:
+        call it only at the (rare) histogram interval."""
         out = []
         for name, p in zip(self.names, self.params, strict=True):
             for kind, t in (("weight", p.detach()), ("grad", p.grad)):
                 if t is None or t.numel() == 0:
                     continue
-                t = t.detach().float()
-                finite = t[torch.isfinite(t)] if not torch.isfinite(t).all() else t
-                if finite.numel() == 0:
-                    continue
-                lo, hi = finite.min().item(), finite.max().item()
+                x = _sample(t.detach()).float()
+                lo, hi = (v.item() for v in torch.aminmax(x))
+                if not (math.isfinite(lo) and math.isfinite(hi)):  # rare: drop non-finite values
+                    x = x[torch.isfinite(x)]
+                    if x.numel() == 0:
+                        continue
+                    lo, hi = (v.item() for v in torch.aminmax(x))
                 if lo == hi:
                     lo, hi = lo - 0.5, hi + 0.5
-                counts = torch.histc(finite, bins=bins, min=lo, max=hi)
+                counts = torch.histc(x, bins=bins, min=lo, max=hi)
                 out.append((name, kind, lo, hi, [int(c) for c in counts.tolist()]))
         return out

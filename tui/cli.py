@@ -175,7 +175,7 @@ def ctl_request(cmd: str, rest: list[str], args: argparse.Namespace) -> dict:
 
 
 def describe_state(st: dict) -> str:
-    mode = "EVAL" if st.get("mode") == "eval" else st.get("status", "?").upper()
+    mode = "EVAL" if st.get("mode") == "eval" else shown_status(st.get("status", "?")).upper()
     lrs = ", ".join(f"{x:.4g}" for x in st.get("lrs") or [])
     total = st.get("total_steps") or "?"
     return f"{mode}  step {st.get('step')}/{total}  epoch {st.get('epoch')}/{st.get('epochs')}  lr {lrs}"

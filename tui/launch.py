@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from dltui.engine.client import socket_path
+from dltui.engine.client import ControlClient, ControlError, socket_path
 from dltui.engine.reader import DB_NAME
 from dltui.engine.runs import make_run_dir
 
@@ -38,10 +38,20 @@ def wait_until_up(proc: subprocess.Popen, run_dir: Path, timeout: float = START_
         code = proc.poll()
         if code is not None:
             return code
-        if sock.exists() and (run_dir / DB_NAME).exists():
-            return None
+        if sock.exists() and (run_dir / DB_NAME).exists() and _answers(run_dir):
+            return None  # this engine answers: a stale socket from a dead one would refuse
         time.sleep(0.05)
     return None
+
+
+def _answers(run_dir: Path) -> bool:
+    client = ControlClient(run_dir, timeout=5)
+    try:
+        return client.request("status").state is not None
+    except ControlError:
+        return False
+    finally:
+        client.close()
 
 
 def failed_start(run_dir: Path, code: int, fresh: bool) -> int:
