@@ -220,7 +220,7 @@ class Loop:
                 self.r.scheduler.step()
             self.step += 1
             self.batch += 1
-            self.last_output = output
+            self.last_output = output.detach() if isinstance(output, torch.Tensor) else output
             t2 = time.perf_counter()
             out = StepOutput(loss.detach(), output, target, batch_size_of(target), t2 - t0, t1 - t0, time.time(), lrs)
             self._emit("on_step_end", out)

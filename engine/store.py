@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import deque
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,22 @@ def _aggregate_sql(where: str) -> str:
 _ROLLUP_NEW_ROWS = _aggregate_sql("rowid > :lo AND rowid <= :hi")
 _ROLLUP_FROM_STEP = _aggregate_sql("step >= :from_step")
 
+# Level L >= 2 buckets are rebuilt from their (at most ROLLUP_BASE) level L-1 children: a flush
+# touches a handful of buckets per level instead of rescanning the raw rows at every level.
+_ROLLUP_FROM_CHILDREN = f"""
+    INSERT OR REPLACE INTO rollup (series, level, bucket, n, vmin, vmax, vsum, vlast, step_last, wall_last)
+    SELECT c.series, :level, c.bucket / {wire.ROLLUP_BASE}, sum(c.n), min(c.vmin), max(c.vmax),
+           sum(c.vsum),
+           (SELECT d.vlast FROM rollup d WHERE d.series = c.series AND d.level = :level - 1
+              AND d.bucket BETWEEN (c.bucket / {wire.ROLLUP_BASE}) * {wire.ROLLUP_BASE}
+                               AND (c.bucket / {wire.ROLLUP_BASE}) * {wire.ROLLUP_BASE} + {wire.ROLLUP_BASE - 1}
+            ORDER BY d.step_last DESC LIMIT 1),
+           max(c.step_last), max(c.wall_last)
+    FROM rollup c
+    WHERE c.series = :series AND c.level = :level - 1 AND c.bucket BETWEEN :lo AND :hi
+    GROUP BY c.bucket / {wire.ROLLUP_BASE}
+"""
+
 
 class StoreError(RuntimeError):
     """The run store could not be opened or written."""
@@ -100,6 +117,7 @@ class RunStore:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._series: dict[tuple[str, str], int] = {}
+        self._sids: dict[tuple, list[int]] = {}
         self._params: dict[str, int] = {}
         self._last_beat = 0.0
 
@@ -263,9 +281,11 @@ class RunStore:
         for kind, payload in items:
             if kind == "scalars":
                 step, epoch, phase, wall, values = payload
-                for name, value in values.items():
-                    sid = self._series_id(db, name, phase)
-                    scalar_rows.append((sid, step, epoch, wall, value))
+                key = (phase, *values)  # the same names step after step: look their ids up once
+                sids = self._sids.get(key)
+                if sids is None:
+                    sids = self._sids[key] = [self._series_id(db, n, phase) for n in values]
+                scalar_rows.extend(zip(sids, repeat(step), repeat(epoch), repeat(wall), values.values()))
             elif kind == "truncate":
                 self._flush_scalars(db, scalar_rows)
                 scalar_rows = []
@@ -280,8 +300,18 @@ class RunStore:
         lo = db.execute("SELECT coalesce(max(rowid), 0) FROM scalars").fetchone()[0]
         db.executemany("INSERT INTO scalars VALUES (?, ?, ?, ?, ?)", rows)
         hi = db.execute("SELECT max(rowid) FROM scalars").fetchone()[0]
-        for level in range(1, wire.ROLLUP_LEVELS + 1):
-            db.execute(_ROLLUP_NEW_ROWS, {"w": wire.ROLLUP_BASE**level, "level": level, "lo": lo, "hi": hi})
+        db.execute(_ROLLUP_NEW_ROWS, {"w": wire.ROLLUP_BASE, "level": 1, "lo": lo, "hi": hi})
+        spans = db.execute(
+            "SELECT series, min(step), max(step) FROM scalars WHERE rowid > ? AND rowid <= ? GROUP BY series",
+            (lo, hi),
+        ).fetchall()
+        for level in range(2, wire.ROLLUP_LEVELS + 1):
+            child_w, w = wire.ROLLUP_BASE ** (level - 1), wire.ROLLUP_BASE**level
+            for sid, first, last in spans:  # children of every touched bucket at this level
+                db.execute(_ROLLUP_FROM_CHILDREN, {
+                    "series": sid, "level": level,
+                    "lo": first // w * wire.ROLLUP_BASE, "hi": last // child_w,
+                })  # fmt: skip
 
     def _truncate(self, db: sqlite3.Connection, step: int) -> None:
         db.execute("DELETE FROM scalars WHERE step > ?", (step,))

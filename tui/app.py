@@ -1,0 +1,337 @@
+"""The dltui dashboard: tabs, the keys that steer the run, the store poller, make_app()/run_app()."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.screen import ModalScreen, Screen
+from textual.scrollbar import ScrollBar, ScrollBarRender
+from textual.widgets import Footer, TabbedContent, TabPane
+from textual.worker import get_current_worker
+
+from dltui.engine.client import ControlClient, ControlError, EngineGone
+from dltui.engine.reader import pid_alive
+
+from .messages import CommandReplied, RunUpdated
+from .poller import EVAL, PAUSED, STARTING, RunPoller, RunSnapshot
+from .screens.dialogs import HelpScreen, LrDialog, QuitDialog
+from .screens.overview import OverviewPane
+from .widgets.deferred import DeferredPane, focus_first
+from .widgets.header import RunHeader
+
+POLL_S, POLL_ENDED_S = 0.5, 2.0  # live runs publish progress every 0.5 s; ended ones may resume
+FRAME_S = 0.5  # the repaint clock: header, plots and panels change together, twice a second at most
+# tab id, label, module and class of the pane (tabs 2-5 may not be installed yet)
+TABS = (("overview", "Overview", None, None), ("layers", "Layers", "layers", "LayersPane"),
+        ("tensors", "Tensors", "tensors", "TensorsPane"), ("model", "Model", "model", "ModelPane"),
+        ("console", "Console", "console", "ConsolePane"))  # fmt: skip
+STEERING = {"pause_resume", "step", "set_lr", "scale_lr", "toggle_mode", "checkpoint"}
+
+
+class AsciiScrollBarRender(ScrollBarRender):
+    """Scrollbar thumbs without the partial-block glyphs (for --ascii)."""
+
+    VERTICAL_BARS = [" "] * 8
+    HORIZONTAL_BARS = [" "] * 8
+
+
+class DltuiApp(App[int]):
+    """Watches one run through its store and steers it through its control socket."""
+
+    CSS_PATH = "dltui.tcss"
+    TITLE = "dltui"
+    HORIZONTAL_BREAKPOINTS = [(0, "-w-tiny"), (60, "-w-narrow"), (100, "-w-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-h-tiny"), (20, "-h-short"), (34, "-h-tall")]
+    BINDINGS = [
+        Binding("q", "request_quit", "Quit", tooltip="Stop the run, detach, or cancel", id="app.quit"),
+        Binding("question_mark", "help", "Help", key_display="?", id="app.help"),
+        Binding("space", "pause_resume", "Pause", tooltip="Pause or resume the run", id="run.pause_resume"),
+        Binding("n", "step", "Step", tooltip="One optimizer step while paused", id="run.step"),
+        Binding("l", "set_lr", "LR", tooltip="Set the learning rate (0.01, *0.5, /2)", id="run.lr"),
+        Binding("plus,equals_sign", "scale_lr('*2')", "LR*2", key_display="+", tooltip="Double the LR",
+                id="run.lr_double"),
+        Binding("minus", "scale_lr('/2')", "LR/2", key_display="-", tooltip="Halve the LR", id="run.lr_halve"),
+        Binding("e", "toggle_mode", "Eval", tooltip="Switch between train and eval", id="run.mode"),
+        Binding("c", "checkpoint", "Ckpt", tooltip="Save a checkpoint now", id="run.checkpoint"),
+        *(Binding(str(i), f"show_tab('{tab}')", label, show=False, id=f"tab.{tab}")
+          for i, (tab, label, _, _) in enumerate(TABS, 1)),
+    ]  # fmt: skip
+
+    def __init__(self, run_dir: Path, *, engine_pid: int | None = None, ascii: bool = False,
+                 owns_engine: bool = False) -> None:  # fmt: skip
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.engine_pid = engine_pid
+        self.ascii = self.ascii_mode = ascii  # panes read app.ascii_mode
+        self.owns_engine = owns_engine
+        self.client = ControlClient(self.run_dir, timeout=90.0)
+        self.snapshot: RunSnapshot | None = None
+        self.quit_choice: str | None = None  # 'stop' or 'detach' once the user quit a live run
+        self._reply_state: dict = {}  # the engine's state: its newest reply, or what we just asked
+        self._reply_at = 0.0
+        self._outbox: queue.Queue = queue.Queue()  # requests, sent one at a time, in key order
+        if ascii:
+            self.add_class("-ascii")
+        # Kept, not queried: a query runs on the active screen, which may be a dialog.
+        self.header = RunHeader(self.run_dir.name, ascii=ascii, id="header")
+        self.overview = OverviewPane(self.run_dir, self.client, ascii=ascii, classes="pane")
+
+    # -- layout --------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield self.header
+        with TabbedContent(id="tabs"):
+            for i, (tab, label, module, cls_name) in enumerate(TABS, 1):
+                with TabPane(f"{i} {label}", id=tab):
+                    if module is None:
+                        yield self.overview
+                    else:
+                        yield DeferredPane(module, cls_name, label, self.run_dir, self.client)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if self.ascii:  # a class attribute: Textual has no per-app setting; put back on unmount
+            self._scrollbar_renderer, ScrollBar.renderer = ScrollBar.renderer, AsciiScrollBarRender
+        self._poll()
+        self._sender()
+        self.set_interval(FRAME_S, self._frame)
+        self.call_after_refresh(self.overview.focus)  # its plot keys (s, g, x, m) work at once
+
+    def on_unmount(self) -> None:
+        if self.ascii:
+            ScrollBar.renderer = self._scrollbar_renderer
+        self.client.close()
+
+    def _panes(self) -> Iterable:
+        return self.header.screen.query(".pane") if self.header.is_attached else ()
+
+    def action_show_tab(self, tab: str) -> None:
+        self.header.screen.query_one(TabbedContent).active = tab
+        self._focus_pane(tab)
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self._focus_pane(event.pane.id or "")
+
+    def _focus_pane(self, tab: str) -> None:
+        # query, not query_one: at start-up TabbedContent may not have mounted its panes yet
+        for pane in self.header.screen.query(f"TabPane#{tab}"):
+            focus_first(pane)
+
+    # -- the poller ----------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="poller", name="store poller")
+    def _poll(self) -> None:
+        """Read the store a few times a second on a thread; post a snapshot when it changed."""
+        worker = get_current_worker()
+        poller = RunPoller(self.run_dir, self.engine_pid)
+        try:
+            while not worker.is_cancelled:
+                try:
+                    snap = poller.poll()
+                except Exception as e:  # locked past busy_timeout, half-written: reopen, go on
+                    self.log.warning(f"store read failed: {type(e).__name__}: {e}")
+                    poller.close()  # the dashboard keeps what it has rather than dying
+                    snap = None
+                if snap is not None:
+                    self.post_message(RunUpdated(snap))
+                live = self.snapshot is None or self.snapshot.live
+                deadline = time.monotonic() + (POLL_S if live else POLL_ENDED_S)
+                while not worker.is_cancelled and time.monotonic() < deadline:
+                    time.sleep(0.05)  # short naps: quitting never waits for a poll interval
+        finally:
+            poller.close()
+
+    def _frame(self) -> None:
+        """One clock for every repaint, so a changed run costs one screen update, not several."""
+        if self.header.is_attached:
+            self.header.tick()
+            self.overview.tick()
+
+    def on_run_updated(self, message: RunUpdated) -> None:
+        snap, old = message.snapshot, self.snapshot
+        self.snapshot = snap
+        self.header.show(snap)
+        for pane in self._panes():
+            pane.post_message(RunUpdated(snap))
+        if old is not None and old.live and not snap.live:
+            detail = f": {snap.detail}" if snap.detail else ""
+            self.notify(f"run {snap.state}{detail}", severity="warning" if snap.state != "FINISHED"
+                        else "information", timeout=8)  # fmt: skip
+
+    # -- steering ------------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Keys under a dialog do nothing: 'c' in the quit dialog must not take a checkpoint.
+        if isinstance(self.screen, ModalScreen) and (action in STEERING or action in
+                                                      ("request_quit", "help", "show_tab")):  # fmt: skip
+            return False
+        return True
+
+    def _steerable(self) -> bool:
+        snap = self.snapshot
+        if snap is not None and not snap.live:
+            why = {"CRASHED": " (the engine is gone)"}.get(snap.state, "")
+            self.notify(f"run {snap.state.lower()}: read-only{why}", severity="warning", timeout=4)
+            return False
+        return True
+
+    def _engine_flag(self, key: str) -> object:
+        """paused / mode as the engine last said: a reply is newer than the last poll."""
+        if key in self._reply_state and time.monotonic() - self._reply_at < 2.0:
+            return self._reply_state[key]
+        state = self.snapshot.state if self.snapshot else None
+        if key == "paused":
+            return state == PAUSED
+        return "eval" if state == EVAL else "train"
+
+    def action_pause_resume(self) -> None:
+        if self._steerable():
+            self._send("resume" if self._engine_flag("paused") else "pause")
+
+    def action_step(self) -> None:
+        if self._steerable():
+            self._send("step", n=1)
+
+    def action_set_lr(self) -> None:
+        if self._steerable():
+
+            def chosen(value: str | None) -> None:
+                if value is not None:
+                    self._send("lr", value=value)
+
+            self.push_screen(LrDialog(self.snapshot.lrs if self.snapshot else []), chosen)
+
+    def action_scale_lr(self, value: str) -> None:
+        if self._steerable():
+            self._send("lr", value=value)
+
+    def action_toggle_mode(self) -> None:
+        if self._steerable():
+            self._send("mode", mode="train" if self._engine_flag("mode") == "eval" else "eval")
+
+    def action_checkpoint(self) -> None:
+        if self._steerable():
+            self._send("checkpoint")
+
+    def _send(self, cmd: str, then: str | None = None, **args: object) -> None:
+        if cmd in ("checkpoint", "mode"):  # these wait for a step boundary (up to a step)
+            self.notify(f"{cmd} requested...", timeout=1.5)
+        if cmd in ("pause", "resume", "mode"):  # what the next space / e toggles from, before
+            expect = {"paused": cmd == "pause"} if cmd != "mode" else {"mode": args["mode"]}
+            self._reply_state = {**self._reply_state, **expect}  # the reply confirms it
+            self._reply_at = time.monotonic()
+        self._outbox.put((cmd, args, then))
+
+    @work(thread=True, exclusive=True, group="control", name="control sender")
+    def _sender(self) -> None:
+        """Send queued requests one at a time on a thread, in the order the keys were pressed.
+
+        The engine answers at its next step boundary (up to a step); the UI never waits for it,
+        and a pause then a resume can never overtake each other.
+        """
+        worker = get_current_worker()
+        while not worker.is_cancelled:
+            try:
+                cmd, args, then = self._outbox.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self.post_message(self._request(cmd, args, then))
+
+    def _request(self, cmd: str, args: dict, then: str | None) -> CommandReplied:
+        try:
+            reply = self.client.request(cmd, **args)
+        except Exception as e:  # ControlError speaks to the user; anything else is still said
+            e = e if isinstance(e, ControlError) else ControlError(f"{type(e).__name__}: {e}")
+            if cmd == "stop" and isinstance(e, EngineGone) and self._signal_engine():
+                text = "engine not listening yet: sent it SIGTERM (checkpoint, then exit)"
+                return CommandReplied(cmd, True, text, then=then)
+            return CommandReplied(cmd, False, str(e), then=then)
+        text = acknowledgement(cmd, reply.ok, reply.error, reply.state, reply.data)
+        return CommandReplied(cmd, reply.ok, text, reply.state, reply.data, then)
+
+    def _signal_engine(self) -> bool:
+        """Stop an engine we started that has no socket yet (still loading the recipe)."""
+        if not (self.owns_engine and self.engine_pid and pid_alive(self.engine_pid)):
+            return False
+        os.kill(self.engine_pid, signal.SIGTERM)
+        return True
+
+    def on_command_replied(self, message: CommandReplied) -> None:
+        if message.state:
+            self._reply_state, self._reply_at = message.state, time.monotonic()
+        self.notify(message.message, severity="information" if message.ok else "error",
+                    timeout=3 if message.ok else 6)  # fmt: skip
+        if message.then == "exit":
+            self.exit(0)
+
+    # -- quit and help -------------------------------------------------------------------------
+    def action_request_quit(self) -> None:
+        snap = self.snapshot
+        if snap is None or not snap.live or (snap.state == STARTING and not self.owns_engine):
+            self.exit(0)
+            return
+
+        def chosen(choice: str | None) -> None:
+            if choice == "stop":
+                self.quit_choice = "stop"
+                self._send("stop", then="exit")
+            elif choice == "detach":
+                self.quit_choice = "detach"
+                self.exit(0)
+
+        self.push_screen(QuitDialog(self.run_dir.name, self.owns_engine), chosen)
+
+    def action_help(self) -> None:
+        def keys(bindings: Iterable) -> list[tuple[str, str]]:
+            return [(b.key_display or b.key, b.tooltip or b.description) for b in bindings
+                    if isinstance(b, Binding) and b.description]  # fmt: skip
+
+        self.push_screen(HelpScreen([
+            ("Run (any tab)", keys(b for b in self.BINDINGS if not b.id.startswith("tab."))),
+            ("Tabs", [("1-5", "Overview, Layers, Tensors, Model, Console")]),
+            ("Overview plots", keys(OverviewPane.BINDINGS)),
+        ]))  # fmt: skip
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The palette lists every key of the dashboard too (ctrl+p), with what it does."""
+        yield from super().get_system_commands(screen)
+        for b in self.BINDINGS:
+            if isinstance(b, Binding) and b.description:
+                yield SystemCommand(f"{b.description} ({b.key_display or b.key})",
+                                    b.tooltip or b.description, lambda a=b.action: self.run_action(a))  # fmt: skip
+
+
+def acknowledgement(cmd: str, ok: bool, error: str | None, state: dict | None, data: object) -> str:
+    """What a reply means, in words for a notification."""
+    if not ok:
+        return f"{cmd}: {error or 'failed'}"
+    step = (state or {}).get("step", "?")
+    if cmd == "lr" and isinstance(data, dict) and data.get("message"):
+        return str(data["message"])
+    if cmd == "checkpoint" and isinstance(data, dict):
+        return f"checkpoint saved at step {step}: {data.get('path')}"
+    return {
+        "pause": f"paused at step {step}", "resume": f"resumed at step {step}",
+        "step": f"stepping once from step {step}",
+        "mode": f"{(state or {}).get('mode', '?')} mode at step {step}",
+        "stop": f"stop requested at step {step}: the run ends after this step, with a checkpoint",
+    }.get(cmd, f"{cmd}: ok")  # fmt: skip
+
+
+def make_app(run_dir: Path, *, engine_pid: int | None = None, ascii: bool = False,
+             owns_engine: bool = False) -> DltuiApp:  # fmt: skip
+    """The dashboard for one run directory (shared by the CLI and the tests)."""
+    return DltuiApp(Path(run_dir), engine_pid=engine_pid, ascii=ascii, owns_engine=owns_engine)
+
+
+def run_app(run_dir: Path, *, engine_pid: int | None = None, ascii: bool = False,
+            owns_engine: bool = False) -> int:  # fmt: skip
+    """Run the dashboard until the user quits; returns the process exit code."""
+    app = make_app(run_dir, engine_pid=engine_pid, ascii=ascii, owns_engine=owns_engine)
+    app.run()
+    return app.return_code or 0

@@ -1,0 +1,58 @@
+"""App-level messages: dataclasses named for what happened; high-rate ones collapse in a burst."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from textual.message import Message
+
+if TYPE_CHECKING:
+    from .poller import RunSnapshot
+
+
+@dataclass
+class RunUpdated(Message, bubble=False):
+    """The poller saw the run change (progress, status, events or a system sample).
+
+    The app posts a fresh one to each pane; it does not bubble, so a pane that ignores it does
+    not send it back up to the app. `snapshot` is the whole current picture, not a delta, so a
+    newer one can replace an unhandled older one without losing anything.
+    """
+
+    snapshot: RunSnapshot
+
+    @property
+    def state(self) -> str:
+        """RUNNING, PAUSED, EVAL, FINISHED, FAILED, STOPPED, CRASHED or STARTING."""
+        return self.snapshot.state
+
+    @property
+    def step(self) -> int:
+        return self.snapshot.step
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, RunUpdated)
+
+
+@dataclass
+class SeriesFetched(Message, bubble=False):
+    """A pane's series worker read the plot series (already downsampled to the plots' widths)."""
+
+    series: dict[str, Any]
+    request: tuple
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, SeriesFetched)
+
+
+@dataclass
+class CommandReplied(Message):
+    """The engine answered a control request (or could not be reached)."""
+
+    cmd: str
+    ok: bool
+    message: str
+    state: dict[str, Any] | None = None
+    data: Any = None
+    then: str | None = None  # what the app does after the reply ("exit" after a stop)

@@ -1,0 +1,266 @@
+"""What the dashboard knows about a run, read from its store in one cheap poll (no Textual here).
+
+The app's poller worker calls RunPoller.poll() a few times a second on a thread and posts the
+returned snapshot only when something changed. A poll reads a handful of small meta keys, the
+events after the last one seen and, once a second, the newest system sample: never a whole
+history, so its cost does not grow with the run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dltui.engine import wire
+from dltui.engine.reader import RunNotFound, RunReader, pid_alive
+
+# Display states. The word is always shown next to its colour (NO_COLOR terminals see the word).
+RUNNING, PAUSED, EVAL, STARTING = "RUNNING", "PAUSED", "EVAL", "STARTING"
+FINISHED, FAILED, STOPPED, CRASHED = "FINISHED", "FAILED", "STOPPED", "CRASHED"
+LIVE_STATES = (RUNNING, PAUSED, EVAL, STARTING)
+
+# The sampler's note when NVML is missing (dltui.engine.sampler.NOTE_PREFIX; that module imports
+# psutil, which the dashboard does not need, so the prefix is repeated here).
+GPU_NOTE_PREFIX = "GPU metrics unavailable: "
+
+# Meta keys read on every poll; the rest (model summary, hparams) is read once: it can be large.
+VOLATILE_KEYS = ("status", "progress", "heartbeat", "started", "ended", "pid", "host")
+MAX_EVENTS = 100  # the events list shows the newest few; memory stays flat over a long run
+MAX_MARKERS = 1000  # command events drawn on the plots
+SYSTEM_HISTORY = 120  # samples per system metric kept for the sparklines (~2 minutes at 1 Hz)
+RATE_WINDOW_S = 30.0
+
+
+@dataclass
+class RunSnapshot:
+    """The whole current picture of a run, as the header, system panel and events list need it."""
+
+    run_dir: Path
+    run_id: str
+    state: str = STARTING
+    status: str = "starting"  # the reader's word: running, paused, finished, crashed...
+    detail: str = ""  # why the state is what it is, when that needs saying
+    meta: dict[str, Any] = field(default_factory=dict)  # the slow-changing keys, read once
+    progress: dict[str, Any] = field(default_factory=dict)
+    started: float | None = None
+    ended: float | None = None  # end of the run's clock: 'ended', or the last heartbeat if crashed
+    samples_per_s: float | None = None
+    steps_per_s: float | None = None
+    events: tuple[dict, ...] = ()
+    markers: tuple[tuple[int, float, str], ...] = ()  # (step, wall, message) of command events
+    system: dict[str, float] = field(default_factory=dict)
+    system_history: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    gpu_note: str | None = None
+    scalars_seen: int = 0  # the store's newest scalar row id: plots refetch when it moves
+    version: int = 0
+
+    @property
+    def live(self) -> bool:
+        """True while an engine is there to steer."""
+        return self.state in LIVE_STATES
+
+    @property
+    def step(self) -> int:
+        return int(self.progress.get("step") or 0)
+
+    @property
+    def lrs(self) -> list[float]:
+        return list(self.progress.get("lrs") or [])
+
+    @property
+    def eta_s(self) -> float | None:
+        total = self.progress.get("total_steps")
+        if not total or not self.steps_per_s or self.state != RUNNING:
+            return None
+        return max(0, total - self.step) / self.steps_per_s
+
+
+def display_state(status: str, progress: dict[str, Any]) -> str:
+    """The reader's status and the progress' mode as one display word."""
+    if status == "paused":
+        return EVAL if progress.get("mode") == "eval" else PAUSED
+    if status == wire.RUNNING:
+        return EVAL if progress.get("mode") == "eval" else RUNNING
+    return {wire.FINISHED: FINISHED, wire.FAILED: FAILED, wire.STOPPED: STOPPED,
+            wire.CRASHED: CRASHED}.get(status, status.upper())  # fmt: skip
+
+
+class RunPoller:
+    """Reads one run's store; poll() returns a new snapshot when anything shown has changed."""
+
+    def __init__(self, run_dir: Path, engine_pid: int | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.engine_pid = engine_pid
+        self.reader: RunReader | None = None
+        self.snap = RunSnapshot(run_dir=self.run_dir, run_id=self.run_dir.name)
+        self._events: deque[dict] = deque(maxlen=MAX_EVENTS)
+        self._markers: deque[tuple[int, float, str]] = deque(maxlen=MAX_MARKERS)
+        self._last_event = 0
+        self._sys_wall = 0.0
+        self._sys_rowid = 0
+        self._sys_hist: dict[str, deque[float]] = {}
+        self._rate: deque[tuple[float, int]] = deque()
+        self._sig: tuple | None = None
+        self._primed = False
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+
+    def _open(self) -> RunReader | None:
+        if self.reader is None:
+            try:
+                self.reader = RunReader(self.run_dir)
+            except RunNotFound:
+                return None
+            if not self._primed:  # a reopen after a read error must not replay the history
+                self._primed = True
+                self._first_read(self.reader)
+        return self.reader
+
+    def _first_read(self, r: RunReader) -> None:
+        for ev in r.events(kind=wire.EV_INFO, limit=50):  # the GPU note comes in the first seconds
+            if ev["message"].startswith(GPU_NOTE_PREFIX):
+                self.snap.gpu_note = ev["message"][len(GPU_NOTE_PREFIX) :]
+        for ev in r.events(kind=wire.EV_COMMAND, limit=MAX_MARKERS):  # the first 1000 commands
+            self._add_marker(ev)
+        self._events.extend(r.last_events(MAX_EVENTS))
+        self._last_event = self._events[-1]["id"] if self._events else 0
+
+    def _add_marker(self, ev: dict) -> None:
+        if ev["kind"] == wire.EV_COMMAND and ev["step"] is not None:
+            self._markers.append((int(ev["step"]), float(ev["wall"]), ev["message"]))
+
+    def poll(self) -> RunSnapshot | None:
+        """Read what changed; a new snapshot if anything did, else None."""
+        r = self._open()
+        if r is None:
+            return self._not_started()
+        meta = self._volatile_meta(r)
+        if not self.snap.meta and "status" in meta:
+            full = r.meta()
+            self.snap.meta = {k: v for k, v in full.items() if k not in VOLATILE_KEYS}
+        status = r.status(meta) if "status" in meta else "starting"
+        progress = meta.get("progress") or {}
+        state = display_state(status, progress) if "status" in meta else STARTING
+        self._read_events(r)
+        self._read_system(r)
+        step = int(progress.get("step") or 0)
+        self._note_rate(step)
+        ended = meta.get("ended")
+        if state == CRASHED and ended is None:
+            ended = meta.get("heartbeat")
+        # max(rowid) is O(1) in SQLite: the cheapest way to know a plot has something new to show.
+        scalars = r.db.execute("SELECT coalesce(max(rowid), 0) FROM scalars").fetchone()[0]
+        sig = (state, json.dumps(progress, sort_keys=True), self._last_event, self._sys_wall,
+               ended, scalars)  # fmt: skip
+        if sig == self._sig:
+            return None
+        self._sig = sig
+        s = self.snap
+        s.state, s.status, s.progress, s.scalars_seen = state, status, progress, scalars
+        s.detail = _detail(state, self._events)
+        s.started, s.ended = meta.get("started"), ended
+        last = r.last("samples_per_s")
+        s.samples_per_s = last[1] if last else None
+        s.steps_per_s = self._steps_per_s(r)
+        s.events = tuple(self._events)
+        s.markers = tuple(self._markers)
+        s.system_history = {k: tuple(v) for k, v in self._sys_hist.items()}
+        s.version += 1
+        return _copy(s)
+
+    def _not_started(self) -> RunSnapshot | None:
+        """No store yet: the engine is still importing torch and the recipe, or it died doing so."""
+        s = self.snap
+        if self.engine_pid is not None and not pid_alive(self.engine_pid):
+            state, detail = (
+                CRASHED,
+                f"the engine (pid {self.engine_pid}) exited before the run started",
+            )
+        else:
+            state, detail = STARTING, "waiting for the engine to create the run store"
+        if (state, detail) == (s.state, s.detail) and s.version:
+            return None
+        s.state, s.detail = state, detail
+        s.version += 1
+        return _copy(s)
+
+    def _volatile_meta(self, r: RunReader) -> dict[str, Any]:
+        marks = ",".join("?" * len(VOLATILE_KEYS))
+        rows = r.db.execute(f"SELECT key, value FROM meta WHERE key IN ({marks})", VOLATILE_KEYS)
+        return {k: json.loads(v) for k, v in rows}
+
+    def _read_events(self, r: RunReader) -> None:
+        while True:
+            new = r.events(after_id=self._last_event, limit=500)
+            for ev in new:
+                self._events.append(ev)
+                self._add_marker(ev)
+                if ev["kind"] == wire.EV_INFO and ev["message"].startswith(GPU_NOTE_PREFIX):
+                    self.snap.gpu_note = ev["message"][len(GPU_NOTE_PREFIX) :]
+            if new:
+                self._last_event = new[-1]["id"]
+            if len(new) < 500:
+                return
+
+    def _read_system(self, r: RunReader) -> None:
+        """Append the system rows written since the last poll to each metric's short history.
+
+        One range query on the table's rowid (always cheap) instead of RunReader.system_latest(),
+        whose max(wall) scans the whole table: a day-long run has ~700k system rows.
+        """
+        top = r.db.execute("SELECT max(rowid) FROM system").fetchone()[0]
+        if top is None or top == self._sys_rowid:
+            return
+        lo = self._sys_rowid or max(0, top - SYSTEM_HISTORY * 64)  # 64 names per sample is plenty
+        wall, latest = None, {}
+        for w, name, value in r.db.execute(
+            "SELECT wall, name, value FROM system WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
+            (lo, top),
+        ):
+            if w != wall:  # a sample's rows share one wall time and are written together
+                wall, latest = w, {}
+            latest[name] = value
+            if value is not None:
+                self._sys_hist.setdefault(name, deque(maxlen=SYSTEM_HISTORY)).append(value)
+        self._sys_rowid, self._sys_wall = top, wall or self._sys_wall
+        self.snap.system = latest
+
+    def _note_rate(self, step: int) -> None:
+        now = time.monotonic()
+        if not self._rate or self._rate[-1][1] != step:
+            self._rate.append((now, step))
+        while len(self._rate) > 2 and now - self._rate[0][0] > RATE_WINDOW_S:
+            self._rate.popleft()
+
+    def _steps_per_s(self, r: RunReader) -> float | None:
+        """Steps per second over the last half minute watched; before that, from step times."""
+        if len(self._rate) >= 3:
+            (t0, s0), (t1, s1) = self._rate[0], self._rate[-1]
+            if t1 > t0 and s1 > s0:
+                return (s1 - s0) / (t1 - t0)
+        st, dt = r.last("step_time"), r.last("data_time")
+        total = (st[1] or 0.0 if st else 0.0) + (dt[1] or 0.0 if dt else 0.0)
+        return 1.0 / total if total > 0 else None
+
+
+def _detail(state: str, events: deque[dict]) -> str:
+    """A line on why a run ended, from its last error or status event."""
+    if state == CRASHED:
+        return "the engine is gone (killed or lost); everything recorded is still here"
+    if state in (FAILED, STOPPED, FINISHED):
+        for ev in reversed(events):
+            if ev["kind"] in (wire.EV_ERROR, wire.EV_STATUS):
+                return ev["message"]
+    return ""
+
+
+def _copy(s: RunSnapshot) -> RunSnapshot:
+    """A shallow copy for the UI thread: the poller keeps mutating its own."""
+    return RunSnapshot(**{k: getattr(s, k) for k in s.__dataclass_fields__})

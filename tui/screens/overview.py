@@ -1,0 +1,254 @@
+"""The Overview tab: loss, metric and LR plots with command markers, the system panel, events.
+
+Data flow: the app posts RunUpdated (a snapshot) here; the app's frame clock (2 Hz) calls
+tick(), which applies the newest snapshot and the newest series and, when the store has new
+scalars or a plot changed size, starts one thread worker that reads every plot's series
+downsampled to that plot's width. Its result waits for the next tick, so the plots, the header
+and the panels repaint together in one frame, at most twice a second, and only what changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widget import Widget
+from textual.worker import get_current_worker
+
+from dltui.engine import wire
+from dltui.engine.client import ControlClient
+from dltui.engine.reader import RunReader, Series
+
+from ..messages import RunUpdated, SeriesFetched
+from ..poller import RunSnapshot
+from ..widgets.events import EventList
+from ..widgets.plot import Plot, Trace
+from ..widgets.system import SystemPanel
+
+SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.99)
+NOT_METRICS = {"loss", "step_time", "data_time", "samples_per_s"}
+TRAIN_COLOR, VAL_COLOR, LR_COLORS = "cyan", "yellow", ("green", "bright_blue", "bright_magenta")
+
+
+def _trace(s: Series, label: str, color: str, smooth: bool = True) -> Trace:
+    return Trace(
+        label, tuple(s.steps), tuple(s.walls), tuple(s.means), tuple(s.counts), color, smooth
+    )
+
+
+def read_plot_series(
+    r: RunReader, metric_index: int, b_loss: int, b_metric: int, b_lr: int
+) -> dict[str, Any]:
+    """Every overview series, each downsampled to its plot's width in dots.
+
+    A handful of queries on the store's rollups: the cost is set by the buckets asked for, not
+    by the run's length (benchmarks/tui.py compares a 1M-step store with a 100-step one).
+    """
+    names = r.series_names()
+    metrics = [
+        n
+        for n, ph in names
+        if ph == wire.TRAIN and n not in NOT_METRICS and not n.startswith("lr/")
+    ]
+    metric = metrics[metric_index % len(metrics)] if metrics else None
+    out: dict[str, Any] = {"metric": metric}
+    for phase in (wire.TRAIN, wire.VAL):
+        out[f"loss/{phase}"] = r.series("loss", phase, b_loss)
+        if metric:
+            out[f"metric/{phase}"] = r.series(metric, phase, b_metric)
+    for n, ph in names:
+        if n.startswith("lr/") and ph == wire.TRAIN:
+            out[n] = r.series(n, ph, b_lr)
+    return out
+
+
+def _spans(series: Any) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """The step and wall range over all plotted series: every plot's x axis shows the same span."""
+    shown = [s for s in series if isinstance(s, Series) and len(s)]
+    if not shown:
+        return None
+    steps = (min(s.steps[0] for s in shown), max(s.steps[-1] for s in shown))
+    walls = (min(s.walls[0] for s in shown), max(s.walls[-1] for s in shown))
+    return steps, walls
+
+
+class OverviewPane(Widget, can_focus=True):
+    """Plots, system panel and events of one run; plot keys act on all three plots."""
+
+    BINDINGS = [
+        Binding("s", "cycle_smoothing", "Smooth", tooltip="EMA smoothing: off, 0.6, 0.9, 0.99",
+                id="overview.smoothing"),
+        Binding("g", "toggle_log", "Log", tooltip="Logarithmic y axis on the plots", id="overview.log_y"),
+        Binding("x", "toggle_x", "X", tooltip="x axis: step or elapsed time", id="overview.x_axis"),
+        Binding("m", "next_metric", "Metric", tooltip="Show the next recorded metric", id="overview.metric"),
+    ]  # fmt: skip
+
+    def __init__(self, run_dir: Path, client: ControlClient | None = None, *, ascii: bool = False,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        self.run_dir = Path(run_dir)
+        self.client = client
+        self.ascii = ascii
+        self.smoothing = 0.0
+        self.log_y = False
+        self.x_time = False
+        self.metric_index = 0
+        self.metric_name: str | None = None
+        self._snap: RunSnapshot | None = None
+        self._snap_new = False
+        self._series: dict[str, Series] | None = None
+        self._series_new = False
+        self._fetched_key: tuple | None = None
+        self._fetching = False
+        self._reader: RunReader | None = None
+        # Kept, not queried: the clock may tick while the app is tearing the tree down.
+        self.plots = tuple(
+            Plot(ascii=ascii, id=f"plot-{n}", classes="panel") for n in ("loss", "metric", "lr")
+        )
+        self.system = SystemPanel(ascii=ascii, id="system", classes="panel")
+        self.events = EventList(id="events", classes="panel")
+
+    def compose(self) -> ComposeResult:
+        loss, metric, lr = self.plots
+        with Horizontal(id="ov-row1"):
+            yield loss
+            yield metric
+        with Horizontal(id="ov-row2"):
+            yield lr
+            yield self.system
+        yield self.events
+
+    def on_mount(self) -> None:
+        titles = ("loss", "metric", "learning rate", "system", "events")
+        for widget, title in zip((*self.plots, self.system, self.events), titles, strict=True):
+            widget.border_title = title
+
+    def on_show(self) -> None:
+        self.tick()  # back from another tab: catch up now
+
+    def on_unmount(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+    # -- incoming ------------------------------------------------------------------------------
+    def on_run_updated(self, message: RunUpdated) -> None:
+        self._snap, self._snap_new = message.snapshot, True
+        if self._series is None:
+            self.tick()  # first paint: don't wait for the clock
+
+    @on(SeriesFetched)
+    def _series_fetched(self, message: SeriesFetched) -> None:
+        self._fetching = False
+        if "error" in message.series:
+            self.log.warning(f"overview: reading series failed: {message.series['error']}")
+            return
+        first = self._series is None
+        self._series, self._fetched_key = message.series, message.request
+        self.metric_name = message.series.get("metric")
+        self._series_new = True
+        if first:
+            self.tick()  # first paint: don't wait for the clock
+
+    # -- the clock -----------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Apply what arrived since the last frame; start a series read if the store moved."""
+        snap = self._snap
+        if snap is None or not self.is_attached or not self.parent or not self.parent.display:
+            return  # another tab is showing (or the app is closing): nothing to draw or read
+        if self._snap_new or self._series_new:
+            if self._snap_new:
+                self.system.show(snap)
+                self.events.show(snap)
+            self._snap_new = self._series_new = False
+            self._draw()  # each plot repaints only if its data or settings differ
+        key = self._fetch_key(snap)
+        if key != self._fetched_key and not self._fetching and snap.scalars_seen:
+            self._fetching = True
+            self._fetch(key)
+
+    def _fetch_key(self, snap: RunSnapshot) -> tuple:
+        return (snap.scalars_seen, self.metric_index, *(p.plot_buckets() for p in self.plots))
+
+    @work(thread=True, exclusive=True, group="overview-series")
+    def _fetch(self, key: tuple) -> None:
+        """Read every plot's series at its width, on a thread (SQLite never blocks the UI)."""
+        out: dict[str, Any] = {}
+        try:
+            if self._reader is None:
+                self._reader = RunReader(self.run_dir)
+            out = read_plot_series(self._reader, *key[1:])
+        except Exception as e:  # not created yet, locked, half-written: the next tick retries
+            out = {"error": f"{type(e).__name__}: {e}"}
+        if not get_current_worker().is_cancelled:
+            self.post_message(SeriesFetched(out, key))
+
+    # -- drawing -------------------------------------------------------------------------------
+    def _draw(self) -> None:
+        snap, series = self._snap, self._series
+        if snap is None:
+            return
+        loss, metric, lr = self.plots
+        options = dict(smoothing=self.smoothing, log_y=self.log_y, x_time=self.x_time,
+                       t0=snap.started or 0.0)  # fmt: skip
+        shown = ("log" if self.log_y else "", "time" if self.x_time else "")
+        ema = f"ema {self.smoothing:g}" if self.smoothing else ""
+        for plot, smoothed in (
+            (loss, True),
+            (metric, True),
+            (lr, False),
+        ):  # the LR is never smoothed
+            subtitle = "  ".join(w for w in (ema if smoothed else "", *shown) if w)
+            if plot.border_subtitle != subtitle:
+                plot.border_subtitle = subtitle
+        if metric.border_title != (self.metric_name or "metric"):
+            metric.border_title = self.metric_name or "metric"
+        if series is None:
+            return
+        spans = _spans(series.values())
+        for plot in (loss, metric, lr):
+            plot.set_options(**options, spans=spans)
+        markers = snap.markers
+        loss.set_data(self._pair(series, "loss"), markers)
+        metric.set_data(self._pair(series, "metric"), markers)
+        lrs = sorted(k for k in series if k.startswith("lr/"))
+        lr.set_data([
+            _trace(series[k], "lr" if len(lrs) == 1 else f"group {k[3:]}", LR_COLORS[i % 3], False)
+            for i, k in enumerate(lrs) if len(series[k])
+        ], markers)  # fmt: skip
+
+    def _pair(self, series: dict[str, Series], key: str) -> list[Trace]:
+        out = []
+        for phase, color in ((wire.TRAIN, TRAIN_COLOR), (wire.VAL, VAL_COLOR)):
+            s = series.get(f"{key}/{phase}")
+            if s is not None and len(s):
+                # val points are already means over the whole val set, one per epoch: an EMA over
+                # a handful of them only drags the curve behind; train is what needs smoothing
+                out.append(_trace(s, phase, color, smooth=phase == wire.TRAIN))
+        return out
+
+    # -- plot controls -------------------------------------------------------------------------
+    def action_cycle_smoothing(self) -> None:
+        i = SMOOTHING_STEPS.index(self.smoothing) if self.smoothing in SMOOTHING_STEPS else 0
+        self.smoothing = SMOOTHING_STEPS[(i + 1) % len(SMOOTHING_STEPS)]
+        self.notify(
+            f"smoothing {'off' if not self.smoothing else f'EMA {self.smoothing:g}'}", timeout=2
+        )
+        self._draw()
+
+    def action_toggle_log(self) -> None:
+        self.log_y = not self.log_y
+        self.notify(f"y axis {'logarithmic' if self.log_y else 'linear'}", timeout=2)
+        self._draw()
+
+    def action_toggle_x(self) -> None:
+        self.x_time = not self.x_time
+        self.notify(f"x axis: {'elapsed time' if self.x_time else 'step'}", timeout=2)
+        self._draw()
+
+    def action_next_metric(self) -> None:
+        self.metric_index += 1
+        self.tick()

@@ -1,0 +1,117 @@
+"""The run header: name, state (colour and word), epoch, batch, step, LR, progress bar, times, speed."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.widget import Widget
+
+from ..poller import (
+    CRASHED,
+    EVAL,
+    FAILED,
+    FINISHED,
+    PAUSED,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    RunSnapshot,
+)
+from .format import fmt_duration, fmt_num, join_lines
+
+# The word is always drawn; the colour only repeats it (NO_COLOR terminals see the word alone).
+STATE_STYLES = {
+    RUNNING: "bold black on green", PAUSED: "bold black on yellow", EVAL: "bold white on blue",
+    STARTING: "bold black on white", FINISHED: "bold black on cyan", STOPPED: "bold black on white",
+    FAILED: "bold white on red", CRASHED: "bold white on red",
+}  # fmt: skip
+
+
+class RunHeader(Widget):
+    """Two lines at the top of every tab, repainted by the app's frame clock (tick())."""
+
+    DEFAULT_CSS = """
+    RunHeader { height: 2; width: 1fr; padding: 0 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    """
+
+    def __init__(self, run_name: str, *, ascii: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.run_name = run_name
+        self.ascii = ascii
+        self.snap: RunSnapshot | None = None
+        self._dirty = False
+        self._second = 0
+
+    def tick(self) -> None:
+        """Repaint if the snapshot changed, or once a second while live (the elapsed time)."""
+        second = int(time.time())
+        if self._dirty or (self.snap is not None and self.snap.live and second != self._second):
+            self._dirty, self._second = False, second
+            self.refresh()
+
+    def show(self, snap: RunSnapshot) -> None:
+        first, self.snap, self._dirty = self.snap is None, snap, True
+        if first:
+            self.tick()  # first paint: don't wait for the clock
+
+    def render(self) -> Text:
+        s = self.snap
+        width = self.size.width or 80
+        if s is None:
+            return Text.assemble(
+                (f"{self.run_name} ", "bold"), (" STARTING ", STATE_STYLES[STARTING])
+            )
+        return join_lines([self._line1(s, width), self._line2(s, width)])
+
+    def _line1(self, s: RunSnapshot, width: int) -> Text:
+        p = s.progress
+        parts: list[tuple[str, str]] = []
+        if not s.live:  # before the counters: at 80 columns it must not be the word that is cut
+            parts.append(("read-only", "italic"))
+        if p:
+            epochs = p.get("epochs")
+            current = p.get("epoch", 0) + 1  # `epoch` counts completed epochs; show the one running
+            current = min(current, epochs) if epochs else current
+            parts.append((f"epoch {current}/{epochs or '?'}", ""))
+            parts.append((f"batch {p.get('batch', 0)}/{p.get('steps_per_epoch') or '?'}", ""))
+            parts.append((f"step {p.get('step', 0)}/{p.get('total_steps') or '?'}", "dim"))
+            lrs = s.lrs
+            if lrs:
+                parts.append(("lr " + ", ".join(fmt_num(x) for x in lrs[:3]), ""))
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append(s.run_id, "bold")
+        text.append(" ")
+        text.append(f" {s.state} ", STATE_STYLES.get(s.state, "reverse"))
+        for word, style in parts:
+            if len(text) + 2 + len(word) > width:
+                break
+            text.append("  ")
+            text.append(word, style or None)
+        return text
+
+    def _line2(self, s: RunSnapshot, width: int) -> Text:
+        p = s.progress
+        total, step = p.get("total_steps"), s.step
+        frac = min(1.0, step / total) if total else 0.0
+        now = s.ended if s.ended is not None else time.time()
+        elapsed = (now - s.started) if s.started else None
+        eta = "paused" if s.state in (PAUSED, EVAL) else fmt_duration(s.eta_s)
+        tail = [f"{frac * 100:5.1f}%", f"elapsed {fmt_duration(elapsed)}"]
+        if s.live:
+            tail.append(f"ETA {eta}")
+        if s.samples_per_s:
+            tail.append(f"{fmt_num(s.samples_per_s)} samples/s")
+        if s.detail and s.state in (FAILED, CRASHED, STOPPED, FINISHED, STARTING):
+            tail.append(s.detail)
+        tail_text = "  ".join(tail)
+        bar_w = min(40, width - 3 - len(tail_text))  # the words first; the bar takes what is left
+        text = Text(no_wrap=True, overflow="ellipsis")
+        if bar_w >= 8:
+            done = round(frac * bar_w)
+            full, empty = ("#", ".") if self.ascii else ("█", "░")
+            text.append(full * done, "green")
+            text.append(empty * (bar_w - done), "dim")
+            text.append(" ")
+        text.append(tail_text)
+        return text
