@@ -54,7 +54,7 @@ def main() -> None:
             write_s = build(d, steps)
             with RunReader(d) as r:
                 row = [timed(lambda n=n: r.series("loss", buckets=n)) for n in (80, 200, 1000)]
-                tail = timed(lambda: r.series("loss", buckets=200, start=int(steps * 0.9)))
+                tail = timed(lambda s=int(steps * 0.9): r.series("loss", buckets=200, start=s))
                 s = r.series("loss", buckets=200)
                 assert len(s) <= 200 and sum(s.counts) == steps
             print(f"{steps:>10,} {write_s:>8.1f} {row[0]:>8.2f} {row[1]:>9.2f} {row[2]:>10.2f} {tail:>15.2f}")
