@@ -10,7 +10,8 @@ from torch import nn
 HIST_BINS = 32
 
 
-SAMPLE = 16_384  # elements a zero-fraction or histogram looks at per tensor (strided sample)
+SAMPLE = 16_384  # elements a zero fraction looks at per tensor (strided sample)
+HIST_SAMPLE = 4_096  # ... and a histogram: ~128 per bin, plenty for its shape
 
 
 def _sample(t: torch.Tensor, n: int = SAMPLE) -> torch.Tensor:
@@ -20,9 +21,9 @@ def _sample(t: torch.Tensor, n: int = SAMPLE) -> torch.Tensor:
 
 
 def _maxabs(ts: list[torch.Tensor]) -> torch.Tensor:
-    if hasattr(torch, "_foreach_max"):  # one batched kernel (torch >= 2.4) over |x|
-        return torch.stack(torch._foreach_max(torch._foreach_abs(ts)))
-    return torch.stack(torch._foreach_norm(ts, float("inf")))
+    # aminmax reads each tensor once without the |x| copy a foreach abs would allocate.
+    mm = [torch.aminmax(t) for t in ts]
+    return torch.stack([torch.maximum(-lo, hi) for lo, hi in mm])
 
 
 def _moments(ts: list[torch.Tensor], numel: torch.Tensor) -> list[torch.Tensor]:
@@ -48,6 +49,7 @@ class LayerStats:
         self.params = [p for _, p in named]
         self._numel: torch.Tensor | None = None
         self._pending: tuple | None = None
+        self._before: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.params)
@@ -65,24 +67,28 @@ class LayerStats:
         ws = [p.detach() for p in self.params]
         numel = self._counts(ws[0])
         w = _moments(ws, numel)
-        has_grad = [p.grad is not None for p in self.params]
+        missing = [p.grad is None for p in self.params]
         gs = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self.params]
         g = _moments(gs, numel)
-        samples = [_sample(g) for g in gs]  # exact for small tensors, sampled for big ones
+        samples = [_sample(x) for x in gs]  # exact for small tensors, sampled for big ones
         zero_frac = torch.stack([(x == 0).float().mean() for x in samples])
         nonfinite = (~torch.isfinite(w[0])).float() + (~torch.isfinite(g[0])).float()
-        grad_mask = torch.tensor(has_grad, device=numel.device)
-        g = [torch.where(grad_mask, x, torch.full_like(x, float("nan"))) for x in g]
-        w_before = torch._foreach_mul(ws, 1.0)  # one batched copy, for the update ratio
-        self._pending = (w, g, zero_frac, nonfinite, w_before)
+        if any(missing):  # a parameter the loss did not reach: its gradient stats are "none"
+            mask = torch.tensor(missing, device=numel.device)
+            g = [x.masked_fill(mask, float("nan")) for x in g]
+        # Keep a copy of the weights for the update ratio, in buffers reused between calls.
+        if self._before is None or self._before[0].device != ws[0].device:
+            self._before = [torch.empty_like(x) for x in ws]
+        torch._foreach_copy_(self._before, ws)
+        self._pending = (w, g, zero_frac, nonfinite)
 
     def after_step(self) -> torch.Tensor | None:
         if self._pending is None:
             return None
-        w, g, zero_frac, nonfinite, w_before = self._pending
+        w, g, zero_frac, nonfinite = self._pending
         self._pending = None
-        delta = torch._foreach_sub([p.detach() for p in self.params], w_before)
-        update = torch.stack(torch._foreach_norm(delta)) / w[0].clamp(min=1e-12)
+        torch._foreach_sub_(self._before, [p.detach() for p in self.params])  # -(the update)
+        update = torch.stack(torch._foreach_norm(self._before)) / w[0].clamp(min=1e-12)
         return torch.stack([*w, *g, zero_frac, nonfinite, update], dim=1).float()
 
     def histograms(self, bins: int = HIST_BINS) -> list[tuple[str, str, float, float, list[int]]]:
@@ -94,13 +100,13 @@ class LayerStats:
             for kind, t in (("weight", p.detach()), ("grad", p.grad)):
                 if t is None or t.numel() == 0:
                     continue
-                x = _sample(t.detach()).float()
-                lo, hi = (v.item() for v in torch.aminmax(x))
+                x = _sample(t.detach(), HIST_SAMPLE).float()
+                lo, hi = torch.stack(torch.aminmax(x)).tolist()
                 if not (math.isfinite(lo) and math.isfinite(hi)):  # rare: drop non-finite values
                     x = x[torch.isfinite(x)]
                     if x.numel() == 0:
                         continue
-                    lo, hi = (v.item() for v in torch.aminmax(x))
+                    lo, hi = torch.stack(torch.aminmax(x)).tolist()
                 if lo == hi:
                     lo, hi = lo - 0.5, hi + 0.5
                 counts = torch.histc(x, bins=bins, min=lo, max=hi)

@@ -337,6 +337,12 @@ async def test_tensors_inspect_view_and_bad_expression(engine):
         pane = app.query_one(TensorsPane)
         tree = pane.query_one(Tree)
         await until(pilot, lambda: find_leaf(tree, "0.weight"), timeout=15, what="tensor list")
+        # The first list may come from before the first step (no gradients yet): the pane
+        # refreshes it, so wait for one taken after a backward pass.
+        await until(
+            pilot, lambda: any("gradients" in str(g.label) for g in tree.root.children),
+            timeout=20, what="gradients in the tensor list",
+        )  # fmt: skip
         groups = [str(g.label) for g in tree.root.children]
         assert groups[0].startswith("parameters") and any("gradients" in g for g in groups)
 
