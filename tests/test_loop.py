@@ -187,8 +187,10 @@ def test_default_metric_is_chosen_from_the_task(
     always = {"loss", "step_time", "data_time", "samples_per_s", "lr/0"}
     assert {n for n, _ in table} - always == {name}
     assert steps_of(table, name, "val") == [10, 20]
-    # The train metric is measured at steps 1 and 2 (warm-up), then at its chosen interval.
-    assert steps_of(table, name, "train")[:2] == [1, 2]
+    # The train metric is measured at its warm-up steps, then at its chosen interval.
+    from dltui.engine.probe import WARMUP_AT
+
+    assert steps_of(table, name, "train")[:2] == list(WARMUP_AT["metric"][:2])
     assert any(reason in e["message"] for e in events_of(t.run_dir, "info")), events_of(t.run_dir)
     ns = _recipe_namespace(t)
     with torch.no_grad():
@@ -289,9 +291,14 @@ def test_automatic_intervals_are_recorded_and_followed(write_recipe, tmp_path):
         hist_steps = [
             s for (s,) in r.db.execute("SELECT DISTINCT step FROM histograms ORDER BY step")
         ]
-    # Warm-up measures at step 1, then the chosen interval applies from step 21 on.
-    assert stats_steps == [1] + [s for s in range(21, 101) if s % every == 0]
-    assert hist_steps[0] == 1 and all(s % iv["hist_every"] == 0 for s in hist_steps[1:])
+    # Warm-up measures at its WARMUP_AT steps, then the chosen interval applies from step 21 on.
+    from dltui.engine.probe import WARMUP_AT, WARMUP_STEPS
+
+    warm = list(WARMUP_AT["stats"])
+    assert stats_steps == warm + [s for s in range(WARMUP_STEPS + 1, 101) if s % every == 0]
+    n_warm = len(WARMUP_AT["hist"])
+    assert hist_steps[:n_warm] == list(WARMUP_AT["hist"])
+    assert all(s % iv["hist_every"] == 0 for s in hist_steps[n_warm:])
     assert iv["hist_every"] >= 10 * every
     assert any(
         "probe intervals" in e["message"] and e["step"] == 20 for e in events_of(t.run_dir, "info")
