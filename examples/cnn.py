@@ -74,6 +74,8 @@ optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 
 # --- scheduler --------------------------------------------------------------------------
 # OneCycleLR needs the total number of optimizer steps up front, and is stepped per batch.
+# It is sized from `epochs` here: to train longer, change `epochs` in this file (with
+# `--epochs 50` the schedule would run out after epoch 5, and the run fails saying so).
 epochs = 5
 scheduler = torch.optim.lr_scheduler.OneCycleLR(
     optimizer, max_lr=1e-2, total_steps=epochs * len(train_loader)

@@ -229,8 +229,9 @@ class TensorsPane(PollingPane):
                 node.expand()
         if self.selected is None and first and tree.root.children:
             first_group = tree.root.children[0]
-            if first_group.children:  # Enter on a fresh tab inspects the first tensor
+            if first_group.children:  # a fresh tab shows the first tensor straight away
                 self.call_after_refresh(tree.move_cursor, first_group.children[0])
+                self.select(first_group.children[0].data)
         if self.selected is not None:
             for group in tree.root.children:
                 for leaf in group.children:
