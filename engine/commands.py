@@ -31,26 +31,11 @@ def state(loop: Any) -> dict[str, Any]:
 
 # -- learning rate ------------------------------------------------------------------------
 def parse_lr(value: Any) -> tuple[str, float]:
-    """'0.01' -> ('set', 0.01); '*0.5' -> ('mul', 0.5); '/2' -> ('mul', 0.5)."""
-    text = str(value).strip()
-    op = "set"
-    if text[:1] in ("*", "/", "x"):
-        op, text = ("div" if text[0] == "/" else "mul"), text[1:].strip()
+    """wire.parse_lr, with its message as a CommandError."""
     try:
-        v = float(text)
-    except ValueError:
-        raise CommandError(f"learning rate {value!r} is not a number; use 0.01, *0.5 or /2.") from None
-    if not math.isfinite(v):
-        raise CommandError(f"learning rate {value!r} is not finite; give a positive number.")
-    if op == "div":
-        v = 1.0 / v if v > 0 else v
-        op = "mul"
-        if not math.isfinite(v):
-            raise CommandError(f"factor {value!r} is too small to divide by.")
-    if v <= 0:
-        what = "factor" if op != "set" else "learning rate"
-        raise CommandError(f"{what} {value!r} must be greater than zero.")
-    return op, v
+        return wire.parse_lr(value)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
 
 
 def _schedulers(sched: Any) -> list[Any]:

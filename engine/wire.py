@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -84,6 +85,32 @@ COMMANDS = (
     "status", "pause", "resume", "step", "lr", "mode", "checkpoint", "stop",
     "tensors", "tensor",
 )  # fmt: skip
+
+
+def parse_lr(value: Any) -> tuple[str, float]:
+    """'0.01' -> ('set', 0.01); '*0.5' -> ('mul', 0.5); '/2' -> ('mul', 0.5); else ValueError.
+
+    Here, torch-free, so the dashboard's LR dialog refuses exactly what the engine refuses.
+    """
+    text = str(value).strip()
+    op = "set"
+    if text[:1] in ("*", "/", "x"):
+        op, text = ("div" if text[0] == "/" else "mul"), text[1:].strip()
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"learning rate {value!r} is not a number; use 0.01, *0.5 or /2.") from None
+    if not math.isfinite(v):
+        raise ValueError(f"learning rate {value!r} is not finite; give a positive number.")
+    if op == "div":
+        v = 1.0 / v if v > 0 else v
+        op = "mul"
+        if not math.isfinite(v):
+            raise ValueError(f"factor {value!r} is too small to divide by.")
+    if v <= 0:
+        what = "factor" if op != "set" else "learning rate"
+        raise ValueError(f"{what} {value!r} must be greater than zero.")
+    return op, v
 
 
 @dataclass

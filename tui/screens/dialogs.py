@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -13,30 +11,10 @@ from textual.screen import ModalScreen
 from textual.validation import ValidationResult, Validator
 from textual.widgets import Button, Input, Label, Static
 
+from dltui.engine.wire import parse_lr
+
 from ..poller import FINISHED, PAUSED, RUNNING
 from ..widgets.format import fmt_num
-
-
-def parse_lr(text: str) -> tuple[str, float]:
-    """'0.01' -> ('set', 0.01); '*0.5' -> ('mul', 0.5); '/2' -> ('mul', 0.5); else ValueError.
-
-    The same rules and words as the engine's dltui.engine.commands.parse_lr (which imports
-    torch, so the dashboard cannot call it): the dialog refuses what the engine would refuse.
-    """
-    raw = str(text)
-    t, op = raw.strip(), "set"
-    if t[:1] in ("*", "/", "x"):
-        op, t = ("div" if t[0] == "/" else "mul"), t[1:].strip()
-    try:
-        v = float(t)
-    except ValueError:
-        raise ValueError(f"learning rate {raw!r} is not a number; use 0.01, *0.5 or /2.") from None
-    if not math.isfinite(v):
-        raise ValueError(f"learning rate {raw!r} is not finite; give a positive number.")
-    if v <= 0:
-        what = "factor" if op != "set" else "learning rate"
-        raise ValueError(f"{what} {raw!r} must be greater than zero.")
-    return ("mul", 1.0 / v) if op == "div" else (op, v)
 
 
 class LrValidator(Validator):
