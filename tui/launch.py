@@ -68,8 +68,11 @@ def start_engine(args: argparse.Namespace, run_dir: Path, argv: list[str]) -> in
     """`dltui train --detach` and `dltui train` (dashboard): start the engine, then detach or watch."""
     fresh = not (run_dir / DB_NAME).exists()
     proc = spawn(argv, run_dir)
-    if not args.detach and sys.stdout.isatty():
-        print(f"dltui: starting {args.recipe} (run {run_dir.name}) ...", flush=True)
+    if not args.detach:
+        if sys.stdout.isatty():
+            print(f"dltui: starting {args.recipe} (run {run_dir.name}) ...", flush=True)
+        # Import the dashboard while the engine imports torch: it paints as soon as the run is up.
+        from dltui.tui.app import run_app
     code = wait_until_up(proc, run_dir)
     if code is not None:
         return failed_start(run_dir, code, fresh)
@@ -79,8 +82,6 @@ def start_engine(args: argparse.Namespace, run_dir: Path, argv: list[str]) -> in
         print(f"  steer it:  dltui ctl {run_dir.name} pause | resume | lr *0.5 | stop")
         print(f"  its log:   {run_dir / LOG_NAME}")
         return 0
-    from dltui.tui.app import run_app
-
     return run_app(run_dir, engine_pid=proc.pid, ascii=args.ascii, owns_engine=True)
 
 
