@@ -25,7 +25,6 @@ class Gate:
         self.eval_requested = False  # an eval pass is owed
         self.stop_reason: str | None = None
         self.stop_now = False  # skip the final checkpoint (second SIGINT)
-        self.checkpoint_requested = False
         self.alive = True  # False once the loop has ended: submit() then fails fast
 
     # -- from any thread -------------------------------------------------------------------
@@ -44,10 +43,6 @@ class Gate:
         with self._cond:
             self.stop_reason = self.stop_reason or reason
             self.stop_now = self.stop_now or now
-            self._cond.notify_all()
-
-    def wake(self) -> None:
-        with self._cond:
             self._cond.notify_all()
 
     # -- from the training thread ----------------------------------------------------------
@@ -69,9 +64,6 @@ class Gate:
         """Called by the loop before each optimizer step: apply commands, hold while paused/eval."""
         self.service(loop)
         while self.stop_reason is None:
-            if self.checkpoint_requested:
-                self.checkpoint_requested = False
-                loop.save_checkpoint("last", reason="requested")
             if self.mode == "eval":
                 if self.eval_requested:
                     self.eval_requested = False

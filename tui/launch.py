@@ -84,7 +84,3 @@ def start_engine(args: argparse.Namespace, run_dir: Path, argv: list[str]) -> in
         return 0
     return run_app(run_dir, engine_pid=proc.pid, ascii=args.ascii, owns_engine=True)
 
-
-def engine_alive(run_dir: Path) -> bool:
-    return socket_path(run_dir).exists()
-
