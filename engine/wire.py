@@ -71,9 +71,17 @@ EV_RUN, EV_STATUS, EV_COMMAND, EV_CHECKPOINT, EV_ALERT, EV_ERROR, EV_INFO = (
 )  # fmt: skip
 
 
-def lr_name(group: int) -> str:
-    """Scalar name of a param group's learning rate."""
-    return f"lr/{group}"
+def lr_name(group: int, optimizer: str | None = None) -> str:
+    """Scalar name of a param group's learning rate: `lr/0` for the run's (first) optimizer,
+    `lr/<optimizer>/0` for any other one (a GAN's second optimizer)."""
+    return f"lr/{group}" if optimizer is None else f"lr/{optimizer}/{group}"
+
+
+# How a run is driven (meta['driver']): dltui's loop over a recipe, or the user's own script.
+DRIVER_RECIPE, DRIVER_SCRIPT = "recipe", "script"
+# meta['steering']: which controls this run supports, e.g. {"pause": true, "eval": false, ...};
+# meta['optimizers']: [{"name": "d", "groups": 1}, ...], the run's optimizer first.
+STEERING_KEYS = ("pause", "step", "lr", "eval", "checkpoint", "stop", "resume")
 
 
 # ---------------------------------------------------------------------------------------------
