@@ -26,7 +26,23 @@ def state(loop: Any) -> dict[str, Any]:
         "step": loop.step, "epoch": loop.epoch, "batch": loop.batch, "epochs": loop.epochs,
         "steps_per_epoch": loop.steps_per_epoch, "total_steps": loop.total_steps,
         "lrs": loop.lrs(), "stop_reason": g.stop_reason,
+        "optimizers": {n: _group_lrs(loop, n) for n in _optimizers(loop)},
     }  # fmt: skip
+
+
+def _optimizers(loop: Any) -> dict[str, Any]:
+    """The run's optimizers by name, its own first (a recipe loop or a script run)."""
+    opts = getattr(loop, "optimizers", None)
+    if opts:
+        return opts
+    return {"main": loop.optimizer} if getattr(loop, "optimizer", None) is not None else {}
+
+
+def _group_lrs(loop: Any, name: str) -> list[float]:
+    all_lrs = getattr(loop, "all_lrs", None)
+    if all_lrs is not None:
+        return all_lrs().get(name, [])
+    return loop.lrs()
 
 
 # -- learning rate ------------------------------------------------------------------------
@@ -48,7 +64,22 @@ def _schedulers(sched: Any) -> list[Any]:
     return out
 
 
-def apply_lr(loop: Any, spec: Any, group: int | None) -> dict[str, Any]:
+# Above this an optimizer step overflows float32 parameters (inf), and below the smallest
+# normal float32 the LR is noise; a change that would leave either is refused.
+LR_MAX = 3.4e38
+LR_MIN = 1.2e-38
+
+
+def check_lr(new: float, i: int) -> None:
+    """Refuse a resulting learning rate that is not a positive float32-representable number."""
+    if not (math.isfinite(new) and LR_MIN <= new <= LR_MAX):
+        raise CommandError(
+            f"that would set group {i}'s learning rate to {new:.4g}; it must be a positive finite "
+            f"number between {LR_MIN:.2g} and {LR_MAX:.2g}. Nothing was changed."
+        )
+
+
+def apply_lr(loop: Any, spec: Any, group: int | None, optimizer: str | None = None) -> dict[str, Any]:
     """Change the LR and every LR the scheduler keeps by the same factor, so the change sticks.
 
     Closed-form schedulers (LambdaLR, OneCycleLR, cosine restarts) recompute from base_lrs /
@@ -56,15 +87,23 @@ def apply_lr(loop: Any, spec: Any, group: int | None) -> dict[str, Any]:
     Scaling all of them keeps the scheduled curve's shape at the new height.
     """
     op, v = parse_lr(spec)
-    groups = loop.optimizer.param_groups
+    steer = getattr(loop, "steer_lr", None)
+    if steer is not None:  # a script: the change is a factor applied around each step
+        return steer(op, v, group, optimizer)
+    opts = _optimizers(loop)
+    if optimizer is not None and optimizer not in opts:
+        raise CommandError(f"there is no optimizer {optimizer!r}; this run has {', '.join(opts)}.")
+    name = optimizer if optimizer is not None else next(iter(opts))
+    opt = opts[name]
+    groups = opt.param_groups
     if group is not None and not (isinstance(group, int) and 0 <= group < len(groups)):
         raise CommandError(f"there is no param group {group!r}; this optimizer has groups 0..{len(groups) - 1}.")
     chosen = range(len(groups)) if group is None else [group]
-    before = loop.lrs()
+    before = [float(g["lr"]) for g in groups]
     for i in chosen:  # check every resulting rate before changing anything
-        new = before[i] * v if op == "mul" else v
-        if not (math.isfinite(new) and new > 0):
-            raise CommandError(f"that would set group {i}'s learning rate to {new}; it must be a positive finite number.")
+        check_lr(before[i] * v if op == "mul" else v, i)
+    scheds = getattr(loop, "schedulers", None)
+    sched = scheds.get(name) if isinstance(scheds, dict) else (loop.r.scheduler if opt is loop.optimizer else None)
     factors = set()
     for i in chosen:
         g = groups[i]
@@ -78,20 +117,20 @@ def apply_lr(loop: Any, spec: Any, group: int | None) -> dict[str, Any]:
         for key in ("initial_lr", "max_lr", "min_lr"):  # OneCycleLR / CyclicLR keep these per group
             if isinstance(g.get(key), (int, float)):
                 g[key] = g[key] * factor
-        for s in _schedulers(loop.r.scheduler):
+        for s in _schedulers(sched):
             for attr in ("base_lrs", "min_lrs", "_last_lr", "max_lrs"):
                 lst = getattr(s, attr, None)
                 if isinstance(lst, list) and i < len(lst) and isinstance(lst[i], (int, float)):
                     lst[i] = lst[i] * factor
     if len(chosen) == len(groups) and len(factors) == 1:  # eta_min is shared by all groups
         (v,) = factors
-        for s in _schedulers(loop.r.scheduler):
+        for s in _schedulers(sched):
             if isinstance(getattr(s, "eta_min", None), (int, float)):
                 s.eta_min *= v
-    after = loop.lrs()
-    which = "all groups" if group is None else f"group {group}"
+    after = [float(g["lr"]) for g in groups]
+    which = ("all groups" if group is None else f"group {group}") + (f" of '{name}'" if len(opts) > 1 else "")
     msg = f"lr {_fmt(before, chosen)} -> {_fmt(after, chosen)} ({which}) at step {loop.step}"
-    return {"before": before, "after": after, "group": group, "message": msg}
+    return {"before": before, "after": after, "group": group, "optimizer": name, "message": msg}
 
 
 def _fmt(lrs: list[float], chosen: Any) -> str:
@@ -103,6 +142,8 @@ def _fmt(lrs: list[float], chosen: Any) -> str:
 def named_tensors(loop: Any) -> dict[str, tuple[str, torch.Tensor]]:
     """Everything inspectable by name: (kind, tensor)."""
     out: dict[str, tuple[str, torch.Tensor]] = {}
+    if loop.model is None:  # a script before its first optimizer step
+        return out
     params = dict(loop.model.named_parameters())
     for n, p in params.items():
         out[n] = ("parameter", p)
@@ -112,11 +153,14 @@ def named_tensors(loop: Any) -> dict[str, tuple[str, torch.Tensor]]:
         if b is not None:
             out[n] = ("buffer", b)
     by_id = {id(p): n for n, p in params.items()}
-    for p, st in loop.optimizer.state.items():
-        pname = by_id.get(id(p))
-        for k, v in st.items():
-            if pname is not None and isinstance(v, torch.Tensor) and v.ndim > 0:
-                out[f"optimizer.{pname}.{k}"] = ("optimizer state", v)
+    opts = _optimizers(loop)
+    for oname, opt in opts.items():
+        prefix = "optimizer" if len(opts) == 1 else f"optimizer.{oname}"
+        for p, st in opt.state.items():
+            pname = by_id.get(id(p))
+            for k, v in st.items():
+                if pname is not None and isinstance(v, torch.Tensor) and v.ndim > 0:
+                    out[f"{prefix}.{pname}.{k}"] = ("optimizer state", v)
     for label, value in (("input", loop.last_input), ("output", loop.last_output)):
         if isinstance(value, torch.Tensor):
             out[label] = ("batch", value)

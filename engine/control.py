@@ -162,14 +162,19 @@ class ControlServer:
             if "value" not in a:
                 raise commands.CommandError("lr needs a value: 0.01, *0.5 or /2.")
             commands.parse_lr(a["value"])  # validate before queueing: a bad value changes nothing
-            group = a.get("group")
+            group, opt = a.get("group"), a.get("optimizer")
             if group is not None and (isinstance(group, bool) or not isinstance(group, int)):
                 raise commands.CommandError(f"group {group!r} must be a whole number.")
-            return self._at_boundary(lambda loop: self._lr(loop, a["value"], group))
+            if opt is not None and not isinstance(opt, str):
+                raise commands.CommandError(f"optimizer {opt!r} must be a name (see `dltui status`).")
+            return self._at_boundary(lambda loop: self._lr(loop, a["value"], group, opt))
         if cmd == "mode":
             mode = a.get("mode")
             if mode not in commands.MODES:
                 raise commands.CommandError(f"unknown mode {mode!r}; use train or eval.")
+            why = getattr(self.loop, "eval_unavailable", lambda: None)() if mode == "eval" else None
+            if why:
+                raise commands.CommandError(f"eval: {why}")
             return self._at_boundary(lambda loop: self._mode(loop, mode))
         if cmd == "checkpoint":
             return self._at_boundary(lambda loop: {"path": str(loop.save_checkpoint("last", reason="requested"))})
@@ -206,8 +211,8 @@ class ControlServer:
         self._event(f"step {n} from step {loop.step}", {"cmd": "step", "n": n})
         return {"until_step": self.gate.step_target}
 
-    def _lr(self, loop: Any, value: Any, group: int | None) -> dict:
-        out = commands.apply_lr(loop, value, group)
+    def _lr(self, loop: Any, value: Any, group: int | None, optimizer: str | None) -> dict:
+        out = commands.apply_lr(loop, value, group, optimizer)
         self._event(out["message"], {"cmd": "lr", **out})
         return out
 

@@ -52,11 +52,16 @@ class HeadlessPrinter(Callback):
         self._t0 = time.monotonic()
         self._mark = (self._t0, loop.step)
         total = loop.total_steps if loop.total_steps is not None else "?"
-        self._print(
-            f"[dltui] run {self.run_dir.name}: {loop.r.path} on {loop.device}, "
-            f"{loop.epochs} epochs, {total} steps"
-            + (f" (resuming at step {loop.step})" if loop.step else "")
-        )
+        if loop.epochs is None:  # a script: it decides its own epochs
+            names = ", ".join(getattr(loop, "optimizers", {})) or "none yet"
+            self._print(f"[dltui] run {self.run_dir.name}: script {loop.r.path} on {loop.device}, "
+                        f"optimizers: {names}; steer it with `dltui ctl {self.run_dir.name} ...`")  # fmt: skip
+        else:
+            self._print(
+                f"[dltui] run {self.run_dir.name}: {loop.r.path} on {loop.device}, "
+                f"{loop.epochs} epochs, {total} steps"
+                + (f" (resuming at step {loop.step})" if loop.step else "")
+            )
         self._next = time.monotonic() + self.every
 
     def _line(self, loop: Loop) -> str:
@@ -69,8 +74,8 @@ class HeadlessPrinter(Callback):
         rate = self._rate or 0.0
         eta = (loop.total_steps - loop.step) / rate if loop.total_steps and rate > 0 else None
         total = loop.total_steps if loop.total_steps is not None else "?"
-        parts = [f"epoch {min(loop.epoch + 1, loop.epochs)}/{loop.epochs}", f"step {loop.step}/{total}",
-                 f"loss {fmt_num(lat.get('loss'))}"]  # fmt: skip
+        parts = [f"epoch {min(loop.epoch + 1, loop.epochs)}/{loop.epochs}"] if loop.epochs else []
+        parts += [f"step {loop.step}/{total}", f"loss {fmt_num(lat.get('loss'))}"]
         for name in (loop.metrics.train or {}):
             if name in lat:
                 parts.append(f"{name} {fmt_num(lat[name])}")
@@ -90,13 +95,15 @@ class HeadlessPrinter(Callback):
     def on_validation_end(self, loop: Loop, values: dict[str, float]) -> None:
         vals = "  ".join(f"{k} {fmt_num(v)}" for k, v in values.items())
         epoch = loop.epoch + 1 if loop.batch else loop.epoch  # mid-epoch: the one under way
-        self._print(f"[dltui] epoch {epoch}/{loop.epochs} step {loop.step}: val {vals}")
+        where = f"epoch {epoch}/{loop.epochs} " if loop.epochs else ""
+        self._print(f"[dltui] {where}step {loop.step}: val {vals}")
 
     def on_run_end(self, loop: Loop, status: str, error: BaseException | None) -> None:
         elapsed = time.monotonic() - self._t0
         best = loop.best_val_loss
         lines = [
-            f"[dltui] {status}: {loop.step} steps, {loop.epoch} epochs in {fmt_duration(elapsed)}",
+            f"[dltui] {status}: {loop.step} steps"
+            + (f", {loop.epoch} epochs" if loop.epochs else "") + f" in {fmt_duration(elapsed)}",
             f"[dltui]   last train loss {fmt_num(self.probe.latest.get('loss'))}"
             + (f", best val loss {fmt_num(best)}" if math.isfinite(best) else ""),
         ]

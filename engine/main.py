@@ -43,9 +43,41 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=float, default=5.0, help="seconds between headless status lines")
 
 
+def add_kind_options(p: argparse.ArgumentParser) -> None:
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--script", dest="force_kind", action="store_const", const=wire.DRIVER_SCRIPT,
+                      help="run FILE as a script with its own loop (default: decided from the file)")
+    kind.add_argument("--recipe", dest="force_kind", action="store_const", const=wire.DRIVER_RECIPE,
+                      help="load FILE as a recipe (model, optimizer, loss_fn, train_loader)")  # fmt: skip
+
+
+def split_file_argv(argv: list[str], p: argparse.ArgumentParser) -> tuple[list[str], str | None, list[str]]:
+    """(dltui's own options, FILE, FILE's arguments): everything after FILE belongs to FILE, and
+    `--` ends dltui's options. Argparse alone can't do this (it would read the file's --epochs)."""
+    opts = p._option_string_actions
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            return argv[:i], (argv[i + 1] if i + 1 < len(argv) else None), argv[i + 2 :]
+        if tok.startswith("-") and tok != "-":
+            name = tok.split("=", 1)[0]
+            act = opts.get(name)
+            if act is None:  # an abbreviation argparse would accept (--max for --max-steps)
+                found = [a for o, a in opts.items() if o.startswith(name) and o.startswith("--")]
+                act = found[0] if len({id(a) for a in found}) == 1 else None
+            if act is not None and "=" not in tok and act.nargs != 0:
+                i += 1  # its value
+            i += 1
+            continue
+        return argv[:i], tok, argv[i + 1 :]
+    return argv, None, []
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m dltui.engine", description=__doc__)
-    p.add_argument("recipe")
+    p.add_argument("recipe", metavar="FILE", help="a recipe or a training script; what follows it is its own argv")
+    add_kind_options(p)
     p.add_argument("--run-dir", type=Path, help="the run directory to create (default: runs/<new id>)")
     p.add_argument("--runs-dir", type=Path, default=Path(DEFAULT_RUNS_DIR))
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last checkpoint")
@@ -53,6 +85,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--detached", action="store_true", help="running without a terminal: ignore SIGHUP")
     add_run_options(p)
     return p
+
+
+def optimizer_meta(driver: Any) -> list[dict[str, Any]]:
+    """meta['optimizers']: each optimizer's name, class and group count, the run's own first."""
+    opts = getattr(driver, "optimizers", None) or {"main": driver.optimizer}
+    return [{"name": n, "type": type(o).__name__, "groups": len(o.param_groups)} for n, o in opts.items()]
 
 
 def model_summary(model: Any) -> list[dict[str, Any]]:
@@ -68,22 +106,49 @@ def model_summary(model: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = parser()
+    head, file, file_args = split_file_argv(argv, p)
+    args = p.parse_args(head + (["--", file] if file is not None else []))
+    args.file_args = file_args
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = argv if argv is not None else sys.argv[1:]
+    args = parse(argv)
     try:
-        return run(args, argv if argv is not None else sys.argv[1:])
+        return run(args, argv)
     except UsageError as e:
         print(f"dltui: {e}", file=sys.stderr)
         return EXIT_USAGE
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
+    import dltui
+
+    from .script import Session, detect_kind
+
+    kind = args.force_kind or detect_kind(args.recipe)
+    ctx = dltui.Context(
+        epochs=args.epochs, max_steps=args.max_steps, device=args.device, seed=args.seed,
+        args=list(getattr(args, "file_args", [])), script=args.recipe, mode=kind,
+    )  # fmt: skip
+    session = Session(ctx)
+    dltui._session = session
+    if kind == wire.DRIVER_SCRIPT:
+        return _script(args, argv, session)
+    return _recipe(args, argv, session)
+
+
+def _recipe(args: argparse.Namespace, argv: list[str], session: Any) -> int:
     import torch
 
     from .loop import seed_everything
 
     if args.seed is not None:
         seed_everything(args.seed)
+    sys.argv = [args.recipe, *session.context.args]  # a recipe may read its own flags
     resume_ck = None
     if args.resume is not None:
         ck_path = args.resume / "checkpoints" / "last.pt"
@@ -96,19 +161,29 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     early = console.Buffer()
     tees = console.capture(early)
     try:
-        return _run(args, argv, early, tees, resume_ck)
+        return _run(args, argv, early, tees, resume_ck, session)
     finally:
         console.restore(tees)
 
 
-def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resume_ck: Any) -> int:
+def _load(path: str, ctx: Any) -> Any:
+    import inspect
+
+    from .recipe import load_recipe
+
+    if len(inspect.signature(load_recipe).parameters) > 1:
+        return load_recipe(path, ctx)
+    return load_recipe(path)
+
+
+def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resume_ck: Any, session: Any) -> int:
     import torch
 
     from .loop import Loop, Settings
-    from .recipe import RecipeError, check_device, load_recipe
+    from .recipe import RecipeError, check_device
 
     try:
-        recipe = load_recipe(args.recipe)
+        recipe = _load(args.recipe, session.context)
         if args.device:
             check_device(args.device, "--device")
     except RecipeError as e:
@@ -138,6 +213,8 @@ def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resum
         epochs=args.epochs, max_steps=args.max_steps, seed=args.seed, device=args.device,
         checkpoint_dir=run_dir / "checkpoints", resume=resume_ck,
     )  # fmt: skip
+    if hasattr(settings, "context"):
+        settings.context = session.context
     try:
         loop = Loop(recipe, settings, callbacks, gate)
     except (RuntimeError, KeyError, ValueError) as e:
@@ -162,6 +239,8 @@ def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resum
         torch=torch.__version__, cuda=torch.version.cuda, device=str(loop.device),
         python=platform.python_version(), epochs=loop.epochs, steps_per_epoch=loop.steps_per_epoch,
         total_steps=loop.total_steps, detached=args.detached, headless=args.headless, **host_info(),
+        driver=wire.DRIVER_RECIPE, file_args=session.context.args, optimizers=optimizer_meta(loop),
+        steering={k: True for k in wire.STEERING_KEYS},
     )  # fmt: skip
     if resume_ck is None:
         store.event(wire.EV_RUN, f"run started: {args.recipe} on {loop.device}", step=0)
@@ -175,6 +254,7 @@ def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resum
     early.replay_into(store)
     for tee in tees:
         tee.store = store
+    session.attach(loop, probe)
     try:
         status, error = loop.run()
     except BaseException:
@@ -189,14 +269,133 @@ def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resum
     if error is not None:
         from .recipe import user_traceback
 
-        tb = user_traceback(error)
-        print(f"dltui: the run failed at step {loop.step + 1} with an error in the recipe's code:\n{tb}",
-              file=sys.stderr)  # fmt: skip
+        part = getattr(error, "part", None)  # loop.EngineError: dltui's own code failed
+        tb = user_traceback(error.__cause__ or error) if part else user_traceback(error)
+        where = f"dltui's {part} failed" if part else "with an error in the recipe's code"
+        print(f"dltui: the run failed at step {loop.step + 1}: {where}:\n{tb}" if part else
+              f"dltui: the run failed at step {loop.step + 1} {where}:\n{tb}", file=sys.stderr)  # fmt: skip
         store.event(wire.EV_ERROR, f"failed at step {loop.step + 1}: {error!r}", step=loop.step,
                     level="error", data={"traceback": tb})  # fmt: skip
     store.event(wire.EV_STATUS, f"run {status} at step {loop.step}", step=loop.step)
     store.close(status)
     return EXIT_FAILED if status == wire.FAILED else EXIT_OK
+
+
+RECIPE_ONLY = {"epochs": "--epochs", "device": "--device", "resume": "--resume"}
+
+
+def _script(args: argparse.Namespace, argv: list[str], session: Any) -> int:
+    """Run the user's own training script as __main__, observed (engine/script.py)."""
+    path = Path(args.recipe)
+    if not path.is_file():
+        raise UsageError(f"{args.recipe}: file not found (looked for {path.resolve()}). Check the path.")
+    for key, flag in RECIPE_ONLY.items():
+        if getattr(args, key, None) is not None:
+            if args.run_dir is not None:
+                discard_if_empty(args.run_dir)
+            raise UsageError(
+                f"{flag} is for recipes; {args.recipe} is a script with its own loop, so it takes its "
+                f"own flags after the file: `dltui train {args.recipe} {flag} ...` passes {flag} to the "
+                "script. (Use --recipe if the file is a recipe.)"
+            )
+    if args.seed is not None:
+        from .loop import seed_everything
+
+        seed_everything(args.seed)
+    from . import console
+
+    early = console.Buffer()
+    tees = console.capture(early)
+    try:
+        return _run_script(args, argv, session, early, tees)
+    finally:
+        console.restore(tees)
+
+
+def _run_script(args: argparse.Namespace, argv: list[str], session: Any, early: Any, tees: Any) -> int:
+    import torch
+
+    from .control import ControlServer, SocketInUse
+    from .gate import Gate
+    from .probe import Probe
+    from .script import ScriptRun, script_traceback
+    from .store import RunStore, host_info
+
+    run_dir = args.run_dir or new_run_dir(args.recipe, args.runs_dir)
+    make_run_dir(run_dir)
+    store = RunStore(run_dir / "run.sqlite")
+    store.start()
+    gate = Gate()
+    probe = Probe(
+        store, stats_every=args.stats_every, hist_every=args.hist_every,
+        metric_every=args.metric_every, pause_on_anomaly=args.pause_on_anomaly,
+    )  # fmt: skip
+    callbacks: list[Any] = [probe]
+    if args.headless:  # dltui's lines on stderr: the script's stdout stays as it would be
+        from .headless import HeadlessPrinter
+
+        callbacks.append(HeadlessPrinter(probe, run_dir, every=args.log_every, out=sys.__stderr__))
+    file_argv = [args.recipe, *session.context.args]
+    driver = ScriptRun(
+        path=Path(args.recipe), argv=file_argv, callbacks=callbacks, gate=gate, session=session,
+        store=store, probe=probe, max_steps=args.max_steps, checkpoint_dir=run_dir / "checkpoints",
+    )  # fmt: skip
+    server = ControlServer(run_dir, gate, store, driver)
+    try:
+        server.start()
+    except SocketInUse as e:
+        store.close()
+        raise UsageError(str(e)) from None
+    store.set_meta(
+        run_id=run_dir.name, script=str(Path(args.recipe).resolve()), args=argv, status=wire.RUNNING,
+        started=time.time(), hparams={"argv": " ".join(session.context.args)} if session.context.args else {},
+        model=[], torch=torch.__version__, cuda=torch.version.cuda, device="?",
+        python=platform.python_version(), epochs=None, steps_per_epoch=None, total_steps=args.max_steps,
+        detached=args.detached, headless=args.headless, driver=wire.DRIVER_SCRIPT,
+        file_args=session.context.args, steering=driver.steering(), optimizers=[], **host_info(),
+    )  # fmt: skip
+    shown = " ".join([args.recipe, *session.context.args])
+    store.event(wire.EV_RUN, f"run started: script {shown}", step=0)
+    from .sampler import Sampler
+
+    sampler = Sampler(store.system, lambda msg: store.event(wire.EV_INFO, msg, level="warning"))
+    sampler.start()
+    _install_signals(gate, args.detached)
+    store.flush()
+    early.replay_into(store)
+    for tee in tees:
+        tee.store = store
+    session.attach(driver, probe)
+    try:
+        status, error = driver.run()
+    except BaseException:
+        store.close()
+        raise
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        server.close()
+        sampler.stop()
+    code = driver.exit_code
+    if isinstance(error, SystemExit):
+        store.event(wire.EV_ERROR, f"the script exited with status {code} at step {driver.step}",
+                    step=driver.step, level="error")  # fmt: skip
+    elif error is not None:
+        tb = script_traceback(error)
+        print(tb, file=sys.stderr)
+        print(f"dltui: the script failed at step {driver.step} (run {run_dir.name} kept, marked failed)",
+              file=sys.__stderr__)  # fmt: skip
+        store.event(wire.EV_ERROR, f"the script failed at step {driver.step}: {error!r}", step=driver.step,
+                    level="error", data={"traceback": tb})  # fmt: skip
+    if driver.step == 0 and status == wire.FINISHED:
+        msg = (f"{args.recipe} ran to its end without ever calling optimizer.step(), so there was no "
+               "training to watch. dltui follows a script through its optimizer's steps. If the file "
+               "defines model, optimizer, loss_fn and train_loader for dltui to train, run it with --recipe.")  # fmt: skip
+        print(f"dltui: {msg}", file=sys.__stderr__)
+        store.event(wire.EV_ALERT, msg, step=0, level="warning")
+    store.event(wire.EV_STATUS, f"run {status} at step {driver.step}", step=driver.step)
+    store.close(status)
+    return code
 
 
 def _install_signals(gate: Any, detached: bool) -> None:

@@ -99,14 +99,19 @@ class Probe(Callback):
         self._stats_t = 0.0
         self._lr_names: list[str] = []
         self._best_val = math.inf
+        # Script mode with several optimizers: the update ratio spans a whole iteration (every
+        # optimizer stepped), so after_step() waits for the next step of the run's optimizer.
+        self.late_update = False
+        self._after_pending: int | None = None
 
     # -- set-up ----------------------------------------------------------------------------
     def on_run_start(self, loop: Loop) -> None:
-        self.stats = LayerStats(loop.model)
         self.deferred = Deferred(loop.device)
-        self.store.params([
-            (n, list(p.shape), p.numel(), p.requires_grad) for n, p in loop.model.named_parameters()
-        ])  # fmt: skip
+        if loop.model is not None:
+            self.stats = LayerStats(loop.model)
+            self.store.params([
+                (n, list(p.shape), p.numel(), p.requires_grad) for n, p in loop.model.named_parameters()
+            ])  # fmt: skip
         self.store.set_meta(intervals=self._intervals())
 
     def _intervals(self) -> dict[str, Any]:
@@ -126,7 +131,7 @@ class Probe(Callback):
         self.cost.setdefault(what, []).append(seconds)
 
     def _choose_intervals(self, loop: Loop) -> None:
-        step_time = _median(self.step_times)  # median: robust to stalls
+        step_time = _median(self.step_times or [1e-3])  # median: robust to stalls
         for what, frac in BUDGET.items():
             samples = self.cost.get(what) or []
             if self.forced[what] is None and samples:
@@ -151,7 +156,9 @@ class Probe(Callback):
         loop.metrics.reset_train()
 
     def on_before_optimizer_step(self, loop: Loop) -> None:
-        self._stats_due = self._due("stats", loop.step + 1)
+        if self._after_pending is not None:
+            self._stats_after(loop, self._after_pending)
+        self._stats_due = self.stats is not None and self._due("stats", loop.step + 1)
         if self._stats_due:
             t = time.perf_counter()
             self.stats.before_step()
@@ -159,15 +166,24 @@ class Probe(Callback):
 
     def on_step_end(self, loop: Loop, out: StepOutput) -> None:
         step, epoch = loop.step, loop.epoch
-        if step <= WARMUP_STEPS:
-            self.step_times.append(out.step_time)
-        host = {"step_time": out.step_time, "data_time": out.data_time,
-                "samples_per_s": out.batch_size / out.step_time if out.step_time > 0 else 0.0}  # fmt: skip
+        host: dict[str, float] = {}
+        if out.step_time is not None:  # None: not known (a script's first step)
+            if step <= WARMUP_STEPS:
+                self.step_times.append(out.step_time)
+            host["step_time"] = out.step_time
+            host["samples_per_s"] = out.batch_size / out.step_time if out.step_time > 0 else 0.0
+        if out.data_time is not None:  # None: a script loads its own data, unseen
+            host["data_time"] = out.data_time
         if len(self._lr_names) != len(out.lrs):
             self._lr_names = [wire.lr_name(i) for i in range(len(out.lrs))]
         host.update(zip(self._lr_names, out.lrs, strict=True))
         device_vals = {"loss": out.loss}
-        if self._due("metric", step):
+        for k, v in (getattr(out, "scalars", None) or {}).items():  # a dict-returning step's extra losses, other optimizers' LRs
+            if isinstance(v, torch.Tensor):
+                device_vals[k] = v
+            else:
+                host[k] = v
+        if out.target is not None and self._due("metric", step):
             t = time.perf_counter()
             reason = loop.metrics.ensure(out.output, out.target)
             if reason:
@@ -180,14 +196,11 @@ class Probe(Callback):
             self._record_step(loop, tag, values)
         if self._stats_due:
             self._stats_due = False
-            t = time.perf_counter()
-            rows = self.stats.after_step()
-            if rows is not None:
-                for tag, values in self.deferred.push(rows.flatten(), ("stats", step, rows.shape)):
-                    self._record_step(loop, tag, values)
-            if step <= WARMUP_STEPS:
-                self._measured("stats", self._stats_t + time.perf_counter() - t)
-        if self._due("hist", step):
+            if self.late_update:
+                self._after_pending = step
+            else:
+                self._stats_after(loop, step)
+        if self.stats is not None and self._due("hist", step):
             t = time.perf_counter()
             for name, kind, lo, hi, counts in self.stats.histograms():
                 self.store.histogram(step, name, kind, lo, hi, counts)
@@ -199,6 +212,45 @@ class Probe(Callback):
         if now >= self._next_meta:
             self._next_meta = now + META_EVERY_S
             self.publish(loop)
+
+    def _stats_after(self, loop: Loop, step: int) -> None:
+        self._after_pending = None
+        t = time.perf_counter()
+        rows = self.stats.after_step()
+        if rows is not None:
+            for tag, values in self.deferred.push(rows.flatten(), ("stats", step, rows.shape)):
+                self._record_step(loop, tag, values)
+        if step <= WARMUP_STEPS:
+            self._measured("stats", self._stats_t + time.perf_counter() - t)
+
+    def log(self, loop: Loop, phase: str, scalars: dict[str, Any]) -> None:
+        """dltui.log(...): extra scalars at the current step; tensors read back deferred."""
+        host: dict[str, float] = {}
+        dev: dict[str, torch.Tensor] = {}
+        for k, v in scalars.items():
+            if isinstance(v, torch.Tensor):
+                if v.numel() != 1:
+                    raise ValueError(f"dltui.log: {k} has {v.numel()} elements; log one number per name.")
+                dev[k] = v.detach()
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                host[k] = float(v)
+            else:
+                raise TypeError(f"dltui.log: {k} is {type(v).__name__}; log numbers or 1-element tensors.")
+        if phase == wire.VAL:  # rare: read at once and treat like a validation result
+            values = {**host, **{k: float(v) for k, v in dev.items()}}
+            for cb in loop.callbacks:
+                cb.on_validation_end(loop, values)
+            return
+        if self.deferred is None:
+            self.deferred = Deferred(loop.device)
+        tag = ("log", loop.step, loop.epoch, time.time(), list(dev), host)
+        ready = self.deferred.push(list(dev.values()), tag) if dev else [(tag, [])]
+        for t, values in ready:
+            self._record_step(loop, t, values)
+
+    def on_notice(self, loop: Loop, message: str, level: str = "warning", data: dict | None = None) -> None:
+        kind = wire.EV_ALERT if level in ("warning", "error") else wire.EV_INFO
+        self.store.event(kind, message, step=loop.step, level=level, data=data)
 
     def publish(self, loop: Loop) -> None:
         """Progress for readers (the dashboard's header, `dltui status`)."""
@@ -212,6 +264,12 @@ class Probe(Callback):
     def _record_step(self, loop: Loop, tag: tuple, values: list[float]) -> None:
         if tag[0] == "stats":
             self._record_stats(loop, tag[1], tag[2], values)
+            return
+        if tag[0] == "log":
+            _, step, epoch, wall, names, host = tag
+            scal = {**host, **dict(zip(names, values, strict=True))}
+            self.latest.update(scal)
+            self.store.scalars(step, epoch, wire.TRAIN, wall, scal)
             return
         step, epoch, wall, names, host = tag
         scal = dict(zip(names, values, strict=True))
@@ -276,6 +334,8 @@ class Probe(Callback):
             self.publish(loop)
 
     def on_run_end(self, loop: Loop, status: str, error: BaseException | None) -> None:
+        if self._after_pending is not None:
+            self._stats_after(loop, self._after_pending)
         for tag, values in self.deferred.ready(wait=True):
             self._record_step(loop, tag, values)
         self.publish(loop)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from dltui.engine import wire
-from dltui.engine.main import add_run_options
+from dltui.engine.main import add_kind_options, add_run_options, split_file_argv
 from dltui.engine.reader import RunNotFound, RunReader
 from dltui.engine.runs import DEFAULT_RUNS_DIR, LIVE, list_runs, new_run_dir, resolve_run, run_info
 
@@ -24,9 +24,9 @@ def die(msg: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
-def engine_argv(args: argparse.Namespace, run_dir: Path, resume: bool) -> list[str]:
+def engine_argv(args: argparse.Namespace, run_dir: Path, resume: bool, *flags: str) -> list[str]:
     """The `python -m dltui.engine` command line for this `dltui train`."""
-    argv = [sys.executable, "-m", "dltui.engine", args.recipe]
+    argv = [sys.executable, "-m", "dltui.engine"]
     argv += ["--resume", str(run_dir)] if resume else ["--run-dir", str(run_dir)]
     for name in PASS_THROUGH:
         v = getattr(args, name)
@@ -34,7 +34,9 @@ def engine_argv(args: argparse.Namespace, run_dir: Path, resume: bool) -> list[s
             argv += ["--" + name.replace("_", "-"), str(v)]
     if args.pause_on_anomaly:
         argv.append("--pause-on-anomaly")
-    return argv
+    if args.force_kind:
+        argv.append("--" + args.force_kind)
+    return argv + list(flags) + ["--", args.recipe, *args.file_args]  # what follows the file is the file's own
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -51,12 +53,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = new_run_dir(args.recipe, runs_dir)
     headless = args.headless or (not args.detach and not sys.stdout.isatty())
     if headless:
-        argv = engine_argv(args, run_dir, resume) + ["--headless"]
+        argv = engine_argv(args, run_dir, resume, "--headless")
         sys.stdout.flush()
         os.execv(sys.executable, argv)  # the engine takes over this process: signals go straight to it
     from dltui.tui.launch import start_engine
 
-    return start_engine(args, run_dir, engine_argv(args, run_dir, resume) + ["--detached"])
+    return start_engine(args, run_dir, engine_argv(args, run_dir, resume, "--detached"))
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -278,8 +280,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="where runs live (default ./runs)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="start a run from a recipe file")
-    t.add_argument("recipe", help="the recipe .py file (model, optimizer, loss_fn, train_loader)")
+    t = sub.add_parser(
+        "train", help="train: your own script, or a recipe",
+        usage="dltui train [OPTIONS] FILE [FILE ARGS ...]",
+        description="Run FILE and watch it. Everything after FILE is FILE's own argv "
+        "(`dltui train train.py --lr 3e-4` gives --lr to train.py); `--` also ends dltui's options. "
+        "A file that defines model, optimizer, loss_fn and train_loader (or recipe()) is a recipe, "
+        "trained by dltui's loop; any other file is a script with its own loop, run as __main__.",
+    )  # fmt: skip
+    t.add_argument("recipe", metavar="FILE", help="a training script, or a recipe .py file")
+    add_kind_options(t)
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--headless", action="store_true", help="no dashboard: plain status lines")
     mode.add_argument("--detach", action="store_true", help="start in the background and print the run id")
@@ -316,13 +326,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _subcommand_index(argv: list[str], p: argparse.ArgumentParser) -> int | None:
+    head, word, _ = split_file_argv(argv, p)
+    return len(head) if word is not None and len(head) < len(argv) and argv[len(head)] == word else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     for action in p._subparsers._group_actions:
         for sp in action.choices.values():
             # `--runs-dir` is accepted after the subcommand too (`dltui train --runs-dir x ex.py`).
             sp.add_argument("--runs-dir", dest="sub_runs_dir", metavar="DIR", help="where runs live")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    file_args: list[str] = []
+    at = _subcommand_index(argv, p)
+    if at is not None and argv[at] == "train":  # everything after FILE is FILE's own
+        train = p._subparsers._group_actions[0].choices["train"]
+        head, file, file_args = split_file_argv(argv[at + 1 :], train)
+        argv = argv[: at + 1] + head + (["--", file] if file is not None else [])
     args = p.parse_args(argv)
+    args.file_args = file_args
     if getattr(args, "sub_runs_dir", None):
         args.runs_dir = args.sub_runs_dir
     return args.func(args)

@@ -1,0 +1,692 @@
+"""Script mode: run the user's own training script as __main__, observed through torch's hooks.
+
+The script runs unchanged on the training thread. dltui sees it through:
+- the global optimizer step pre/post hooks: steps, LRs, the control gate (pause, step N, LR
+  factor, eval, checkpoint, stop) at each step of the run's optimizer (the first one created);
+- `torch.autograd.backward`, wrapped: the scalar tensor backward() is called on is the loss
+  (with GradScaler, the unscaled one), averaged over the backward calls of one optimizer step;
+- the modules that own the optimizers' parameters, found by name in the script's frames.
+Nothing here draws from torch's random generator or changes torch's global settings.
+"""
+
+from __future__ import annotations
+
+import ast
+import gc
+import math
+import runpy
+import sys
+import time
+import weakref
+from pathlib import Path
+from types import FrameType, SimpleNamespace
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from . import wire
+from .gate import Gate
+from .loop import Callback, StepOutput
+
+ENGINE_DIR = str(Path(__file__).resolve().parent)
+TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+RECIPE_NAMES = ("model", "optimizer", "loss_fn", "train_loader")
+PROMOTE_AFTER = 50  # another optimizer's steps before it replaces a run optimizer that never steps
+
+
+class StopScript(BaseException):
+    """Raised at a step boundary to end the script (`stop`, Ctrl-C, --max-steps).
+
+    A BaseException, so the script's own `except Exception:` does not swallow it."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def detect_kind(path: str | Path) -> str:
+    """'recipe' if the file defines the recipe contract at module level or a recipe() function,
+    else 'script'. Decided from the source (the file is not run): a script would start training."""
+    try:
+        tree = ast.parse(Path(path).read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError, OSError):
+        return wire.DRIVER_RECIPE  # the recipe loader reports the error with the user's line
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            for t in node.targets:
+                names.update(_target_names(t))
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+            names.update(_target_names(node.target))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    if "recipe" in names or all(n in names for n in RECIPE_NAMES):
+        return wire.DRIVER_RECIPE
+    return wire.DRIVER_SCRIPT
+
+
+def _target_names(t: ast.AST) -> list[str]:
+    if isinstance(t, ast.Name):
+        return [t.id]
+    if isinstance(t, (ast.Tuple, ast.List)):
+        return [n for e in t.elts for n in _target_names(e)]
+    return []
+
+
+def _user_frames(frame: FrameType | None) -> list[FrameType]:
+    """The script's frames on the stack, innermost first (not dltui's, not torch's)."""
+    out = []
+    while frame is not None:
+        fn = frame.f_code.co_filename
+        if not (fn.startswith(ENGINE_DIR) or fn.startswith(TORCH_DIR) or fn.startswith("<frozen")
+                or "runpy" in fn):  # fmt: skip
+            out.append(frame)
+        frame = frame.f_back
+    return out
+
+
+def named_objects(frame: FrameType | None) -> list[tuple[str, Any]]:
+    """(name, object) bound in the script's frames, innermost first; attributes of `self`-like
+    objects one level down (a Trainer's self.model). Run once per discovery, not per step."""
+    out: list[tuple[str, Any]] = []
+    for f in _user_frames(frame):
+        scope = f.f_locals
+        for name, obj in list(scope.items()):
+            if name.startswith("__"):
+                continue
+            out.append((name, obj))
+        for name, obj in list(scope.items()):
+            d = getattr(obj, "__dict__", None)
+            if isinstance(d, dict) and not isinstance(obj, (nn.Module, type)) and not callable(obj):
+                out += [(k, v) for k, v in list(d.items()) if isinstance(v, (nn.Module, torch.optim.Optimizer))]
+    return out
+
+
+def unwrap(m: nn.Module) -> nn.Module:
+    """The user's module inside torch.compile / DistributedDataParallel wrappers."""
+    for _ in range(4):
+        inner = getattr(m, "_orig_mod", None) or (getattr(m, "module", None) if "DataParallel" in type(m).__name__ else None)
+        if not isinstance(inner, nn.Module):
+            return m
+        m = inner
+    return m
+
+
+def script_traceback(exc: BaseException) -> str:
+    """The traceback as Python would print it for the script, without dltui's or runpy's frames."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not (f.filename.startswith(ENGINE_DIR) or "runpy" in f.filename or f.filename.startswith("<frozen"))]  # fmt: skip
+    lines = ["Traceback (most recent call last):\n"] if frames else []
+    lines += traceback.format_list(frames)
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).rstrip()
+
+
+class _Params:
+    """A named-parameter view that LayerStats and the tensor inspector accept like a module."""
+
+    def __init__(self, named: list[tuple[str, nn.Parameter]]) -> None:
+        self._named = named
+
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return list(self._named)
+
+    def named_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        return []
+
+
+class Session:
+    """What `import dltui` talks to inside an engine: dltui.log, dltui.context, dltui.on_eval."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+        self.driver: Any = None  # the ScriptRun or Loop, once it exists
+        self.probe: Any = None
+        self.eval_fn: Any = None
+        self.pending: list[tuple[str, dict]] = []  # logs before the driver exists
+
+    def log(self, phase: str, scalars: dict) -> None:
+        if phase not in (wire.TRAIN, wire.VAL):
+            raise ValueError(f"dltui.log: phase is {phase!r}; use 'train' or 'val'.")
+        if self.probe is None:
+            self.pending.append((phase, dict(scalars)))
+            return
+        self.probe.log(self.driver, phase, scalars)
+
+    def attach(self, driver: Any, probe: Any) -> None:
+        """The run is wired: logs go to the probe from now on (earlier ones are replayed)."""
+        self.driver, self.probe = driver, probe
+        pending, self.pending = self.pending, []
+        for phase, scalars in pending:
+            probe.log(driver, phase, scalars)
+
+    def on_eval(self, fn: Any) -> None:
+        if not callable(fn):
+            raise TypeError(f"dltui.on_eval needs a function, got {type(fn).__name__}")
+        self.eval_fn = fn
+        if self.driver is not None and hasattr(self.driver, "eval_registered"):
+            self.driver.eval_registered()
+
+
+class ScriptRun:
+    """The driver for a script: presents the loop's interface (step, lrs(), model, gate, ...)
+    to the probe, printers, commands and control server."""
+
+    def __init__(
+        self, path: Path, argv: list[str], *, callbacks: list[Callback], gate: Gate,
+        session: Session, store: Any, probe: Any, max_steps: int | None = None,
+        checkpoint_dir: Path | None = None,
+    ) -> None:  # fmt: skip
+        self.path = Path(path)
+        self.argv = argv  # the script's sys.argv
+        self.callbacks = callbacks
+        self.gate = gate
+        self.session = session
+        self.store = store
+        self.probe = probe
+        self.max_steps = max_steps
+        self.checkpoint_dir = checkpoint_dir
+        self.r = SimpleNamespace(path=self.path, scheduler=None, val_loader=None)
+        self.metrics = SimpleNamespace(train=None)
+        self.step = 0
+        self.epoch = 0
+        self.batch = 0
+        self.epochs: int | None = None
+        self.steps_per_epoch: int | None = None
+        self.total_steps = max_steps
+        self.device = torch.device("cpu")
+        self.model: nn.Module | _Params | None = None
+        self.models: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.schedulers: dict[str, Any] = {}
+        self.best_val_loss = math.inf
+        self.last_val: dict[str, float] = {}
+        self.last_input: Any = None
+        self.last_output: Any = None
+        self.factors: dict[int, list[float]] = {}  # id(optimizer) -> LR factor per group
+        self._names: dict[int, str] = {}  # id(optimizer) -> name
+        self._created: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> order
+        self._n_created = 0
+        self._saved_lrs: dict[int, list[Any]] = {}
+        self._losses: list[torch.Tensor] = []
+        self._other_loss: dict[str, torch.Tensor] = {}
+        self._scaled: tuple[Any, torch.Tensor] | None = None  # (scaler.scale(loss) result, loss)
+        self._scalers: weakref.WeakSet = weakref.WeakSet()
+        self._lrs_used: list[float] = []
+        self._other_steps = 0
+        self._fwd_n = 0
+        self._fwd_batch = 0
+        self._n_backward_at_step = 0
+        self._t_last = time.perf_counter()
+        self._started = False
+        self._fwd_model: nn.Module | None = None
+        self._handles: list[Any] = []
+        self._undo: list[tuple[Any, str, Any]] = []
+        self.exit_code = 0
+
+    # -- the loop's interface --------------------------------------------------------------
+    def lrs(self) -> list[float]:
+        return self._lrs_of(self.optimizer) if self.optimizer is not None else []
+
+    def all_lrs(self) -> dict[str, list[float]]:
+        return {n: self._lrs_of(o) for n, o in self.optimizers.items()}
+
+    def _lrs_of(self, opt: torch.optim.Optimizer) -> list[float]:
+        """The LRs the next step uses: the script's own, times the user's factor."""
+        f = self.factors.get(id(opt))
+        saved = self._saved_lrs.get(id(opt))  # inside a step: the script's values are saved
+        out = []
+        for i, g in enumerate(opt.param_groups):
+            lr = float(g["lr"])
+            if saved is None and f is not None:
+                lr *= f[i]
+            out.append(lr)
+        return out
+
+    def idle(self) -> None:
+        for cb in self.callbacks:
+            cb.on_idle(self)
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # -- running the script ----------------------------------------------------------------
+    def run(self) -> tuple[str, BaseException | None]:
+        """Run the script to its end; returns (status, error). Sets self.exit_code."""
+        self._install()
+        status, error = wire.FINISHED, None
+        old_argv, old_path0 = sys.argv, sys.path[0] if sys.path else None
+        sys.argv = list(self.argv)
+        folder = str(self.path.resolve().parent)
+        if sys.path:
+            sys.path[0] = folder
+        else:
+            sys.path.insert(0, folder)
+        try:
+            runpy.run_path(str(self.path), run_name="__main__")
+        except StopScript as s:
+            status = s.status
+        except SystemExit as e:
+            code = e.code
+            if code is None or code == 0:
+                self.exit_code = 0
+            elif isinstance(code, int):
+                self.exit_code = code
+                status = wire.FAILED
+            else:  # sys.exit("message"): Python prints it and exits 1
+                print(code, file=sys.stderr)
+                self.exit_code = 1
+                status = wire.FAILED
+            if status == wire.FAILED:
+                error = e
+        except KeyboardInterrupt:
+            status = wire.STOPPED
+        except Exception as e:
+            status, error = wire.FAILED, e
+            self.exit_code = 1
+        finally:
+            self._uninstall()
+            sys.argv = old_argv
+            if old_path0 is not None and sys.path and sys.path[0] == folder:
+                sys.path[0] = old_path0
+            self.gate.close()
+        if self.gate.stop_reason is not None and status == wire.FINISHED and not self._max_steps_reached():
+            status = wire.STOPPED
+        if not self._started:
+            self._start(None)  # so printers and the store still see a run start and end
+        self._emit("on_run_end", status, error)
+        return status, error
+
+    def _install(self) -> None:
+        self._handles = [
+            register_optimizer_step_pre_hook(self._pre_hook),
+            register_optimizer_step_post_hook(self._post_hook),
+        ]
+        run = self
+        orig_backward = torch.autograd.backward
+        orig_init = torch.optim.Optimizer.__init__
+        scaler_cls = torch.amp.GradScaler
+        orig_scale = scaler_cls.scale
+
+        def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(tensors, torch.Tensor) and tensors.numel() == 1:
+                run._record_backward(tensors)
+            return orig_backward(tensors, *args, **kwargs)
+
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            orig_init(self, *args, **kwargs)
+            run._n_created += 1
+            run._created[self] = run._n_created
+
+        def scale(self: Any, outputs: Any) -> Any:
+            out = orig_scale(self, outputs)
+            run._scalers.add(self)
+            if isinstance(outputs, torch.Tensor) and out is not outputs:
+                run._scaled = (out, outputs)
+            return out
+
+        for obj, attr, new in ((torch.autograd, "backward", backward), (torch.optim.Optimizer, "__init__", init),
+                               (scaler_cls, "scale", scale)):  # fmt: skip
+            self._undo.append((obj, attr, getattr(obj, attr)))
+            setattr(obj, attr, new)
+
+    def _uninstall(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        for obj, attr, old in reversed(self._undo):
+            setattr(obj, attr, old)
+        self._undo = []
+
+    # -- hooks (the training thread, inside the script's optimizer.step()) -------------------
+    def _record_backward(self, t: torch.Tensor) -> None:
+        sc = self._scaled
+        if sc is not None and sc[0] is t:
+            t = sc[1]  # scaler.scale(loss).backward(): the loss, not loss x scale
+        self._scaled = None
+        self._losses.append(t.detach())
+
+    def _pre_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not self._started:
+            self._start(sys._getframe(1), opt)
+        elif id(opt) not in self._names:  # created after the run's first step
+            self._add_optimizer(opt, sys._getframe(1))
+            self._publish_models()
+        if opt is self.optimizer:
+            self._boundary()
+        else:
+            self._other_steps += 1
+            if self.step == 0 and self._other_steps > PROMOTE_AFTER:
+                self._promote(opt)
+            if self._losses:
+                self._other_loss[self._names[id(opt)]] = self._mean_loss()
+        f = self.factors.get(id(opt))
+        if f is not None:
+            groups = opt.param_groups
+            self._saved_lrs[id(opt)] = [g["lr"] for g in groups]
+            for g, x in zip(groups, f, strict=False):
+                if x != 1.0:
+                    g["lr"] = g["lr"] * x if not isinstance(g["lr"], torch.Tensor) else g["lr"].mul_(x)
+        if opt is self.optimizer:
+            self._lrs_used = [float(g["lr"]) for g in opt.param_groups]
+            self._emit("on_before_optimizer_step")
+
+    def _post_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        saved = self._saved_lrs.pop(id(opt), None)
+        if saved is not None:  # the script sees its own LRs again
+            for g, lr, x in zip(opt.param_groups, saved, self.factors.get(id(opt), ()), strict=False):
+                if isinstance(lr, torch.Tensor):
+                    lr.div_(x)
+                else:
+                    g["lr"] = lr
+        if opt is not self.optimizer:
+            return
+        step_time = time.perf_counter() - self._t_last if self.step else None  # the first: unknown
+        self.step += 1
+        self.batch += 1
+        loss = self._mean_loss() if self._losses else torch.full((), math.nan)
+        n_back, self._n_backward_at_step = self._n_backward_at_step, 0
+        micro = n_back if n_back == self._fwd_n and n_back > 0 else 1
+        batch_size = max(self._fwd_batch * micro, 1)
+        self._fwd_n = 0
+        scalars: dict[str, Any] = {f"loss/{n}": v for n, v in self._other_loss.items()}
+        self._other_loss = {}
+        for name, o in self.optimizers.items():
+            if o is not opt:
+                for i, lr in enumerate(self._lrs_of(o)):
+                    scalars[wire.lr_name(i, name)] = lr
+        out = StepOutput(loss, None, None, batch_size, step_time, None, time.time(), self._lrs_used)
+        out.scalars = scalars
+        self._emit("on_step_end", out)
+        self._t_last = time.perf_counter()  # the script's own time from here to its next step
+
+    def _mean_loss(self) -> torch.Tensor:
+        ls, self._losses = self._losses, []
+        self._n_backward_at_step += len(ls)
+        if len(ls) == 1:
+            return ls[0].float().reshape(())
+        return torch.stack([x.float().reshape(()) for x in ls]).mean()
+
+    def _boundary(self) -> None:
+        """Before each step of the run's optimizer: commands, pause, eval, stop."""
+        if self._max_steps_reached():
+            self.save_checkpoint("last", reason="max steps")
+            raise StopScript(wire.FINISHED, f"--max-steps {self.max_steps} reached")
+        self.gate.boundary(self)
+        if self.gate.stop_reason is not None:
+            if not self.gate.stop_now:
+                self.save_checkpoint("last", reason=self.gate.stop_reason)
+            raise StopScript(wire.STOPPED, self.gate.stop_reason)
+
+    def _max_steps_reached(self) -> bool:
+        return self.max_steps is not None and self.step >= self.max_steps
+
+    # -- discovery ----------------------------------------------------------------------------
+    def _start(self, frame: FrameType | None, stepping: torch.optim.Optimizer | None = None) -> None:
+        """At the first optimizer step: find every optimizer created so far and their models."""
+        self._started = True
+        alive = sorted(((n, o) for o, n in list(self._created.items())), key=lambda x: x[0])
+        objs = named_objects(frame) if frame is not None else []
+        for _, o in alive:
+            self._add_optimizer(o, None, objs)
+        if stepping is not None and id(stepping) not in self._names:
+            self._add_optimizer(stepping, None, objs)
+        if self.optimizers:
+            self.optimizer = next(iter(self.optimizers.values()))
+        self._publish_models()
+        self._emit("on_run_start")
+
+    def _publish_models(self) -> None:
+        from .main import model_summary, optimizer_meta
+
+        if self.model is None:
+            return
+        self.store.set_meta(model=model_summary(self.model), device=str(self.device),
+                            optimizers=optimizer_meta(self), models=list(self.models))  # fmt: skip
+
+    def _add_optimizer(self, opt: torch.optim.Optimizer, frame: FrameType | None, objs: list | None = None) -> None:
+        if objs is None:
+            objs = named_objects(frame)
+        name = next((n for n, o in objs if o is opt), None) or f"optimizer{len(self.optimizers)}"
+        while name in self.optimizers:
+            name += "_"
+        self._names[id(opt)] = name
+        self.optimizers[name] = opt
+        if self.optimizer is None:
+            self.optimizer = opt
+        for m_name, m in self._find_models(opt, objs):
+            if all(m is not x for x in self.models.values()):
+                while m_name in self.models:
+                    m_name += "_"
+                self.models[m_name] = m
+        self._rebuild_model()
+
+    def _find_models(self, opt: torch.optim.Optimizer, objs: list) -> list[tuple[str, nn.Module]]:
+        """The smallest set of top-level modules that own this optimizer's parameters."""
+        want = {id(p) for g in opt.param_groups for p in g["params"]}
+        cands: list[tuple[str, nn.Module]] = [(n, unwrap(o)) for n, o in objs if isinstance(o, nn.Module)]
+        covered = self._cover(want, cands)
+        if not covered or sum(c for _, _, c in covered) < len(want):  # not all in the frames: look wider
+            mods = [o for o in gc.get_objects() if isinstance(o, nn.Module)]
+            cands += [(type(m).__name__.lower(), unwrap(m)) for m in mods]
+            covered = self._cover(want, cands)
+        return [(n, m) for n, m, _ in covered]
+
+    @staticmethod
+    def _cover(want: set[int], cands: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module, int]]:
+        scored = []
+        seen: set[int] = set()
+        for n, m in cands:
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            ids = {id(p) for p in m.parameters()}
+            hit = len(ids & want)
+            if hit:
+                scored.append((hit, -len(ids), n, m, ids))
+        scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
+        left, out = set(want), []
+        for hit, _, n, m, ids in scored:
+            if ids & left:
+                out.append((n, m, len(ids & left)))
+                left -= ids
+            if not left:
+                break
+        return out
+
+    def _rebuild_model(self) -> None:
+        if not self.models:
+            return
+        if len(self.models) == 1:
+            self.model = next(iter(self.models.values()))
+        else:
+            named = [(f"{mn}.{pn}", p) for mn, m in self.models.items() for pn, p in m.named_parameters()]
+            self.model = _ModelSet(self.models, named)
+        first = next(iter(self.models.values()))
+        p = next(first.parameters(), None)
+        if p is not None:
+            self.device = p.device
+        if self._fwd_model is None:  # the run's model: its inputs are the batches (Tensors tab)
+            self._fwd_model = first
+            self._handles.append(first.register_forward_pre_hook(self._forward_pre))
+        if self.probe is not None:
+            self.probe.late_update = len(self.optimizers) > 1
+
+    def _forward_pre(self, module: nn.Module, args: Any) -> None:
+        if args and isinstance(args[0], torch.Tensor) and torch.is_grad_enabled():
+            x = args[0]
+            self.last_input = x
+            if self._fwd_n == 0:
+                self._fwd_batch = x.shape[0] if x.ndim else 1
+            self._fwd_n += 1
+
+    def _promote(self, opt: torch.optim.Optimizer) -> None:
+        """The first optimizer created never steps: the run follows this one instead."""
+        name = self._names[id(opt)]
+        self.optimizers = {name: opt, **{n: o for n, o in self.optimizers.items() if o is not opt}}
+        self.optimizer = opt
+        self.store.event(wire.EV_INFO, f"the run follows optimizer '{name}' (the first one created never stepped)")
+
+    # -- steering ---------------------------------------------------------------------------
+    def optimizer_named(self, name: str | None) -> torch.optim.Optimizer:
+        from .commands import CommandError
+
+        if name is None:
+            return self.optimizer
+        if name not in self.optimizers:
+            raise CommandError(f"there is no optimizer {name!r}; this run has {', '.join(self.optimizers)}.")
+        return self.optimizers[name]
+
+    def steer_lr(self, op: str, v: float, group: int | None, optimizer: str | None) -> dict[str, Any]:
+        """An LR change as a factor applied around each step: it holds even when the script sets
+        param_group['lr'] itself every iteration (nanoGPT's schedule) or a scheduler moves it."""
+        from .commands import CommandError, check_lr
+
+        opt = self.optimizer_named(optimizer)
+        name = self._names[id(opt)]
+        groups = opt.param_groups
+        if group is not None and not 0 <= group < len(groups):
+            raise CommandError(f"there is no param group {group}; '{name}' has groups 0..{len(groups) - 1}.")
+        chosen = range(len(groups)) if group is None else [group]
+        before = self._lrs_of(opt)
+        f = list(self.factors.get(id(opt), [1.0] * len(groups)))
+        for i in chosen:
+            script_lr = float(groups[i]["lr"])
+            new = before[i] * v if op == "mul" else v
+            check_lr(new, i)
+            if script_lr <= 0:
+                raise CommandError(f"group {i}'s learning rate is {script_lr} as the script sets it; a factor can't change that.")
+            f[i] = new / script_lr
+        self.factors[id(opt)] = f
+        after = self._lrs_of(opt)
+        which = ("all groups" if group is None else f"group {group}") + (f" of '{name}'" if len(self.optimizers) > 1 else "")
+        msg = (f"lr {', '.join(f'{before[i]:.4g}' for i in chosen)} -> {', '.join(f'{after[i]:.4g}' for i in chosen)}"
+               f" ({which}) at step {self.step}; the script's own LR is scaled by "
+               f"{', '.join(f'{f[i]:.4g}' for i in chosen)} from now on")  # fmt: skip
+        return {"before": before, "after": after, "group": group, "optimizer": name, "factors": f, "message": msg}
+
+    def eval_unavailable(self) -> str | None:
+        if self.session.eval_fn is None:
+            return ("this script has no evaluation dltui can call. Add `import dltui` and "
+                    "`dltui.on_eval(evaluate)` where `evaluate()` returns a dict like {'loss': 0.3}.")  # fmt: skip
+        return None
+
+    def eval_registered(self) -> None:
+        self.store.set_meta(steering=self.steering())
+
+    def steering(self) -> dict[str, bool]:
+        return {"pause": True, "step": True, "lr": True, "eval": self.session.eval_fn is not None,
+                "checkpoint": True, "stop": True, "resume": False}  # fmt: skip
+
+    def eval_pass(self) -> dict[str, float]:
+        """`e`: the script's registered evaluation under eval() and no_grad(), then back to training."""
+        fn = self.session.eval_fn
+        self.gate.mode = "train"  # one pass, then training goes on
+        if fn is None:
+            return {}
+        modes = [(m, m.training) for top in self.models.values() for m in top.modules()]
+        for top in self.models.values():
+            top.eval()
+        try:
+            with torch.no_grad():
+                result = fn()
+        except Exception as e:
+            from .recipe import user_traceback
+
+            self.store.event(wire.EV_ERROR, f"the script's on_eval function raised {e!r}; training goes on",
+                             step=self.step, level="error", data={"traceback": user_traceback(e)})  # fmt: skip
+            return {}
+        finally:
+            for m, was in modes:
+                m.training = was
+        values = _floats(result)
+        if values is None:
+            self.store.event(wire.EV_INFO, f"on_eval returned {type(result).__name__}, not a dict of numbers",
+                             step=self.step, level="warning")  # fmt: skip
+            return {}
+        self.last_val = values
+        loss = values.get("loss")
+        if loss is not None and loss < self.best_val_loss:
+            self.best_val_loss = loss
+        self._emit("on_validation_end", values)
+        return values
+
+    def validate(self, loader: Any = None) -> dict[str, float]:
+        return self.eval_pass()
+
+    def save_checkpoint(self, tag: str, reason: str = "") -> Path | None:
+        """The state_dicts of the found models, optimizers, LR schedulers and GradScalers."""
+        if self.checkpoint_dir is None or not self.models:
+            return None
+        import os
+
+        objs = named_objects(sys._getframe(1))
+        scheds = {}
+        for n, o in objs:
+            if isinstance(o, torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau):
+                if any(o.optimizer is opt for opt in self.optimizers.values()) and n not in scheds:
+                    scheds[n] = o
+        scalers = {n: o for n, o in objs if isinstance(o, torch.amp.GradScaler)}
+        for i, s in enumerate(self._scalers):
+            if all(s is not x for x in scalers.values()):
+                scalers[f"scaler{i}"] = s
+        main_model = next(iter(self.models.values()))
+        state = {
+            "model": main_model.state_dict(),
+            "models": {n: m.state_dict() for n, m in self.models.items()},
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in scheds.items()},
+            "scalers": {n: s.state_dict() for n, s in scalers.items()},
+            "lr_factors": {self._names[k]: v for k, v in self.factors.items() if k in self._names},
+            "step": self.step, "script": str(self.path), "argv": self.argv,
+        }  # fmt: skip
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"{tag}.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        self._emit("on_checkpoint", path, tag, reason)
+        return path
+
+
+class _ModelSet(_Params):
+    """Several models seen as one for the Layers, Tensors and Model tabs (names prefixed)."""
+
+    def __init__(self, models: dict[str, nn.Module], named: list[tuple[str, nn.Parameter]]) -> None:
+        super().__init__(named)
+        self.models = models
+
+    def named_buffers(self) -> list[tuple[str, torch.Tensor]]:
+        return [(f"{mn}.{bn}", b) for mn, m in self.models.items() for bn, b in m.named_buffers()]
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self._named]
+
+    def named_modules(self) -> list[tuple[str, nn.Module]]:
+        return [(f"{mn}.{n}" if n else mn, sub) for mn, m in self.models.items() for n, sub in m.named_modules()]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {f"{mn}.{k}": v for mn, m in self.models.items() for k, v in m.state_dict().items()}
+
+
+def _floats(result: Any) -> dict[str, float] | None:
+    if isinstance(result, (int, float, torch.Tensor)):
+        result = {"loss": result}
+    if not isinstance(result, dict):
+        return None
+    out = {}
+    for k, v in result.items():
+        try:
+            out[str(k)] = float(v)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+    return out
