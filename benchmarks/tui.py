@@ -149,8 +149,8 @@ def start_engine(root: Path) -> tuple[subprocess.Popen, Path]:
     run_dir = root / "runs" / f"live-{os.getpid()}"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dltui.engine", str(recipe), "--run-dir", str(run_dir),
-                             "--detached"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "dltui.engine", "--run-dir", str(run_dir),
+                             "--detached", str(recipe)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
     deadline = time.monotonic() + 120
     while not ((run_dir / "control.sock").exists() and (run_dir / "run.sqlite").exists()):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from . import wire
 from .gate import Gate
 from .metrics import MetricSet
 from .recipe import Recipe
+from .step import Result, StepContext, Stepper, StepRefused, read_result
 
 
 class Callback:
@@ -32,17 +34,35 @@ class Callback:
     def on_idle(self, loop: Loop) -> None: ...
     def on_run_end(self, loop: Loop, status: str, error: BaseException | None) -> None: ...
 
+    def on_notice(self, loop: Loop, message: str, level: str = "warning", data: dict | None = None) -> None:
+        """Something the user should know that does not stop the run (a skipped fp16 step, a
+        dropped metric, an optimizer step refused during evaluation)."""
+
+
+class EngineError(Exception):
+    """dltui's own code failed, not the recipe's: `part` names it ("writing a checkpoint"),
+    the original exception is the __cause__."""
+
+    def __init__(self, part: str, cause: BaseException) -> None:
+        super().__init__(f"{part}: {type(cause).__name__}: {cause}")
+        self.part = part
+        self.__cause__ = cause
+
 
 @dataclass
 class StepOutput:
     loss: torch.Tensor  # detached, still on the device: reading it is the probe's business
     output: Any
     target: Any
-    batch_size: int
+    batch_size: int  # samples: the input's leading dimension, summed over micro-batches
     step_time: float  # seconds, batch fetch to optimizer step done
     data_time: float  # seconds spent waiting for the batch
     wall: float
-    lrs: list[float]  # of each param group, as used by this step
+    lrs: list[float]  # of each param group of the main optimizer, as used by this step
+    # Further train scalars of this step: a dict-returning step's other entries (detached device
+    # tensors or floats), other optimizers' LRs (wire.lr_name(i, name)), grad_norm[/name] when
+    # clipping, tokens_per_s for token inputs.
+    scalars: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -53,6 +73,7 @@ class Settings:
     device: str | None = None  # None: the recipe's, else CUDA when present
     checkpoint_dir: Path | None = None
     resume: dict | None = None  # a loaded checkpoint
+    context: Any = None  # the run's dltui.Context (None: the recipe's, else defaults)
 
 
 def to_device(x: Any, device: torch.device) -> Any:
@@ -75,6 +96,15 @@ def batch_size_of(x: Any) -> int:
     return 1
 
 
+def tokens_of(x: Any) -> int:
+    """Tokens in a batch whose input is [B, T] integers (a language model's), else 0."""
+    while isinstance(x, (list, tuple, dict)) and x:
+        x = x[0] if not isinstance(x, dict) else next(iter(x.values()))
+    if isinstance(x, torch.Tensor) and x.ndim == 2 and not x.is_floating_point() and x.dtype != torch.bool:
+        return x.numel()
+    return 0
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -90,37 +120,55 @@ class StopRun(Exception):
     """Raised inside the loop to end the run at once (second Ctrl-C)."""
 
 
+# How a pass over the training data ended.
+DONE, EARLY, EMPTY = "done", "early", "empty"
+
+
 class Loop:
     """Epochs x batches over a recipe. Reads steering state only from the gate, at boundaries."""
 
     def __init__(self, recipe: Recipe, settings: Settings, callbacks: list[Callback], gate: Gate) -> None:
+        import dltui
+
         self.r = recipe
         self.s = settings
         self.callbacks = callbacks
         self.gate = gate
+        self.context = settings.context or recipe.context or dltui.Context()
         self.epochs = settings.epochs or recipe.epochs
         dev = settings.device or recipe.device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(dev)
         self.model = recipe.model.to(self.device)
-        self.optimizer = recipe.optimizer
+        self.optimizers: dict[str, torch.optim.Optimizer] = dict(recipe.optimizers)
+        self.optimizer = next(iter(self.optimizers.values()))  # the run's main optimizer
+        self.schedulers: dict[str, Any] = dict(recipe.schedulers)
         self._move_optimizer_state()
-        self.metrics = MetricSet(recipe.metrics, recipe.loss_fn, self.device)
+        self.metrics = MetricSet(recipe.metrics, recipe.loss_fn, self.device, notify=self.notice)
+        self.stepper = Stepper(recipe, self.device, lambda: self._emit("on_before_optimizer_step"), self.notice)
+        self.ctx = StepContext(self)
         self.step = 0  # optimizer steps done in the whole run
         self.epoch = 0  # epochs completed
+        self.current_epoch = 0  # the epoch under way (ctx.epoch), 0-based
         self.batch = 0  # batches done in the current epoch
+        self.epoch_step = 0  # optimizer steps done in the current epoch
         self.best_val_loss = math.inf
         self.last_input: Any = None
         self.last_output: Any = None
         self.last_val: dict[str, float] = {}
-        try:
-            self.steps_per_epoch: int | None = len(recipe.train_loader)
-        except TypeError:
-            self.steps_per_epoch = None
+        self.steps_per_epoch = self._steps_per_epoch()
         if settings.resume:
             self._restore(settings.resume)
         self.total_steps = self._total_steps()
 
     # -- helpers ---------------------------------------------------------------------------
+    def _steps_per_epoch(self) -> int | None:
+        try:
+            n = math.ceil(len(self.r.train_loader) / self.r.accumulate)
+        except TypeError:
+            n = None  # no __len__: an epoch ends when the data does (or at steps_per_epoch)
+        cap = self.r.steps_per_epoch
+        return cap if n is None else (n if cap is None else min(n, cap))
+
     def _total_steps(self) -> int | None:
         total = self.steps_per_epoch * self.epochs if self.steps_per_epoch is not None else None
         if self.s.max_steps is not None:
@@ -128,31 +176,48 @@ class Loop:
         return total
 
     def _move_optimizer_state(self) -> None:
-        for state in self.optimizer.state.values():
-            for k, v in state.items():
-                if isinstance(v, torch.Tensor) and k != "step":
-                    state[k] = v.to(self.device)
+        for opt in self.optimizers.values():
+            for state in opt.state.values():
+                for k, v in state.items():
+                    if isinstance(v, torch.Tensor) and k != "step":
+                        state[k] = v.to(self.device)
 
     def _emit(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
-            getattr(cb, hook)(self, *args)
+            try:
+                getattr(cb, hook)(self, *args)
+            except (StopRun, EngineError):
+                raise
+            except Exception as e:  # an observer is dltui's code: never "the recipe's error"
+                part = getattr(cb, "part", None) or type(cb).__name__
+                raise EngineError(f"{part} ({hook})", e) from e
+
+    def notice(self, message: str, level: str = "warning", data: dict | None = None) -> None:
+        """Tell observers something the user should know; the run goes on."""
+        self._emit("on_notice", message, level, data)
 
     def lrs(self) -> list[float]:
+        """The main optimizer's LR of each param group."""
         return [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    def all_lrs(self) -> dict[str, list[float]]:
+        """Every optimizer's LRs by name, the main one first."""
+        return {n: [float(g["lr"]) for g in o.param_groups] for n, o in self.optimizers.items()}
 
     def idle(self) -> None:
         """Called while the gate holds training (paused / eval): lets observers catch up."""
         self._emit("on_idle")
 
-    def _forward(self, batch: Any, step_fn: Callable | None) -> tuple[torch.Tensor, Any, Any]:
-        if step_fn is not None:
-            loss, output, target = step_fn(self.model, batch)
-        else:
-            x, target = batch
-            self.last_input = x
-            output = self.model(x)
-            loss = self.r.loss_fn(output, target)
-        return loss, output, target
+    def _forward(self, batch: Any, train: bool) -> Result:
+        fn, form = (self.r.train_step, self.r.train_form) if train else (self.r.eval_step, self.r.eval_form)
+        with self.stepper.autocast():
+            if fn is None:
+                x, target = batch
+                self.last_input = x
+                output = self.model(x)
+                return Result(self.r.loss_fn(output, target), output, target)
+            value = fn(batch, self.ctx) if form == "ctx" else fn(self.model, batch)
+        return read_result(value, "train_step" if train else "eval_step")
 
     # -- the run ---------------------------------------------------------------------------
     def run(self) -> tuple[str, BaseException | None]:
@@ -160,17 +225,25 @@ class Loop:
         status, error = wire.FINISHED, None
         self._emit("on_run_start")
         try:
+            self._tell_about_the_plan()
             while self.epoch < self.epochs and not self._should_stop():
                 self._emit("on_epoch_start")
-                completed = self._train_epoch()
+                self.current_epoch = self.epoch
+                if self.r.on_epoch_start is not None:
+                    self.r.on_epoch_start(self.ctx)
+                ended = self._train_epoch()
                 if self.gate.stop_now:
                     break
-                if completed:
+                if ended == DONE:
                     self._end_epoch()
+                elif ended == EMPTY:
+                    self.notice(f"train_loader has no batches left; the run ends at step {self.step}.", "info")
+                    self.save_checkpoint("last", reason="data ran out")
+                    break
                 elif self._max_steps_reached():
-                    if self.r.val_loader is not None:
-                        self.validate()
+                    val_loss = self.validate().get("loss") if self.r.val_loader is not None else None
                     self.save_checkpoint("last", reason="max steps")
+                    self._keep_if_best(val_loss)
             if self.gate.stop_reason is not None:
                 status = wire.STOPPED
                 if not self.gate.stop_now:
@@ -184,67 +257,154 @@ class Loop:
         self._emit("on_run_end", status, error)
         return status, error
 
+    def _tell_about_the_plan(self) -> None:
+        if self.steps_per_epoch is None and self.step == 0:
+            self.notice(
+                "train_loader has no length and the recipe sets no steps_per_epoch: an epoch ends "
+                "when the data does, so progress and ETA are unknown.", "info",
+            )  # fmt: skip
+        planned = (self.total_steps or 0) - self.step
+        for name, s in self.schedulers.items():
+            if self.r.scheduler_interval == "step" and isinstance(s, torch.optim.lr_scheduler.OneCycleLR):
+                left = s.total_steps - s.last_epoch
+                if planned > left:
+                    self.notice(
+                        f"scheduler {name!r} (OneCycleLR) has {left} steps left but this run plans "
+                        f"{planned}; its LR will hold at the end. Size it from ctx.epochs.",
+                        "warning", {"optimizer": name},
+                    )  # fmt: skip
+
     def _max_steps_reached(self) -> bool:
         return self.s.max_steps is not None and self.step >= self.s.max_steps
 
     def _should_stop(self) -> bool:
         return self.gate.stop_reason is not None or self._max_steps_reached()
 
-    def _train_epoch(self) -> bool:
-        """One pass over the training data; False if it ended early (stop or max steps)."""
+    def _train_epoch(self) -> str:
+        """One pass over the training data: DONE (the data or steps_per_epoch ran out), EARLY
+        (stop or max steps) or EMPTY (not one batch: nothing left to train on)."""
         self.model.train()
-        skip, self.batch = self.batch, 0  # a mid-epoch resume skips the batches already done
         it = iter(self.r.train_loader)
-        sched_per_step = self.r.scheduler is not None and self.r.scheduler_interval == "step"
+        skip, self.batch = self.batch, 0  # a mid-epoch resume skips the batches already done
+        for _ in itertools.islice(it, skip):
+            self.batch += 1
+        first = True
         while True:
             self.gate.boundary(self)
             if self._should_stop():
-                return False
-            t0 = time.perf_counter()
+                return EARLY
+            if self.r.steps_per_epoch is not None and self.epoch_step >= self.r.steps_per_epoch:
+                return DONE
+            out = self._window(it)
+            if out is None:
+                return EMPTY if first and not skip else DONE
+            first = False
+            if out is not False:
+                self._emit("on_step_end", out)
+
+    def _window(self, it: Any) -> StepOutput | bool | None:
+        """One optimizer step over `accumulate` micro-batches. None: no data left; False: fp16
+        overflow skipped the update (an event, not a step)."""
+        st, k = self.stepper, self.r.accumulate
+        st.begin_window()
+        t0 = time.perf_counter()
+        data_time, m, samples, tokens = 0.0, 0, 0, 0
+        loss_sum: torch.Tensor | None = None
+        extras: dict[str, Any] = {}
+        res: Result | None = None
+        for micro in range(k):
+            tf = time.perf_counter()
             try:
                 batch = next(it)
             except StopIteration:
-                return True
-            if self.batch < skip:
-                self.batch += 1
-                continue
+                break
             batch = to_device(batch, self.device)
-            t1 = time.perf_counter()
-            loss, output, target = self._forward(batch, self.r.train_step)
+            data_time += time.perf_counter() - tf
+            m, self.batch, self.ctx.micro = m + 1, self.batch + 1, micro
+            samples += batch_size_of(batch)
+            tokens += tokens_of(batch)
+            st.begin_micro(last=micro == k - 1)
+            if st.closure_driven:
+                res = self._closure_step(batch)
+            else:
+                res = self._forward(batch, train=True)
+                if not st.owned and not st.backward_called:
+                    st.backward(res.loss)
+            loss = res.loss.detach()
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+            for name, v in res.scalars.items():
+                extras[name] = extras.get(name, 0.0) + v
+        if m == 0:
+            return None
+        if not st.owned and not st.closure_driven:
+            st.scale = k / m
+            st.step_all()
+        if not st.finish_window(partial_scale=k / m):
+            self.notice(
+                f"fp16: gradients overflowed at step {self.step + 1}; the update was skipped and "
+                f"the loss scale lowered to {st.scaler.get_scale():g}.", "warning",
+                {"optimizers": st.skipped},
+            )  # fmt: skip
+            return False
+        self.step += 1
+        self.epoch_step += 1
+        if self.r.train_step is not None:
+            self.last_input = _first_tensor(batch)
+        self.last_output = res.output.detach() if isinstance(res.output, torch.Tensor) else res.output
+        t2 = time.perf_counter()
+        scalars = {name: v / m for name, v in extras.items()}
+        main = next(iter(self.optimizers))
+        lrs = st.lrs_used()
+        for name, values in lrs.items():
+            if name != main:
+                scalars.update({wire.lr_name(i, name): v for i, v in enumerate(values)})
+        for name, norm in st.grad_norms.items():
+            scalars["grad_norm" if name == main else f"grad_norm/{name}"] = norm
+        if tokens and t2 > t0:
+            scalars["tokens_per_s"] = tokens / (t2 - t0)
+        return StepOutput(loss_sum / m, res.output, res.target, samples, t2 - t0, data_time,
+                          time.time(), lrs[main], scalars)  # fmt: skip
+
+    def _closure_step(self, batch: Any) -> Result:
+        """A closure optimizer (LBFGS): forward and backward run inside its step, as often as
+        it asks; the first evaluation is the step's loss."""
+        first: list[Result] = []
+
+        def closure() -> torch.Tensor:
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self._emit("on_before_optimizer_step")
-            self.optimizer.step()
-            lrs = self.lrs()  # the lrs this step used, before the scheduler moves them
-            if sched_per_step:
-                self.r.scheduler.step()
-            self.step += 1
-            self.batch += 1
-            self.last_output = output.detach() if isinstance(output, torch.Tensor) else output
-            t2 = time.perf_counter()
-            out = StepOutput(loss.detach(), output, target, batch_size_of(target), t2 - t0, t1 - t0, time.time(), lrs)
-            self._emit("on_step_end", out)
+            self.stepper.backward_called = False
+            res = self._forward(batch, train=True)
+            if not self.stepper.backward_called:
+                self.stepper.backward(res.loss)
+            if not first:
+                first.append(res)
+            return res.loss
+
+        self.stepper.step_one(next(iter(self.optimizers)), closure)
+        return first[0]
 
     def _end_epoch(self) -> None:
         self.epoch += 1
         self.batch = 0
+        self.epoch_step = 0
         val_loss = None
         if self.r.val_loader is not None:
             val_loss = self.validate().get("loss")
-        sched = self.r.scheduler
-        if sched is not None and self.r.scheduler_interval == "epoch":
-            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                # Fed the validation loss (the training loss when there is no validation data).
-                metric = val_loss if val_loss is not None else self._epoch_train_loss()
-                if metric is not None:
-                    sched.step(metric)
-            else:
-                sched.step()
+        if self.r.scheduler_interval == "epoch":
+            # ReduceLROnPlateau is fed the validation loss (the training loss without validation).
+            metric = val_loss if val_loss is not None else self._epoch_train_loss()
+            for name in self.schedulers:
+                self.stepper.step_scheduler(name, metric)
+        if self.r.on_epoch_end is not None:
+            self.r.on_epoch_end(self.ctx)
         self.save_checkpoint("last", reason="epoch end")
+        self._keep_if_best(val_loss)
+        self._emit("on_epoch_end")
+
+    def _keep_if_best(self, val_loss: float | None) -> None:
         if val_loss is not None and val_loss < self.best_val_loss:
             self.best_val_loss = val_loss
             self.save_checkpoint("best", reason=f"val loss {val_loss:.4g}")
-        self._emit("on_epoch_end")
 
     def _epoch_train_loss(self) -> float | None:
         for cb in self.callbacks:
@@ -255,68 +415,127 @@ class Loop:
 
     @torch.no_grad()
     def validate(self, loader: Any = None) -> dict[str, float]:
-        """A pass over the validation data in eval() under no_grad(); records phase 'val'."""
-        loader = loader or self.r.val_loader or self.r.train_loader
+        """A pass over the validation data in eval() under no_grad(); records phase 'val'.
+        No optimizer steps during it: an attempt is refused with a notice, the run goes on."""
+        loader = loader if loader is not None else self.r.val_loader
         was_training = self.model.training
         self.model.eval()
-        total = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.ctx.phase = wire.VAL
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         count = 0
+        extras: dict[str, Any] = {}
         try:
-            for batch in loader:
-                batch = to_device(batch, self.device)
-                loss, output, target = self._forward(batch, self.r.eval_step)
-                n = batch_size_of(target)
-                total += loss.detach().double() * n  # summed on the device; read once at the end
-                count += n
-                self.metrics.ensure(output, target)
-                self.metrics.update_val(output, target)
-                self.gate.service(self)  # commands keep flowing during a long validation
-                if self.gate.stop_now:
-                    raise StopRun()
+            with self.stepper.evaluating():
+                for batch in loader:
+                    batch = to_device(batch, self.device)
+                    res = self._forward(batch, train=False)
+                    n = batch_size_of(batch)
+                    total += res.loss.detach().double() * n  # summed on the device; read once at the end
+                    for name, v in res.scalars.items():
+                        extras[name] = extras.get(name, 0.0) + v * n
+                    count += n
+                    if isinstance(res.output, torch.Tensor) and res.target is not None:
+                        self.metrics.ensure(res.output, res.target)
+                        self.metrics.update_val(res.output, res.target)
+                    self.gate.service(self)  # commands keep flowing during a long validation
+                    if self.gate.stop_now:
+                        raise StopRun()
+        except StepRefused as e:
+            self.notice(
+                f"eval_step stepped optimizer {e.name!r} during evaluation: refused, and this "
+                "evaluation pass was abandoned; training goes on. Evaluation must not train: keep "
+                "the updates in train_step.", "warning", {"optimizer": e.name},
+            )  # fmt: skip
+            self.metrics.compute_val()  # resets the half-fed val metrics
+            return {}
         finally:
             self.model.train(was_training)
+            self.ctx.phase = wire.TRAIN
         values = {"loss": float(total) / max(count, 1), **self.metrics.compute_val()}
+        values.update({name: float(v) / max(count, 1) for name, v in extras.items()})
         self.last_val = values
         self._emit("on_validation_end", values)
         return values
 
     def eval_pass(self) -> dict[str, float]:
-        """Eval mode's pass: validation data, else the training data."""
-        return self.validate(self.r.val_loader or self.r.train_loader)
+        """Eval mode's pass: validation data, else an epoch's worth of the training data."""
+        if self.r.val_loader is not None:
+            return self.validate(self.r.val_loader)
+        loader = self.r.train_loader
+        if iter(loader) is loader or self.steps_per_epoch is None:
+            self.notice("nothing to evaluate on: the recipe has no val_loader and its train_loader "
+                        "has no end; define val_loader.", "warning")  # fmt: skip
+            return {}
+        if self.r.steps_per_epoch is not None:
+            loader = itertools.islice(loader, self.steps_per_epoch * self.r.accumulate)
+        return self.validate(loader)
 
     # -- checkpoints -----------------------------------------------------------------------
     def save_checkpoint(self, tag: str, reason: str = "") -> Path | None:
         if self.s.checkpoint_dir is None:
             return None
-        self.s.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        sched = self.r.scheduler
+        main = next(iter(self.optimizers))
+        scaler = self.stepper.scaler
         state = {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": sched.state_dict() if sched is not None else None,
+            "optimizer": self.optimizer.state_dict(),  # the main one, where older readers look
+            "scheduler": self.r.scheduler.state_dict() if self.r.scheduler is not None else None,
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "main_optimizer": main,
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "step": self.step,
             "epoch": self.epoch,
             "batch": self.batch,
+            "epoch_step": self.epoch_step,
             "best_val_loss": self.best_val_loss,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
         }
         path = self.s.checkpoint_dir / f"{tag}.pt"
         tmp = path.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # never leaves a half-written checkpoint behind
+        try:
+            self.s.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(state, tmp)
+            os.replace(tmp, path)  # never leaves a half-written checkpoint behind
+        except Exception as e:  # a full disk, a read-only directory: dltui's part, not the recipe's
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise EngineError(f"checkpoint writer (writing {path})", e) from e
         self._emit("on_checkpoint", path, tag, reason)
         return path
 
     def _restore(self, ck: dict) -> None:
         self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
+        main = next(iter(self.optimizers))
+        opts = ck.get("optimizers") or {main: ck["optimizer"]}
+        if list(opts) != list(self.optimizers):
+            raise KeyError(
+                f"the checkpoint holds the optimizers {', '.join(opts)} but this recipe has "
+                f"{', '.join(self.optimizers)}"
+            )
+        for name, sd in opts.items():
+            self.optimizers[name].load_state_dict(sd)
         self._move_optimizer_state()
-        if ck.get("scheduler") is not None and self.r.scheduler is not None:
-            self.r.scheduler.load_state_dict(ck["scheduler"])
+        scheds = ck.get("schedulers")
+        if scheds is None:
+            scheds = {main: ck["scheduler"]} if ck.get("scheduler") is not None else {}
+        for name, sd in scheds.items():
+            if name in self.schedulers and sd is not None:
+                self.schedulers[name].load_state_dict(sd)
+        if ck.get("scaler") is not None and self.stepper.scaler is not None:
+            self.stepper.scaler.load_state_dict(ck["scaler"])
         self.step, self.epoch, self.batch = ck["step"], ck["epoch"], ck.get("batch", 0)
+        self.current_epoch = self.epoch
+        self.epoch_step = ck.get("epoch_step", math.ceil(self.batch / self.r.accumulate))
         self.best_val_loss = ck.get("best_val_loss", math.inf)
         rng = ck.get("rng") or {}
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
         if "python" in rng:
             random.setstate(rng["python"])
+
+
+def _first_tensor(x: Any) -> Any:
+    while isinstance(x, (list, tuple, dict)) and x:
+        x = x[0] if not isinstance(x, dict) else next(iter(x.values()))
+    return x if isinstance(x, torch.Tensor) else None

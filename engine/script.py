@@ -24,7 +24,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 from . import wire
 from .gate import Gate
@@ -99,7 +102,7 @@ def named_objects(frame: FrameType | None) -> list[tuple[str, Any]]:
             if name.startswith("__"):
                 continue
             out.append((name, obj))
-        for name, obj in list(scope.items()):
+        for obj in list(scope.values()):
             d = getattr(obj, "__dict__", None)
             if isinstance(d, dict) and not isinstance(obj, (nn.Module, type)) and not callable(obj):
                 out += [(k, v) for k, v in list(d.items()) if isinstance(v, (nn.Module, torch.optim.Optimizer))]
@@ -114,6 +117,23 @@ def unwrap(m: nn.Module) -> nn.Module:
             return m
         m = inner
     return m
+
+
+def _divisor(t: torch.Tensor) -> float | None:
+    """k when t was computed as `x / k` (or `x * (1/k)`) with k a plain number, else None."""
+    fn = t.grad_fn
+    if fn is None:
+        return None
+    name = type(fn).__name__
+    if name not in ("DivBackward0", "MulBackward0"):
+        return None
+    o = getattr(fn, "_saved_other", None)
+    if not isinstance(o, torch.Tensor) or o.numel() != 1 or o.device.type != "cpu" or o.requires_grad:
+        return None  # a device tensor would need a host sync to read
+    k = float(o)
+    if name == "MulBackward0":
+        k = 1.0 / k if k != 0 else 0.0
+    return round(k) if k >= 1 and abs(k - round(k)) < 1e-6 else None
 
 
 def script_traceback(exc: BaseException) -> str:
@@ -215,7 +235,7 @@ class ScriptRun:
         self._created: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> order
         self._n_created = 0
         self._saved_lrs: dict[int, list[Any]] = {}
-        self._losses: list[torch.Tensor] = []
+        self._losses: list[tuple[torch.Tensor, float | None]] = []
         self._other_loss: dict[str, torch.Tensor] = {}
         self._scaled: tuple[Any, torch.Tensor] | None = None  # (scaler.scale(loss) result, loss)
         self._scalers: weakref.WeakSet = weakref.WeakSet()
@@ -352,7 +372,7 @@ class ScriptRun:
         if sc is not None and sc[0] is t:
             t = sc[1]  # scaler.scale(loss).backward(): the loss, not loss x scale
         self._scaled = None
-        self._losses.append(t.detach())
+        self._losses.append((t.detach(), _divisor(t)))
 
     def _pre_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if not self._started:
@@ -409,11 +429,17 @@ class ScriptRun:
         self._t_last = time.perf_counter()  # the script's own time from here to its next step
 
     def _mean_loss(self) -> torch.Tensor:
+        """The mean loss of the backward calls since the last step, on the device (no sync).
+
+        Gradient accumulation written as `loss = loss / accum_steps` (nanoGPT) divides each
+        micro-batch's loss by the number of backward calls; then the undivided loss is averaged,
+        so the number is the one the script prints, not 1/accum_steps of it."""
         ls, self._losses = self._losses, []
-        self._n_backward_at_step += len(ls)
-        if len(ls) == 1:
-            return ls[0].float().reshape(())
-        return torch.stack([x.float().reshape(()) for x in ls]).mean()
+        n = len(ls)
+        self._n_backward_at_step += n
+        undo = n > 1 and all(k == n for _, k in ls)
+        vals = [x.float().reshape(()) * n if undo else x.float().reshape(()) for x, _ in ls]
+        return vals[0] if n == 1 else torch.stack(vals).mean()
 
     def _boundary(self) -> None:
         """Before each step of the run's optimizer: commands, pause, eval, stop."""
@@ -494,7 +520,7 @@ class ScriptRun:
                 scored.append((hit, -len(ids), n, m, ids))
         scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
         left, out = set(want), []
-        for hit, _, n, m, ids in scored:
+        for _, _, n, m, ids in scored:
             if ids & left:
                 out.append((n, m, len(ids & left)))
                 left -= ids

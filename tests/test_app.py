@@ -71,7 +71,7 @@ class Engine:
         self.run_dir = run_dir
         self.log = open(run_dir.parent / f"{run_dir.name}.log", "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dltui.engine", str(recipe), "--run-dir", str(run_dir), "--detached"],
+            [sys.executable, "-m", "dltui.engine", "--run-dir", str(run_dir), "--detached", str(recipe)],
             stdout=self.log, stderr=subprocess.STDOUT, env=CHILD_ENV,
         )  # fmt: skip
 

@@ -302,10 +302,10 @@ def engine(tmp_path_factory) -> Path:
         sys.executable,
         "-m",
         "dltui.engine",
-        str(recipe),
         "--run-dir",
         str(run_dir),
         "--detached",
+        str(recipe),
     ]
     with open(tmp / "engine.log", "w") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)

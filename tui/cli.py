@@ -97,6 +97,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         with RunReader(run_dir) as r:
             meta = r.meta()
             events = r.last_events(8)
+            scalars = latest_scalars(r)
     except RunNotFound as e:
         return die(str(e))
     progress = meta.get("progress") or {}
@@ -106,6 +107,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         progress = {**progress, **{k: live[k] for k in ("step", "epoch", "batch", "lrs", "mode", "paused")}}
         status = "eval" if live["mode"] == "eval" else ("paused" if live["paused"] else "live")
     out = {**info.as_json(), "status": status, "step": progress.get("step", info.step), "progress": progress,
+           "driver": meta.get("driver", wire.DRIVER_RECIPE), "steering": meta.get("steering"),
+           "optimizers": meta.get("optimizers"), "scalars": scalars,
            "intervals": meta.get("intervals"), "heartbeat_age_s": round(time.time() - meta.get("heartbeat", 0), 1),
            "last_events": events}  # fmt: skip
     if args.json:
@@ -113,11 +116,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     lrs = ", ".join(f"{x:.4g}" for x in progress.get("lrs") or [])
     print(f"{info.id}: {status.upper()}  step {out['step']}/{info.total_steps or '?'}  "
-          f"epoch {progress.get('epoch', 0)}/{progress.get('epochs', '?')}  lr {lrs}")
+          + (f"epoch {progress.get('epoch', 0)}/{progress['epochs']}  " if progress.get("epochs") else "")
+          + f"lr {lrs}")
+    for phase, vals in scalars.items():
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in vals.items() if isinstance(v, float)
+                          and k not in ("step_time", "data_time", "samples_per_s") and not k.startswith("lr/"))
+        if shown:
+            print(f"  {phase}: {shown}")
     for ev in events:
         step = "" if ev["step"] is None else f"step {ev['step']}: "
         print(f"  {step}[{ev['kind']}] {ev['message']}")
     return 0
+
+
+def latest_scalars(r: RunReader) -> dict[str, dict[str, float | None]]:
+    """The newest value of every scalar, by phase: {"train": {"loss": 0.3, "acc": 0.9}, "val": {...}}."""
+    out: dict[str, dict[str, float | None]] = {}
+    for name, phase in r.series_names():
+        last = r.last(name, phase)
+        if last is not None:
+            out.setdefault(phase, {})[name] = last[1]
+    return out
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -126,17 +145,44 @@ def cmd_export(args: argparse.Namespace) -> int:
         reader = RunReader(run_dir)
     except RunNotFound as e:
         return die(str(e))
-    out = sys.stdout if args.csv == "-" else open(args.csv, "w", newline="")
-    n = 0
-    with reader, out:
+    with reader:
+        names = sorted({n for n, _ in reader.series_names()}, key=_column_order)
+        rows = _wide_rows(reader.scalar_rows(), names)
+    try:
+        out = sys.stdout if args.csv == "-" else open(args.csv, "w", newline="")
+    except OSError as e:
+        return die(f"can't write {args.csv}: {e.strerror}.")
+    with out if args.csv != "-" else _nullcontext():
         w = csv.writer(out)
-        w.writerow(["step", "epoch", "phase", "wall", "name", "value"])
-        for row in reader.scalar_rows():
-            w.writerow(row)
-            n += 1
+        w.writerow(["step", "epoch", "phase", "wall", *names])
+        w.writerows(rows)
     if args.csv != "-":
-        print(f"wrote {n} rows to {args.csv}", file=sys.stderr)
+        print(f"wrote {len(rows)} rows ({len(names)} scalars) to {args.csv}", file=sys.stderr)
     return 0
+
+
+def _column_order(name: str) -> tuple:
+    """loss first, then metrics and logged scalars, then LRs, then timings."""
+    rank = 0 if name == "loss" else 3 if name in ("step_time", "data_time", "samples_per_s") else (
+        2 if name.startswith("lr/") else 1)  # fmt: skip
+    return rank, name
+
+
+def _wide_rows(long_rows, names: list[str]) -> list[list]:
+    """One row per (step, phase) with a column per scalar (empty where not recorded at that step)."""
+    col = {n: i for i, n in enumerate(names)}
+    rows: dict[tuple[int, str], list] = {}
+    for step, epoch, phase, wall, name, value in long_rows:
+        row = rows.get((step, phase))
+        if row is None:
+            row = rows[(step, phase)] = [step, epoch, phase, wall] + [""] * len(names)
+        row[4 + col[name]] = value
+    return sorted(rows.values(), key=lambda r: (r[0], r[2] != "train"))
+
+
+class _nullcontext:
+    def __enter__(self) -> None: ...
+    def __exit__(self, *exc: object) -> None: ...
 
 
 def shown_status(status: str) -> str:
@@ -162,7 +208,8 @@ def ctl_request(cmd: str, rest: list[str], args: argparse.Namespace) -> dict:
     if cmd == "lr":
         if len(rest) != 1:
             raise ValueError("lr takes one value: 0.01, '*0.5' or /2 (quote * for the shell)")
-        return {"value": rest[0], **({"group": args.group} if args.group is not None else {})}
+        return {"value": rest[0], **({"group": args.group} if args.group is not None else {}),
+                **({"optimizer": args.optimizer} if args.optimizer else {})}
     if cmd == "mode":
         if len(rest) != 1:
             raise ValueError("mode takes train or eval")
@@ -180,7 +227,10 @@ def describe_state(st: dict) -> str:
     mode = "EVAL" if st.get("mode") == "eval" else shown_status(st.get("status", "?")).upper()
     lrs = ", ".join(f"{x:.4g}" for x in st.get("lrs") or [])
     total = st.get("total_steps") or "?"
-    return f"{mode}  step {st.get('step')}/{total}  epoch {st.get('epoch')}/{st.get('epochs')}  lr {lrs}"
+    epoch = f"  epoch {st.get('epoch')}/{st.get('epochs')}" if st.get("epochs") else ""
+    others = "".join(f"  lr[{n}] " + ", ".join(f"{x:.4g}" for x in v)
+                     for i, (n, v) in enumerate((st.get("optimizers") or {}).items()) if i)  # fmt: skip
+    return f"{mode}  step {st.get('step')}/{total}{epoch}  lr {lrs}{others}"
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
@@ -310,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("ctl", help="steer a live run: pause, resume, step N, lr V, mode M, checkpoint, stop, tensors, tensor NAME")
     c.add_argument("words", nargs="+", metavar="[RUN] CMD [ARGS]", help="e.g. `pause`, `RUN lr '*0.5'`, `step 10`")
     c.add_argument("--group", type=int, help="lr: only this param group")
+    c.add_argument("--optimizer", help="lr: this optimizer (by name, see `dltui status`; default: the run's first)")
     c.add_argument("--expr", help="tensor: a view expression on x, e.g. 'x.t()[1:3]'")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_ctl)
@@ -348,7 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     args.file_args = file_args
     if getattr(args, "sub_runs_dir", None):
         args.runs_dir = args.sub_runs_dir
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `dltui export RUN --csv - | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ class Engine:
         self.run_dir = Path(run_dir)
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = self.run_dir.parent / f"{self.run_dir.name[:40]}.engine.log"
-        argv = [sys.executable, "-m", "dltui.engine", str(RECIPES / recipe),
-                "--run-dir", str(self.run_dir), "--detached", *args]  # fmt: skip
+        argv = [sys.executable, "-m", "dltui.engine", "--run-dir", str(self.run_dir), "--detached",
+                *args, str(RECIPES / recipe)]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
