@@ -10,6 +10,8 @@ rotated per round) so drift and other load on the machine hit all of them alike:
   bare              the loop a user would write by hand
   engine default    default settings: probe intervals chosen automatically (~2% budget)
   engine forced 10  layer stats and histograms forced every 10 steps
+  script default    script mode: the bare loop itself, run as a script (runpy, as `dltui train
+                    script.py` runs it) and observed through the optimizer step hooks
 
 Prints the median steps/s of each, the ratio of medians to the bare loop (the verdict), the
 per-round ratios (against the bare run of the same round) so the noise is visible, the intervals
@@ -51,8 +53,15 @@ from dltui.engine.store import RunStore
 BATCH, BATCHES = 64, 200  # 200 batches per epoch; runs longer than that loop over epochs
 BARE = "bare"
 # name -> (stats_every, hist_every); None = the engine's automatic choice
-ENGINE = {"engine default": (None, None), "engine forced 10": (10, 10)}
-TARGETS = {"engine default": 0.95, "engine forced 10": 0.85}
+ENGINE = {"engine default": (None, None), "engine forced 10": (10, 10), "script default": (None, None)}
+TARGETS = {"engine default": 0.95, "engine forced 10": 0.85, "script default": 0.95}
+SCRIPT = """# the bare loop, run as a user's script by dltui's script mode
+import sys
+bench = sys.modules["dltui_bench_overhead"]  # this benchmark (run as __main__)
+bench.SCRIPT_RESULT.append(bench.run_bare(*bench.SCRIPT_ARGS))
+"""
+SCRIPT_ARGS: tuple = ()
+SCRIPT_RESULT: list = []
 # Measured elsewhere on this workload, recording the same content as "forced 10"; not re-measured.
 REFERENCE = {"TensorBoard SummaryWriter": 0.22, "W&B (offline mode)": 0.54}
 
@@ -145,10 +154,52 @@ def run_engine(init: nn.Module, loader: DataLoader, steps: int, device: torch.de
     return rates, intervals
 
 
+def run_script(init: nn.Module, loader: DataLoader, steps: int, device: torch.device):
+    """The bare loop as a script under ScriptRun (engine/script.py), headless, fresh store."""
+    import sys
+
+    import dltui
+    from dltui.engine.script import ScriptRun, Session
+
+    global SCRIPT_ARGS
+    SCRIPT_ARGS = (init, loader, steps, device)
+    SCRIPT_RESULT.clear()
+    with tempfile.TemporaryDirectory(prefix="dltui-bench-") as tmp:
+        run_dir = Path(tmp)
+        script = run_dir / "bare_script.py"
+        script.write_text(SCRIPT)
+        store = RunStore(run_dir / "run.sqlite")
+        store.start()
+        probe = Probe(store)
+        printer = HeadlessPrinter(probe, run_dir, every=5.0, out=io.StringIO())
+        session = Session(dltui.Context(mode="script"))
+        gate = Gate()
+        run = ScriptRun(script, [str(script)], callbacks=[probe, printer], gate=gate, session=session,
+                        store=store, probe=probe)  # fmt: skip
+        session.attach(run, probe)
+        sampler = Sampler(store.system, lambda msg: store.event(wire.EV_INFO, msg, level="warning"))
+        sampler.start()
+        sys.modules["dltui_bench_overhead"] = sys.modules[__name__]
+        try:
+            status, error = run.run()
+        finally:
+            sampler.stop()
+        store.close(status)
+        if error is not None:
+            raise error
+        if run.step != steps:
+            raise RuntimeError(f"script mode saw {run.step} steps, expected {steps} ({status})")
+        with RunReader(run_dir) as reader:
+            intervals = reader.meta()["intervals"]
+    return SCRIPT_RESULT[0][0], intervals
+
+
 def run_one(name: str, init: nn.Module, loader: DataLoader, steps: int, device: torch.device):
     gc.collect()
     if name == BARE:
         return run_bare(init, loader, steps, device)
+    if name == "script default":
+        return run_script(init, loader, steps, device)
     return run_engine(init, loader, steps, device, ENGINE[name])
 
 

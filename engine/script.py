@@ -69,7 +69,20 @@ def detect_kind(path: str | Path) -> str:
             names.update((a.asname or a.name).split(".")[0] for a in node.names)
     if "recipe" in names or all(n in names for n in RECIPE_NAMES):
         return wire.DRIVER_RECIPE
+    # Half a recipe with no training loop of its own (nothing calls .backward()): a recipe with a
+    # name missing or misspelt, which the recipe loader explains; run as a script it would
+    # just end without a step.
+    if sum(n in names for n in RECIPE_NAMES) >= 2 and not _calls(tree, "backward"):
+        return wire.DRIVER_RECIPE
     return wire.DRIVER_SCRIPT
+
+
+def _calls(tree: ast.AST, attr: str) -> bool:
+    """Does the source call `something.attr(...)` anywhere?"""
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == attr
+        for n in ast.walk(tree)
+    )
 
 
 def _target_names(t: ast.AST) -> list[str]:
@@ -236,7 +249,6 @@ class ScriptRun:
         self._n_created = 0
         self._saved_lrs: dict[int, list[Any]] = {}
         self._losses: list[tuple[torch.Tensor, float | None]] = []
-        self._other_loss: dict[str, torch.Tensor] = {}
         self._scaled: tuple[Any, torch.Tensor] | None = None  # (scaler.scale(loss) result, loss)
         self._scalers: weakref.WeakSet = weakref.WeakSet()
         self._lrs_used: list[float] = []
@@ -386,8 +398,12 @@ class ScriptRun:
             self._other_steps += 1
             if self.step == 0 and self._other_steps > PROMOTE_AFTER:
                 self._promote(opt)
+            name = self._names[id(opt)]
+            extra: dict[str, Any] = {wire.lr_name(i, name): lr for i, lr in enumerate(self._lrs_of(opt))}
             if self._losses:
-                self._other_loss[self._names[id(opt)]] = self._mean_loss()
+                extra[f"loss/{name}"] = self._mean_loss(main=False)
+            if self.probe is not None:  # at this iteration's step: the run's optimizer stepped first
+                self.probe.log(self, wire.TRAIN, extra)
         f = self.factors.get(id(opt))
         if f is not None:
             groups = opt.param_groups
@@ -417,18 +433,11 @@ class ScriptRun:
         micro = n_back if n_back == self._fwd_n and n_back > 0 else 1
         batch_size = max(self._fwd_batch * micro, 1)
         self._fwd_n = 0
-        scalars: dict[str, Any] = {f"loss/{n}": v for n, v in self._other_loss.items()}
-        self._other_loss = {}
-        for name, o in self.optimizers.items():
-            if o is not opt:
-                for i, lr in enumerate(self._lrs_of(o)):
-                    scalars[wire.lr_name(i, name)] = lr
         out = StepOutput(loss, None, None, batch_size, step_time, None, time.time(), self._lrs_used)
-        out.scalars = scalars
         self._emit("on_step_end", out)
         self._t_last = time.perf_counter()  # the script's own time from here to its next step
 
-    def _mean_loss(self) -> torch.Tensor:
+    def _mean_loss(self, main: bool = True) -> torch.Tensor:
         """The mean loss of the backward calls since the last step, on the device (no sync).
 
         Gradient accumulation written as `loss = loss / accum_steps` (nanoGPT) divides each
@@ -436,7 +445,8 @@ class ScriptRun:
         so the number is the one the script prints, not 1/accum_steps of it."""
         ls, self._losses = self._losses, []
         n = len(ls)
-        self._n_backward_at_step += n
+        if main:
+            self._n_backward_at_step += n
         undo = n > 1 and all(k == n for _, k in ls)
         vals = [x.float().reshape(()) * n if undo else x.float().reshape(()) for x, _ in ls]
         return vals[0] if n == 1 else torch.stack(vals).mean()

@@ -64,8 +64,10 @@ train_loader = [(torch.zeros(8, 4), torch.zeros(8, 1))]
 CLI_CASES: dict[str, tuple[str | None, list[str]]] = {
     "not_found": (None, []),
     "syntax": (SYNTAX_ERROR, []),
-    "import_error": (IMPORT_ERROR, []),
-    "raises_at_import": (RAISES_AT_IMPORT, []),
+    # Without a recipe's names these files would be scripts (run, failed, traceback shown):
+    # --recipe asks for the recipe loader's verdict.
+    "import_error": (IMPORT_ERROR, ["--recipe"]),
+    "raises_at_import": (RAISES_AT_IMPORT, ["--recipe"]),
     "missing_several": (MISSING_TWO, []),
     "model_is_class": (linear_recipe(extra="model = nn.Linear\n"), []),
     "recipe_raises": (RECIPE_FUNCTION_RAISES, []),
