@@ -253,6 +253,8 @@ class ScriptRun:
         self._scalers: weakref.WeakSet = weakref.WeakSet()
         self._lrs_used: list[float] = []
         self._other_steps = 0
+        self._stepped = 0  # optimizer steps of any optimizer (a GradScaler skip adds none)
+        self._n_skipped = 0
         self._fwd_n = 0
         self._fwd_batch = 0
         self._n_backward_at_step = 0
@@ -347,6 +349,7 @@ class ScriptRun:
         orig_init = torch.optim.Optimizer.__init__
         scaler_cls = torch.amp.GradScaler
         orig_scale = scaler_cls.scale
+        orig_scaler_step = scaler_cls.step
 
         def backward(tensors: Any, *args: Any, **kwargs: Any) -> Any:
             if isinstance(tensors, torch.Tensor) and tensors.numel() == 1:
@@ -365,8 +368,15 @@ class ScriptRun:
                 run._scaled = (out, outputs)
             return out
 
+        def scaler_step(self: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+            before = run._stepped
+            out = orig_scaler_step(self, optimizer, *args, **kwargs)
+            if run._stepped == before and self.is_enabled():  # inf/NaN gradients: step skipped
+                run._skipped(optimizer, self)
+            return out
+
         for obj, attr, new in ((torch.autograd, "backward", backward), (torch.optim.Optimizer, "__init__", init),
-                               (scaler_cls, "scale", scale)):  # fmt: skip
+                               (scaler_cls, "scale", scale), (scaler_cls, "step", scaler_step)):  # fmt: skip
             self._undo.append((obj, attr, getattr(obj, attr)))
             setattr(obj, attr, new)
 
@@ -387,6 +397,7 @@ class ScriptRun:
         self._losses.append((t.detach(), _divisor(t)))
 
     def _pre_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._stepped += 1
         if not self._started:
             self._start(sys._getframe(1), opt)
         elif id(opt) not in self._names:  # created after the run's first step
@@ -414,6 +425,20 @@ class ScriptRun:
         if opt is self.optimizer:
             self._lrs_used = [float(g["lr"]) for g in opt.param_groups]
             self._emit("on_before_optimizer_step")
+
+    def _skipped(self, opt: torch.optim.Optimizer, scaler: Any) -> None:
+        """GradScaler skipped this optimizer's step (inf/NaN gradients): not a step; its losses
+        and batches are dropped, so they don't blend into the next step's numbers."""
+        self._losses = []
+        self._fwd_n = 0
+        self._scaled = None
+        name = self._names.get(id(opt), "the optimizer")
+        self._n_skipped += 1
+        if self._n_skipped <= 20 or self._n_skipped % 100 == 0:  # fp16 warm-up skips a few in a row
+            self.store.event(
+                wire.EV_INFO, f"GradScaler skipped a step of '{name}' after step {self.step} "
+                f"(inf/NaN gradients; {self._n_skipped} skipped so far)", step=self.step, level="warning",
+            )  # fmt: skip
 
     def _post_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         saved = self._saved_lrs.pop(id(opt), None)
