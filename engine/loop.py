@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,7 @@ class Loop:
         self.epoch = 0  # epochs completed
         self.current_epoch = 0  # the epoch under way (ctx.epoch), 0-based
         self.batch = 0  # batches done in the current epoch
+        self.stepping = False  # inside a step's micro-batches: the step under way is step + 1
         self.epoch_step = 0  # optimizer steps done in the current epoch
         self.best_val_loss = math.inf
         self.last_input: Any = None
@@ -295,7 +297,11 @@ class Loop:
                 return EARLY
             if self.r.steps_per_epoch is not None and self.epoch_step >= self.r.steps_per_epoch:
                 return DONE
-            out = self._window(it)
+            self.stepping = True
+            try:
+                out = self._window(it)
+            finally:
+                self.stepping = False
             if out is None:
                 return EMPTY if first and not skip else DONE
             first = False
@@ -462,7 +468,7 @@ class Loop:
         if self.r.val_loader is not None:
             return self.validate(self.r.val_loader)
         loader = self.r.train_loader
-        if iter(loader) is loader or self.steps_per_epoch is None:
+        if isinstance(loader, Iterator) or self.steps_per_epoch is None:  # a stream, or no end
             self.notice("nothing to evaluate on: the recipe has no val_loader and its train_loader "
                         "has no end; define val_loader.", "warning")  # fmt: skip
             return {}

@@ -166,24 +166,14 @@ def _recipe(args: argparse.Namespace, argv: list[str], session: Any) -> int:
         console.restore(tees)
 
 
-def _load(path: str, ctx: Any) -> Any:
-    import inspect
-
-    from .recipe import load_recipe
-
-    if len(inspect.signature(load_recipe).parameters) > 1:
-        return load_recipe(path, ctx)
-    return load_recipe(path)
-
-
 def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resume_ck: Any, session: Any) -> int:
     import torch
 
     from .loop import Loop, Settings
-    from .recipe import RecipeError, check_device
+    from .recipe import RecipeError, check_device, load_recipe
 
     try:
-        recipe = _load(args.recipe, session.context)
+        recipe = load_recipe(args.recipe, session.context)
         if args.device:
             check_device(args.device, "--device")
     except RecipeError as e:
@@ -213,8 +203,7 @@ def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resum
         epochs=args.epochs, max_steps=args.max_steps, seed=args.seed, device=args.device,
         checkpoint_dir=run_dir / "checkpoints", resume=resume_ck,
     )  # fmt: skip
-    if hasattr(settings, "context"):
-        settings.context = session.context
+    settings.context = session.context
     try:
         loop = Loop(recipe, settings, callbacks, gate)
     except (RuntimeError, KeyError, ValueError) as e:

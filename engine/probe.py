@@ -243,7 +243,9 @@ class Probe(Callback):
             return
         if self.deferred is None:
             self.deferred = Deferred(loop.device)
-        tag = ("log", loop.step, loop.epoch, time.time(), list(dev), host)
+        # Inside a recipe's train_step the step under way is loop.step + 1.
+        step = loop.step + 1 if getattr(loop, "stepping", False) else loop.step
+        tag = ("log", step, loop.epoch, time.time(), list(dev), host)
         ready = self.deferred.push(list(dev.values()), tag) if dev else [(tag, [])]
         for t, values in ready:
             self._record_step(loop, t, values)
@@ -258,6 +260,7 @@ class Probe(Callback):
             "step": loop.step, "epoch": loop.epoch, "batch": loop.batch,
             "steps_per_epoch": loop.steps_per_epoch, "total_steps": loop.total_steps,
             "epochs": loop.epochs, "lrs": loop.lrs(), "mode": loop.gate.mode,
+            "optimizers": loop.all_lrs() if hasattr(loop, "all_lrs") else None,
             "paused": loop.gate.paused, "best_val_loss": _finite_or_none(loop.best_val_loss),
         })  # fmt: skip
 

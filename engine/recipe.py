@@ -321,7 +321,7 @@ def step_form(fn: Callable) -> str | None:
     return None
 
 
-def _updates_itself(fn: Callable) -> bool:
+def updates_itself(fn: Callable) -> bool:
     """Does the function's code call .step() or .backward() (its own optimizer updates)?"""
     code = getattr(fn, "__code__", None)
     todo = [code] if code is not None else []
@@ -347,7 +347,7 @@ def _check_steps(name: str, ns: dict[str, Any], r: Recipe) -> None:
         setattr(r, key, fn)
         setattr(r, "train_form" if key == "train_step" else "eval_form", form)
     if ns.get("eval_step") is None and r.train_step is not None:
-        if _updates_itself(r.train_step):
+        if updates_itself(r.train_step):
             raise RecipeError(
                 f"{name}: `train_step` steps the optimizers itself, so it can't also evaluate: "
                 "evaluation would train. Define eval_step(batch, ctx) that only computes the loss "

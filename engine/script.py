@@ -14,7 +14,6 @@ from __future__ import annotations
 import ast
 import gc
 import math
-import runpy
 import sys
 import time
 import weakref
@@ -130,6 +129,26 @@ def unwrap(m: nn.Module) -> nn.Module:
             return m
         m = inner
     return m
+
+
+def run_as_main(path: Path) -> None:
+    """Execute the file as `python FILE` would: a fresh __main__ module whose __file__ is the
+    absolute path (tracebacks and warnings show it as Python does), sys.argv left as it is."""
+    import types
+
+    full = str(Path(path).resolve())
+    with open(full, "rb") as f:
+        source = f.read()
+    code = compile(source, full, "exec", dont_inherit=True)
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=full, __cached__=None, __loader__=None, __package__=None, __spec__=None)
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = main  # pickling classes defined in the script (DataLoader workers)
+    try:
+        exec(code, main.__dict__)
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
 
 
 def _divisor(t: torch.Tensor) -> float | None:
@@ -305,7 +324,7 @@ class ScriptRun:
         else:
             sys.path.insert(0, folder)
         try:
-            runpy.run_path(str(self.path), run_name="__main__")
+            run_as_main(self.path)
         except StopScript as s:
             status = s.status
         except SystemExit as e:

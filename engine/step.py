@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .recipe import AMP, Recipe, needs_closure
+from .recipe import AMP, Recipe, needs_closure, updates_itself
 
 RETURNS = "return the loss (a tensor), a dict of scalars with a 'loss' entry, or (loss, output, target)"
 
@@ -83,10 +83,14 @@ class Stepper:
         self.scaler = torch.amp.GradScaler(device.type) if recipe.amp == "fp16" else None
         self.before_step = before_step
         self.notice = notice
-        self.closure_driven = len(self.optimizers) == 1 and needs_closure(recipe.optimizer)
+        # A closure optimizer the loop steps itself (a train_step that steps passes its own).
+        own = recipe.train_step is not None and recipe.train_form == "ctx" and updates_itself(recipe.train_step)
+        self.closure_driven = len(self.optimizers) == 1 and needs_closure(recipe.optimizer) and not own
         self.training = True
         self.owned = False  # the recipe's train_step steps its optimizers (sticky once seen)
-        self._held: set[str] = set()  # schedulers whose schedule ran out (told once)
+        self._held: set[str] = set()  # schedulers whose schedule ran out, not yet told
+        self._told: set[str] = set()  # refusals said in this evaluation pass
+        self._held_told: set[str] = set()
         self.begin_window()
 
     # -- per window / micro-batch ----------------------------------------------------------
@@ -112,7 +116,7 @@ class Stepper:
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
         if not self.training:
-            self.notice("ctx.backward() during evaluation was ignored (evaluation never trains).")
+            self._tell_once("ctx.backward() during evaluation was ignored (evaluation never trains).")
             return
         if self.k > 1:
             loss = loss / self.k  # the window's gradient is the mean over its micro-batches
@@ -121,6 +125,12 @@ class Stepper:
         with torch.autocast(self.device.type, enabled=False) if self.dtype else contextlib.nullcontext():
             loss.backward(**kwargs)
         self.backward_called = True
+
+    def _tell_once(self, message: str, data: dict | None = None) -> None:
+        """A refusal during evaluation, said once per pass (not once per batch)."""
+        if message not in self._told:
+            self._told.add(message)
+            self.notice(message, "warning", data)
 
     def names(self, name: str | None) -> list[str]:
         if name is None:
@@ -136,9 +146,9 @@ class Stepper:
         """ctx.step: steps now, or at the end of the window when accumulating."""
         names = self.names(name)
         if not self.training:
-            self.notice(
+            self._tell_once(
                 f"eval_step called ctx.step({name!r}) during evaluation: refused (evaluation never "
-                "trains); the pass goes on.", "warning", {"optimizer": name},
+                "trains); the pass goes on.", {"optimizer": name},
             )  # fmt: skip
             return False
         self.owned = True
@@ -230,14 +240,19 @@ class Stepper:
                 s.step(metric)
             return
         total = getattr(s, "total_steps", None)
-        if isinstance(s, torch.optim.lr_scheduler.OneCycleLR) and s.last_epoch >= total:
-            if name not in self._held:  # one more step would raise: hold the last LR instead
-                self._held.add(name)
+        if isinstance(s, torch.optim.lr_scheduler.OneCycleLR) and s.last_epoch + 1 >= total:
+            # Its schedule is used up: one more step would compute an LR past the cycle's end (and
+            # then raise). Hold the last LR, and say so once a step has trained with it.
+            if name in self._held:
+                self._held.discard(name)
+                self._held_told.add(name)
                 self.notice(
                     f"scheduler {name!r} (OneCycleLR) is sized for {total} steps and has used them "
                     "all; its last LR holds from here. Size it from ctx.epochs (or ctx.max_steps) "
                     "so --epochs/--max-steps resize it.", "warning", {"optimizer": name},
                 )  # fmt: skip
+            elif name not in self._held_told:
+                self._held.add(name)
             return
         s.step()
 
@@ -258,6 +273,7 @@ class Stepper:
 
         handles = [o.register_step_pre_hook(refuse(n)) for n, o in self.optimizers.items()]
         was, self.training = self.training, False
+        self._told: set[str] = set()
         try:
             yield
         finally:

@@ -224,31 +224,43 @@ class Trained:
 def train_in_process(
     recipe_path: Path, run_dir: Path, *, epochs: int | None = None, max_steps: int | None = None,
     stats_every: int | None = None, hist_every: int | None = None, metric_every: int | None = None,
-    seed: int | None = None,
+    seed: int | None = None, args: list[str] | None = None, resume: dict | None = None,
+    callbacks: list[Any] | None = None,
 ) -> Trained:  # fmt: skip
-    """load_recipe -> RunStore -> Gate -> Probe -> Loop.run() -> store.close(status), as in
-    engine/main.py, minus the things that belong to a process (signals, stdout capture, sampler)."""
+    """Context + session -> load_recipe -> RunStore -> Gate -> Probe -> Loop.run() ->
+    store.close(status), as in engine/main.py, minus the things that belong to a process
+    (signals, stdout capture, sampler). `args` is the recipe's own argv; `callbacks` observe too."""
+    import dltui
     from dltui.engine import wire
     from dltui.engine.gate import Gate
     from dltui.engine.loop import Loop, Settings, seed_everything
     from dltui.engine.probe import Probe
     from dltui.engine.recipe import load_recipe, user_traceback
+    from dltui.engine.script import Session
     from dltui.engine.store import RunStore, host_info
 
     if seed is not None:
         seed_everything(seed)  # before the recipe is imported, as `--seed` does
-    recipe = load_recipe(recipe_path)
-    store = RunStore(run_dir / "run.sqlite")
-    store.start()
-    gate = Gate()
-    probe = Probe(store, stats_every=stats_every, hist_every=hist_every, metric_every=metric_every)
-    settings = Settings(
-        epochs=epochs, max_steps=max_steps, seed=seed, device="cpu",
-        checkpoint_dir=run_dir / "checkpoints",
-    )  # fmt: skip
-    loop = Loop(recipe, settings, [probe], gate)
-    store.set_meta(status=wire.RUNNING, started=time.time(), script=str(recipe_path), **host_info())
-    status, error = loop.run()
+    ctx = dltui.Context(epochs=epochs, max_steps=max_steps, device="cpu", seed=seed,
+                        args=list(args or []), script=str(recipe_path))  # fmt: skip
+    session = Session(ctx)
+    dltui._session = session
+    try:
+        recipe = load_recipe(recipe_path, ctx)
+        store = RunStore(run_dir / "run.sqlite")
+        store.start()
+        gate = Gate()
+        probe = Probe(store, stats_every=stats_every, hist_every=hist_every, metric_every=metric_every)
+        settings = Settings(
+            epochs=epochs, max_steps=max_steps, seed=seed, device="cpu",
+            checkpoint_dir=run_dir / "checkpoints", resume=resume, context=ctx,
+        )  # fmt: skip
+        loop = Loop(recipe, settings, [probe, *(callbacks or [])], gate)
+        store.set_meta(status=wire.RUNNING, started=time.time(), script=str(recipe_path), **host_info())
+        session.attach(loop, probe)
+        status, error = loop.run()
+    finally:
+        dltui._session = None
     if error is not None:
         store.event(wire.EV_ERROR, repr(error), step=loop.step, level="error",
                     data={"traceback": user_traceback(error)})  # fmt: skip

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import ModalScreen, Screen
@@ -20,9 +20,9 @@ from textual.worker import get_current_worker
 from dltui.engine.client import ControlClient, ControlError, EngineGone
 from dltui.engine.reader import pid_alive
 
-from .messages import CommandReplied, RunUpdated
+from .messages import CommandReplied, RunUpdated, acknowledgement
 from .poller import EVAL, PAUSED, STARTING, RunPoller, RunSnapshot
-from .screens.dialogs import HelpScreen, LrDialog, QuitDialog
+from .screens.dialogs import HelpScreen, LrChoice, LrDialog, QuitDialog, about_run
 from .screens.overview import OverviewPane
 from .widgets.deferred import DeferredPane, focus_first
 from .widgets.header import RunHeader
@@ -33,7 +33,9 @@ FRAME_S = 0.5  # the repaint clock: header, plots and panels change together, tw
 TABS = (("overview", "Overview", None, None), ("layers", "Layers", "layers", "LayersPane"),
         ("tensors", "Tensors", "tensors", "TensorsPane"), ("model", "Model", "model", "ModelPane"),
         ("console", "Console", "console", "ConsolePane"))  # fmt: skip
-STEERING = {"pause_resume", "step", "set_lr", "scale_lr", "toggle_mode", "checkpoint"}
+# The steering actions and the control each needs (meta['steering'], wire.STEERING_KEYS).
+STEERING = {"pause_resume": "pause", "step": "step", "set_lr": "lr", "scale_lr": "lr",
+            "toggle_mode": "eval", "checkpoint": "checkpoint"}  # fmt: skip
 
 
 class AsciiScrollBarRender(ScrollBarRender):
@@ -56,9 +58,9 @@ class DltuiApp(App[int]):
         Binding("space", "pause_resume", "Pause", tooltip="Pause or resume the run", id="run.pause_resume"),
         Binding("n", "step", "Step", tooltip="One optimizer step while paused", id="run.step"),
         Binding("l", "set_lr", "LR", tooltip="Set the learning rate (0.01, *0.5, /2)", id="run.lr"),
-        Binding("plus,equals_sign", "scale_lr('*2')", "LR*2", key_display="+", tooltip="Double the LR",
+        Binding("plus,equals_sign", "scale_lr('*2')", "LR*2", key_display="+", tooltip="Double the LR (every optimizer)",
                 id="run.lr_double"),
-        Binding("minus", "scale_lr('/2')", "LR/2", key_display="-", tooltip="Halve the LR", id="run.lr_halve"),
+        Binding("minus", "scale_lr('/2')", "LR/2", key_display="-", tooltip="Halve the LR (every optimizer)", id="run.lr_halve"),
         Binding("e", "toggle_mode", "Eval", tooltip="Switch between train and eval", id="run.mode"),
         Binding("c", "checkpoint", "Ckpt", tooltip="Save a checkpoint now", id="run.checkpoint"),
         *(Binding(str(i), f"show_tab('{tab}')", label, show=False, id=f"tab.{tab}")
@@ -156,6 +158,8 @@ class DltuiApp(App[int]):
     def on_run_updated(self, message: RunUpdated) -> None:
         snap, old = message.snapshot, self.snapshot
         self.snapshot = snap
+        if old is None or old.meta.get("steering") != snap.meta.get("steering"):
+            self.refresh_bindings()  # the footer dims what this run can't do (e without on_eval)
         self.header.show(snap)
         for pane in self._panes():
             pane.post_message(RunUpdated(snap))
@@ -170,7 +174,39 @@ class DltuiApp(App[int]):
         if isinstance(self.screen, ModalScreen) and (action in STEERING or action in
                                                       ("request_quit", "help", "show_tab")):  # fmt: skip
             return False
+        if self.unsupported(action):
+            return None  # shown dimmed; on_key says why when it is pressed anyway
         return True
+
+    def unsupported(self, action: str) -> str | None:
+        """The control an action needs when this run lacks it (eval on a script without on_eval)."""
+        need = STEERING.get(action)
+        snap = self.snapshot
+        return need if need and snap is not None and not snap.supports(need) else None
+
+    def on_key(self, event: events.Key) -> None:
+        """A dimmed steering key was pressed: say why it does nothing and how to get it."""
+        if isinstance(self.screen, ModalScreen):
+            return
+        for b in self.BINDINGS:
+            if isinstance(b, Binding) and event.key in b.key.split(","):
+                action = b.action.split("(")[0]
+                if self.unsupported(action):
+                    self._explain_unsupported(action)
+                return
+
+    def _explain_unsupported(self, action: str) -> None:
+        if not self._steerable():
+            return
+        need = self.unsupported(action)
+        if need == "eval":
+            # Asked anyway: the engine's refusal says why and how to add it (its wording has one
+            # home), and a script that called dltui.on_eval since the last poll just runs it.
+            self._outbox.put(("mode", {"mode": "eval"}, None))
+            return
+        kind = "script" if self.snapshot and self.snapshot.is_script else "run"
+        self.notify(f"{need}: this {kind}'s engine does not offer it", severity="warning",
+                    timeout=6, markup=False)  # fmt: skip
 
     def _steerable(self) -> bool:
         snap = self.snapshot
@@ -200,19 +236,47 @@ class DltuiApp(App[int]):
     def action_set_lr(self) -> None:
         if self._steerable():
 
-            def chosen(value: str | None) -> None:
-                if value is not None:
-                    self._send("lr", value=value)
+            def chosen(choice: LrChoice | None) -> None:
+                if choice is not None:
+                    args = {"optimizer": choice.optimizer, "group": choice.group}
+                    self._send(
+                        "lr", value=choice.value, **{k: v for k, v in args.items() if v is not None}
+                    )
 
-            self.push_screen(LrDialog(self.snapshot.lrs if self.snapshot else []), chosen)
+            self.push_screen(LrDialog(self._optimizer_lrs(), self._group_counts()), chosen)
+
+    def _optimizer_lrs(self) -> list[float] | dict[str, list[float]]:
+        """Each optimizer's LRs, the run's own first: from the engine's newest reply when it is
+        fresher than the last poll (an LR just changed), else from the store."""
+        snap = self.snapshot
+        if snap is None:
+            return []
+        lrs = dict(snap.optimizer_lrs)
+        if len(lrs) < 2:
+            return snap.lrs
+        replied = self._reply_state.get("optimizers")
+        if isinstance(replied, dict) and time.monotonic() - self._reply_at < 2.0:
+            lrs.update({k: v for k, v in replied.items() if k in lrs and isinstance(v, list)})
+        return lrs
+
+    def _group_counts(self) -> dict[str, int]:
+        snap = self.snapshot
+        return {o["name"]: int(o.get("groups") or 0) for o in snap.optimizers} if snap else {}
 
     def action_scale_lr(self, value: str) -> None:
+        """+ and -: every optimizer of the run by the same factor (a GAN's two keep their ratio)."""
         if self._steerable():
-            self._send("lr", value=value)
+            names = [o["name"] for o in self.snapshot.optimizers] if self.snapshot else []
+            for name in names if len(names) > 1 else [None]:
+                self._send("lr", value=value, **({"optimizer": name} if name else {}))
 
     def action_toggle_mode(self) -> None:
-        if self._steerable():
-            self._send("mode", mode="train" if self._engine_flag("mode") == "eval" else "eval")
+        if not self._steerable():
+            return
+        if self.snapshot is not None and self.snapshot.is_script:  # one pass, then it trains on
+            self._send("mode", mode="eval")
+            return
+        self._send("mode", mode="train" if self._engine_flag("mode") == "eval" else "eval")
 
     def action_checkpoint(self) -> None:
         if self._steerable():
@@ -220,7 +284,10 @@ class DltuiApp(App[int]):
 
     def _send(self, cmd: str, then: str | None = None, **args: object) -> None:
         if cmd in ("checkpoint", "mode"):  # these wait for a step boundary (up to a step)
-            self.notify(f"{cmd} requested...", timeout=1.5)
+            what = (
+                "eval pass" if cmd == "mode" and self.snapshot and self.snapshot.is_script else cmd
+            )
+            self.notify(f"{what} requested...", timeout=1.5)
         if cmd in ("pause", "resume", "mode"):  # what the next space / e toggles from, before
             expect = {"paused": cmd == "pause"} if cmd != "mode" else {"mode": args["mode"]}
             self._reply_state = {**self._reply_state, **expect}  # the reply confirms it
@@ -251,7 +318,8 @@ class DltuiApp(App[int]):
                 text = "engine not listening yet: sent it SIGTERM (checkpoint, then exit)"
                 return CommandReplied(cmd, True, text, then=then)
             return CommandReplied(cmd, False, str(e), then=then)
-        text = acknowledgement(cmd, reply.ok, reply.error, reply.state, reply.data)
+        script = self.snapshot is not None and self.snapshot.is_script
+        text = acknowledgement(cmd, reply.ok, reply.error, reply.state, reply.data, script=script)
         return CommandReplied(cmd, reply.ok, text, reply.state, reply.data, then)
 
     def _signal_engine(self) -> bool:
@@ -264,8 +332,10 @@ class DltuiApp(App[int]):
     def on_command_replied(self, message: CommandReplied) -> None:
         if message.state:
             self._reply_state, self._reply_at = message.state, time.monotonic()
+        # markup off: the engine's words may hold brackets (`x[1:3]`, {'loss': 0.3})
         self.notify(message.message, severity="information" if message.ok else "error",
-                    timeout=3 if message.ok else 6)  # fmt: skip
+                    timeout=3 if message.ok else min(12, 6 + len(message.message) // 40),
+                    markup=False)  # fmt: skip
         if message.then == "exit":
             self.exit(0)
 
@@ -291,8 +361,21 @@ class DltuiApp(App[int]):
             return [(b.key_display or b.key, b.tooltip or b.description) for b in bindings
                     if isinstance(b, Binding) and b.description]  # fmt: skip
 
+        def run_keys() -> list[tuple[str, str]]:
+            out = []
+            for b in self.BINDINGS:
+                if isinstance(b, Binding) and b.description and not b.id.startswith("tab."):
+                    what = b.tooltip or b.description
+                    if b.action == "toggle_mode" and self.snapshot and self.snapshot.is_script:
+                        what = "One eval pass (the script's dltui.on_eval); training goes on"
+                    if self.unsupported(b.action.split("(")[0]):
+                        what += " - unavailable for this run"
+                    out.append((b.key_display or b.key, what))
+            return out
+
         self.push_screen(HelpScreen([
-            ("Run (any tab)", keys(b for b in self.BINDINGS if not b.id.startswith("tab."))),
+            ("This run", about_run(self.snapshot)),
+            ("Run (any tab)", run_keys()),
             ("Tabs", [("1-5", "Overview, Layers, Tensors, Model, Console")]),
             ("Overview plots", keys(OverviewPane.BINDINGS)),
         ]))  # fmt: skip
@@ -303,24 +386,13 @@ class DltuiApp(App[int]):
         for b in self.BINDINGS:
             if isinstance(b, Binding) and b.description:
                 yield SystemCommand(f"{b.description} ({b.key_display or b.key})",
-                                    b.tooltip or b.description, lambda a=b.action: self.run_action(a))  # fmt: skip
+                                    b.tooltip or b.description, lambda a=b.action: self._palette(a))  # fmt: skip
 
-
-def acknowledgement(cmd: str, ok: bool, error: str | None, state: dict | None, data: object) -> str:
-    """What a reply means, in words for a notification."""
-    if not ok:
-        return f"{cmd}: {error or 'failed'}"
-    step = (state or {}).get("step", "?")
-    if cmd == "lr" and isinstance(data, dict) and data.get("message"):
-        return str(data["message"])
-    if cmd == "checkpoint" and isinstance(data, dict):
-        return f"checkpoint saved at step {step}: {data.get('path')}"
-    return {
-        "pause": f"paused at step {step}", "resume": f"resumed at step {step}",
-        "step": f"stepping once from step {step}",
-        "mode": f"{(state or {}).get('mode', '?')} mode at step {step}",
-        "stop": f"stop requested at step {step}: the run ends after this step, with a checkpoint",
-    }.get(cmd, f"{cmd}: ok")  # fmt: skip
+    async def _palette(self, action: str) -> None:
+        if self.unsupported(action.split("(")[0]):
+            self._explain_unsupported(action.split("(")[0])
+        else:
+            await self.run_action(action)
 
 
 def make_app(run_dir: Path, *, engine_pid: int | None = None, ascii: bool = False,

@@ -1,4 +1,4 @@
-"""App-level messages: dataclasses named for what happened; high-rate ones collapse in a burst."""
+"""App-level messages (dataclasses named for what happened) and the words a control reply becomes."""
 
 from __future__ import annotations
 
@@ -56,3 +56,24 @@ class CommandReplied(Message):
     state: dict[str, Any] | None = None
     data: Any = None
     then: str | None = None  # what the app does after the reply ("exit" after a stop)
+
+
+def acknowledgement(cmd: str, ok: bool, error: str | None, state: dict | None, data: object,
+                    script: bool = False) -> str:  # fmt: skip
+    """What a reply means, in words for a notification."""
+    if not ok:
+        error = error or "failed"
+        return error if error.startswith((f"{cmd}:", "eval:")) else f"{cmd}: {error}"
+    step = (state or {}).get("step", "?")
+    if cmd == "mode" and script:  # a script's eval is one pass; training goes on by itself
+        return f"eval pass at step {step}: its results are plotted as val; training goes on"
+    if cmd == "lr" and isinstance(data, dict) and data.get("message"):
+        return str(data["message"])
+    if cmd == "checkpoint" and isinstance(data, dict):
+        return f"checkpoint saved at step {step}: {data.get('path')}"
+    return {
+        "pause": f"paused at step {step}", "resume": f"resumed at step {step}",
+        "step": f"stepping once from step {step}",
+        "mode": f"{(state or {}).get('mode', '?')} mode at step {step}",
+        "stop": f"stop requested at step {step}: the run ends after this step, with a checkpoint",
+    }.get(cmd, f"{cmd}: ok")  # fmt: skip

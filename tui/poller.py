@@ -29,6 +29,9 @@ GPU_NOTE_PREFIX = "GPU metrics unavailable: "
 
 # Meta keys read on every poll; the rest (model summary, hparams) is read once: it can be large.
 VOLATILE_KEYS = ("status", "progress", "heartbeat", "started", "ended", "pid", "host")
+# Small keys a script's engine fills in once the script runs (its optimizers at the first step,
+# `eval` once it calls dltui.on_eval): read on every poll, kept in snapshot.meta.
+STEERING_KEYS = ("driver", "steering", "optimizers", "models")
 MAX_EVENTS = 100  # the events list shows the newest few; memory stays flat over a long run
 MAX_MARKERS = 1000  # command events drawn on the plots
 SYSTEM_HISTORY = 120  # samples per system metric kept for the sparklines (~2 minutes at 1 Hz)
@@ -56,6 +59,7 @@ class RunSnapshot:
     system_history: dict[str, tuple[float, ...]] = field(default_factory=dict)
     gpu_note: str | None = None
     scalars_seen: int = 0  # the store's newest scalar row id: plots refetch when it moves
+    optimizer_lrs: dict[str, list[float]] = field(default_factory=dict)  # name -> LR per group
     version: int = 0
 
     @property
@@ -72,8 +76,34 @@ class RunSnapshot:
         return list(self.progress.get("lrs") or [])
 
     @property
-    def eta_s(self) -> float | None:
+    def is_script(self) -> bool:
+        """The user's own script (its own loop), rather than a recipe run by dltui's loop."""
+        return self.meta.get("driver") == wire.DRIVER_SCRIPT
+
+    @property
+    def optimizers(self) -> list[dict[str, Any]]:
+        """[{"name", "type", "groups"}, ...], the run's own optimizer first; [] until known."""
+        opts = self.meta.get("optimizers")
+        return (
+            [o for o in opts if isinstance(o, dict) and "name" in o]
+            if isinstance(opts, list)
+            else []
+        )
+
+    def supports(self, steering: str) -> bool:
+        """Whether the run takes this control (wire.STEERING_KEYS); runs that don't say: all."""
+        table = self.meta.get("steering")
+        return bool(table.get(steering, True)) if isinstance(table, dict) else True
+
+    @property
+    def total_steps(self) -> int | None:
+        """The run's length in steps; None when it is not known (a script, an endless loader)."""
         total = self.progress.get("total_steps")
+        return int(total) if total else None
+
+    @property
+    def eta_s(self) -> float | None:
+        total = self.total_steps
         if not total or not self.steps_per_s or self.state != RUNNING:
             return None
         return max(0, total - self.step) / self.steps_per_s
@@ -145,6 +175,7 @@ class RunPoller:
         if not self.snap.meta and "status" in meta:
             full = r.meta()
             self.snap.meta = {k: v for k, v in full.items() if k not in VOLATILE_KEYS}
+        late = {k: meta[k] for k in STEERING_KEYS if k in meta}  # a script fills these in late
         status = r.status(meta) if "status" in meta else "starting"
         progress = meta.get("progress") or {}
         state = display_state(status, progress) if "status" in meta else STARTING
@@ -158,11 +189,14 @@ class RunPoller:
         # max(rowid) is O(1) in SQLite: the cheapest way to know a plot has something new to show.
         scalars = r.db.execute("SELECT coalesce(max(rowid), 0) FROM scalars").fetchone()[0]
         sig = (state, json.dumps(progress, sort_keys=True), self._last_event, self._sys_wall,
-               ended, scalars)  # fmt: skip
+               ended, scalars, json.dumps(late, sort_keys=True))  # fmt: skip
         if sig == self._sig:
             return None
         self._sig = sig
         s = self.snap
+        if self.snap.meta:
+            s.meta = {**s.meta, **late}
+        s.optimizer_lrs = _optimizer_lrs(r, s.optimizers, progress)
         s.state, s.status, s.progress, s.scalars_seen = state, status, progress, scalars
         s.detail = _detail(state, self._events)
         s.started, s.ended = meta.get("started"), ended
@@ -192,8 +226,9 @@ class RunPoller:
         return _copy(s)
 
     def _volatile_meta(self, r: RunReader) -> dict[str, Any]:
-        marks = ",".join("?" * len(VOLATILE_KEYS))
-        rows = r.db.execute(f"SELECT key, value FROM meta WHERE key IN ({marks})", VOLATILE_KEYS)
+        keys = VOLATILE_KEYS + STEERING_KEYS
+        marks = ",".join("?" * len(keys))
+        rows = r.db.execute(f"SELECT key, value FROM meta WHERE key IN ({marks})", keys)
         return {k: json.loads(v) for k, v in rows}
 
     def _read_events(self, r: RunReader) -> None:
@@ -248,6 +283,26 @@ class RunPoller:
         st, dt = r.last("step_time"), r.last("data_time")
         total = (st[1] or 0.0 if st else 0.0) + (dt[1] or 0.0 if dt else 0.0)
         return 1.0 / total if total > 0 else None
+
+
+def _optimizer_lrs(
+    r: RunReader, optimizers: list[dict[str, Any]], progress: dict[str, Any]
+) -> dict[str, list[float]]:
+    """Each optimizer's current LR per group: the run's own from the progress, the others from
+    their newest `lr/<name>/<i>` points (a couple of indexed lookups, only when something moved)."""
+    out: dict[str, list[float]] = {}
+    for i, opt in enumerate(optimizers):
+        if i == 0:
+            out[opt["name"]] = [float(x) for x in progress.get("lrs") or []]
+            continue
+        lrs = []
+        for g in range(int(opt.get("groups") or 0)):
+            last = r.last(wire.lr_name(g, opt["name"]))
+            if last is None or last[1] is None:
+                break
+            lrs.append(float(last[1]))
+        out[opt["name"]] = lrs
+    return out
 
 
 def _detail(state: str, events: deque[dict]) -> str:

@@ -61,6 +61,8 @@ class ConsolePane(PollingPane):
         yield Static("no output yet", id="console-status")
 
     def on_mount(self) -> None:
+        if not self.app.is_running:  # mounted (deferred) as the app shuts down: no children
+            return
         self.watch(self.query_one(RichLog), "scroll_y", self._scrolled, init=False)
 
     def _scrolled(self, y: float) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -9,11 +11,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.validation import ValidationResult, Validator
-from textual.widgets import Button, Input, Label, Static
+from textual.widgets import Button, Input, Label, OptionList, Static
 
-from dltui.engine.wire import parse_lr
+from dltui.engine.wire import STEERING_KEYS, parse_lr
 
-from ..poller import FINISHED, PAUSED, RUNNING
+from ..poller import FINISHED, PAUSED, RUNNING, RunSnapshot
 from ..widgets.format import fmt_num
 
 
@@ -26,28 +28,96 @@ class LrValidator(Validator):
         return self.success()
 
 
-class LrDialog(ModalScreen[str | None]):
-    """Asks for a new LR, validated as it is typed; dismisses with the text, or None."""
+@dataclass(frozen=True)
+class LrChoice:
+    """What the LR dialog asks for: the text typed, for which optimizer and param group (None:
+    the run's own optimizer / all of its groups)."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel", id="dialog.cancel")]
+    value: str
+    optimizer: str | None = None
+    group: int | None = None
 
-    def __init__(self, lrs: list[float]) -> None:
+
+def lr_targets(lrs: dict[str, list[float]], groups: dict[str, int]) -> list[tuple[LrChoice, str]]:
+    """The dialog's choices, (target, label): each optimizer with all its groups, and each group
+    alone where an optimizer has several. Labels show the current LRs."""
+    out: list[tuple[LrChoice, str]] = []
+    width = max((len(n) for n in lrs), default=0) + 2 if len(lrs) > 1 else 0  # names if several
+    for name, values in lrs.items():
+        n = max(groups.get(name, 0), len(values))
+        now = ", ".join(fmt_num(x) for x in values) or "unknown"
+        which = "all groups  " if n > 1 else ""
+        shown = name if width else ""
+        out.append((LrChoice("", name, None), f"{shown:<{width}}{which}{now}"))
+        for g in range(n if n > 1 else 0):
+            v = fmt_num(values[g]) if g < len(values) else "unknown"
+            out.append((LrChoice("", name, g), f"{'':<{width}}group {g:<6}{v}"))
+    return out
+
+
+class LrDialog(ModalScreen[LrChoice | None]):
+    """Asks for a new LR, validated as it is typed, and, when the run has several optimizers (a
+    GAN's two) or param groups, which one: up/down pick it while typing. Dismisses with an
+    LrChoice, or None."""
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel", id="dialog.cancel"),
+        Binding("up", "move(-1)", "Previous optimizer", show=False, id="dialog.lr_up"),
+        Binding("down", "move(1)", "Next optimizer", show=False, id="dialog.lr_down"),
+    ]
+
+    def __init__(self, lrs: list[float] | dict[str, list[float]],
+                 groups: dict[str, int] | None = None) -> None:  # fmt: skip
+        """`lrs`: the run's one optimizer's LRs, or {name: LRs} for each optimizer, the run's
+        own first; `groups`: each optimizer's group count, where its LRs are not known yet."""
         super().__init__()
-        self.lrs = lrs
+        self.lrs = lrs if isinstance(lrs, dict) else {"": list(lrs)}
+        self.targets = lr_targets(self.lrs, groups or {})
+        self.several = len(self.lrs) > 1
 
     def compose(self) -> ComposeResult:
-        now = ", ".join(fmt_num(x) for x in self.lrs) or "unknown"
-        groups = "all param groups" if len(self.lrs) != 1 else "the param group"
         with Vertical(classes="dialog", id="lr-dialog") as box:
             box.border_title = "Set learning rate"
-            yield Static(f"Now: {now}. Type a value (0.01), a factor (*0.5) or a divisor (/2); "
-                         f"it applies to {groups} at the next step.")  # fmt: skip
+            if len(self.targets) > 1:
+                what = "optimizer" if self.several else "param group"
+                yield Static(f"Choose the {what} (up/down), then type a value (0.01), a factor "
+                             "(*0.5) or a divisor (/2); it applies at the next step.")  # fmt: skip
+                options = OptionList(*(Text(label) for _, label in self.targets), id="lr-target")
+                options.can_focus = False  # the input keeps the keys; up/down move the choice
+                yield options
+            else:
+                (values,) = self.lrs.values()
+                now = ", ".join(fmt_num(x) for x in values) or "unknown"
+                groups = "all param groups" if len(values) != 1 else "the param group"
+                yield Static(f"Now: {now}. Type a value (0.01), a factor (*0.5) or a divisor (/2); "
+                             f"it applies to {groups} at the next step.")  # fmt: skip
             yield Input(placeholder="0.01, *0.5 or /2", validators=[LrValidator()], id="lr-input",
                         validate_on=["changed", "submitted"])  # fmt: skip
             yield Label("", id="lr-error")
             with Horizontal(classes="buttons"):
                 yield Button("Apply", variant="primary", id="apply")
                 yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        for options in self.query("#lr-target").results(OptionList):
+            options.highlighted = 0
+        self.query_one(Input).focus()
+
+    @property
+    def target(self) -> LrChoice:
+        """The highlighted choice (the run's own optimizer, all groups, when there is no list)."""
+        i = 0
+        for options in self.query("#lr-target").results(OptionList):
+            i = options.highlighted or 0
+        return self.targets[i][0] if self.targets else LrChoice("")
+
+    def action_move(self, delta: int) -> None:
+        for options in self.query("#lr-target").results(OptionList):
+            options.highlighted = ((options.highlighted or 0) + delta) % len(self.targets)
+
+    @on(OptionList.OptionSelected)
+    def _picked(self) -> None:
+        self.query_one(Input).focus()  # a click picks the target; typing goes on in the input
 
     @on(Input.Changed)
     def _changed(self, event: Input.Changed) -> None:
@@ -68,7 +138,9 @@ class LrDialog(ModalScreen[str | None]):
         except ValueError as e:
             self.query_one("#lr-error", Label).update(str(e))
             return
-        self.dismiss(value.strip())
+        t = self.target
+        # the optimizer's name goes with the request only where the run has several
+        self.dismiss(LrChoice(value.strip(), t.optimizer if self.several else None, t.group))
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
@@ -115,9 +187,37 @@ class QuitDialog(ModalScreen[str]):
 STATES_HELP = (
     (RUNNING, "training"), (PAUSED, "held at a step boundary (space resumes, n steps once)"),
     ("EVAL", "training held, validation passes run (e switches back)"),
-    (FINISHED, "ended normally; FAILED: the recipe raised; STOPPED: stopped by request"),
+    (FINISHED, "ended normally; FAILED: the recipe or script raised; STOPPED: stopped by request"),
     ("CRASHED", "the engine vanished (killed, lost host); all data recorded so far is shown"),
 )  # fmt: skip
+
+
+# How to get a control a run lacks, for the help screen (the engine's refusal, shown when the
+# key is pressed, says it in full).
+HOW_TO_ENABLE = {"eval": "e (eval): add `import dltui` and `dltui.on_eval(evaluate)` to the script"}
+
+
+def about_run(snap: RunSnapshot | None) -> list[tuple[str, str]]:
+    """The help screen's first lines: script or recipe, its optimizers, what it can't do."""
+    if snap is None or not snap.meta:
+        return [("run", "not known yet (the engine is starting)")]
+    script = str(snap.meta.get("script") or "?").rsplit("/", 1)[-1]
+    args = " ".join(str(a) for a in snap.meta.get("file_args") or [])
+    shown = f"{script} {args}".strip()
+    if snap.is_script:
+        out = [("script", f"{shown} (its own loop; steered at its optimizer steps)")]
+    else:
+        out = [("recipe", f"{shown} (dltui's loop)")]
+    opts = [f"{o['name']} ({o.get('type', '?')}, {o.get('groups', '?')} group"
+            f"{'' if o.get('groups') == 1 else 's'})" for o in snap.optimizers]  # fmt: skip
+    if opts:
+        out.append(("optimizers", ", ".join(opts)))
+    elif snap.is_script:
+        out.append(("optimizers", "found at the script's first optimizer step"))
+    missing = [k for k in STEERING_KEYS if k != "resume" and not snap.supports(k)]  # no key: resume
+    for k in missing:
+        out.append(("unavailable", HOW_TO_ENABLE.get(k, f"{k}: not offered by this run's engine")))
+    return out
 
 
 class HelpScreen(ModalScreen[None]):

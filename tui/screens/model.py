@@ -73,6 +73,8 @@ class ModelPane(PollingPane):
                 yield DataTable(id="hparams", cursor_type="row", show_cursor=False)
 
     def on_mount(self) -> None:
+        if not self.app.is_running:  # mounted (deferred) as the app shuts down: no children
+            return
         self.plain_tree(self.query_one(Tree))
         self.query_one("#hparams", DataTable).add_columns("name", "value")
 

@@ -40,6 +40,46 @@ def _trace(s: Series, label: str, color: str, smooth: bool = True) -> Trace:
     )
 
 
+def chartable(names: list[tuple[str, str]]) -> list[str]:
+    """Every scalar the metric plot can show, in the order first recorded: metrics, dltui.log
+    values, other optimizers' losses (`loss/<name>`), validation-only results; not the loss (it
+    has its own plot), the LRs (theirs) or the timings."""
+    out: list[str] = []
+    for phase in (wire.TRAIN, wire.VAL):
+        for n, ph in names:
+            if ph == phase and n not in NOT_METRICS and not n.startswith("lr/") and n not in out:
+                out.append(n)
+    return out
+
+
+def lr_key(name: str) -> tuple[str, int] | None:
+    """'lr/0' -> ('', 0), the run's own optimizer; 'lr/optG/1' -> ('optG', 1); else None."""
+    parts = name.split("/")
+    if parts[0] != "lr" or len(parts) not in (2, 3) or not parts[-1].isdigit():
+        return None
+    return ("" if len(parts) == 2 else parts[1]), int(parts[-1])
+
+
+def lr_labels(keys: list[str], main: str | None) -> dict[str, str]:
+    """Legend labels of the LR plot: 'lr' alone; 'group 1' for one optimizer's groups; the
+    optimizer's name (and '/group') when the run has several optimizers."""
+    parsed = {k: lr_key(k) for k in keys}
+    opts = {o for o, _ in parsed.values() if o is not None}
+    groups = {(o, g) for o, g in (v for v in parsed.values() if v is not None)}
+    out = {}
+    for k, v in parsed.items():
+        if v is None:
+            continue
+        opt, g = v
+        many_groups = sum(1 for o, _ in groups if o == opt) > 1
+        if len(opts) == 1:
+            out[k] = f"group {g}" if many_groups else "lr"
+        else:
+            name = opt or main or "main"
+            out[k] = f"{name}/{g}" if many_groups else name
+    return out
+
+
 def read_plot_series(
     r: RunReader, metric_index: int, b_loss: int, b_metric: int, b_lr: int
 ) -> dict[str, Any]:
@@ -49,19 +89,16 @@ def read_plot_series(
     by the run's length (benchmarks/tui.py compares a 1M-step store with a 100-step one).
     """
     names = r.series_names()
-    metrics = [
-        n
-        for n, ph in names
-        if ph == wire.TRAIN and n not in NOT_METRICS and not n.startswith("lr/")
-    ]
+    metrics = chartable(names)
     metric = metrics[metric_index % len(metrics)] if metrics else None
-    out: dict[str, Any] = {"metric": metric}
+    out: dict[str, Any] = {"metric": metric, "metrics": metrics}
+    out["metric_pos"] = metrics.index(metric) if metric else 0
     for phase in (wire.TRAIN, wire.VAL):
         out[f"loss/{phase}"] = r.series("loss", phase, b_loss)
         if metric:
             out[f"metric/{phase}"] = r.series(metric, phase, b_metric)
     for n, ph in names:
-        if n.startswith("lr/") and ph == wire.TRAIN:
+        if lr_key(n) is not None and ph == wire.TRAIN:
             out[n] = r.series(n, ph, b_lr)
     return out
 
@@ -84,7 +121,7 @@ class OverviewPane(Widget, can_focus=True):
                 id="overview.smoothing"),
         Binding("g", "toggle_log", "Log", tooltip="Logarithmic y axis on the plots", id="overview.log_y"),
         Binding("x", "toggle_x", "X", tooltip="x axis: step or elapsed time", id="overview.x_axis"),
-        Binding("m", "next_metric", "Metric", tooltip="Show the next recorded metric", id="overview.metric"),
+        Binding("m", "next_metric", "Metric", tooltip="Next scalar on the metric plot (each metric, dltui.log value...)", id="overview.metric"),
     ]  # fmt: skip
 
     def __init__(self, run_dir: Path, client: ControlClient | None = None, *, ascii: bool = False,
@@ -98,6 +135,8 @@ class OverviewPane(Widget, can_focus=True):
         self.x_time = False
         self.metric_index = 0
         self.metric_name: str | None = None
+        self.metric_count = 0  # how many scalars `m` cycles through
+        self.metric_pos = 0  # which of them is shown
         self._snap: RunSnapshot | None = None
         self._snap_new = False
         self._series: dict[str, Series] | None = None
@@ -149,6 +188,8 @@ class OverviewPane(Widget, can_focus=True):
         first = self._series is None
         self._series, self._fetched_key = message.series, message.request
         self.metric_name = message.series.get("metric")
+        self.metric_count = len(message.series.get("metrics") or ())
+        self.metric_pos = message.series.get("metric_pos", 0)
         self._series_new = True
         if first:
             self.tick()  # first paint: don't wait for the clock
@@ -204,8 +245,11 @@ class OverviewPane(Widget, can_focus=True):
             subtitle = "  ".join(w for w in (ema if smoothed else "", *shown) if w)
             if plot.border_subtitle != subtitle:
                 plot.border_subtitle = subtitle
-        if metric.border_title != (self.metric_name or "metric"):
-            metric.border_title = self.metric_name or "metric"
+        title = self.metric_name or "metric"
+        if self.metric_count > 1:  # there is more behind `m`: say where in the cycle this is
+            title += f" {self.metric_pos + 1}/{self.metric_count}"
+        if metric.border_title != title:
+            metric.border_title = title
         if series is None:
             return
         spans = _spans(series.values())
@@ -214,9 +258,11 @@ class OverviewPane(Widget, can_focus=True):
         markers = snap.markers
         loss.set_data(self._pair(series, "loss"), markers)
         metric.set_data(self._pair(series, "metric"), markers)
-        lrs = sorted(k for k in series if k.startswith("lr/"))
+        lrs = sorted((k for k in series if lr_key(k) is not None), key=lr_key)
+        main = snap.optimizers[0]["name"] if snap.optimizers else None
+        labels = lr_labels(lrs, main)
         lr.set_data([
-            _trace(series[k], "lr" if len(lrs) == 1 else f"group {k[3:]}", LR_COLORS[i % 3], False)
+            _trace(series[k], labels[k], LR_COLORS[i % len(LR_COLORS)], False)
             for i, k in enumerate(lrs) if len(series[k])
         ], markers)  # fmt: skip
 
@@ -250,5 +296,12 @@ class OverviewPane(Widget, can_focus=True):
         self._draw()
 
     def action_next_metric(self) -> None:
+        if self.metric_count == 1:
+            self.notify(f"{self.metric_name} is the only scalar to show here (besides loss and LR)",
+                        timeout=2)  # fmt: skip
+        elif not self.metric_count:
+            self.notify(
+                "no metric recorded yet (a script can log some: dltui.log(acc=...))", timeout=3
+            )
         self.metric_index += 1
         self.tick()

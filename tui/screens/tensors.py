@@ -107,6 +107,8 @@ class TensorsPane(PollingPane):
                 yield PaneValues(id="tensor-values")
 
     def on_mount(self) -> None:
+        if not self.app.is_running:  # mounted (deferred) as the app shuts down: no children
+            return
         self.plain_tree(self.query_one(Tree))
         self._set_gone(self.client is None)
         self.query_one(PaneValues).display = False

@@ -38,8 +38,8 @@ class DeferredPane(Widget):
         focus_first(self)  # shown by its tab: its own keys should work at once
 
     async def _load(self) -> None:
-        if self._loaded:
-            return
+        if self._loaded or not self.app.is_running or not self.is_parent_active:
+            return  # the app is shutting down: a pane mounted now would find its children gone
         self._loaded = True
         module, cls_name, label = self.spec
         try:

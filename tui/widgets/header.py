@@ -1,4 +1,4 @@
-"""The run header: name, state (colour and word), epoch, batch, step, LR, progress bar, times, speed."""
+"""The run header: name, state, script or recipe, epoch/batch/step, LRs, progress bar, times, speed."""
 
 from __future__ import annotations
 
@@ -69,16 +69,22 @@ class RunHeader(Widget):
         parts: list[tuple[str, str]] = []
         if not s.live:  # before the counters: at 80 columns it must not be the word that is cut
             parts.append(("read-only", "italic"))
+        if s.is_script:  # its own loop: dltui sees steps, never its epochs or batches
+            parts.append(("script", "italic"))
         if p:
-            epochs = p.get("epochs")
-            current = p.get("epoch", 0) + 1  # `epoch` counts completed epochs; show the one running
-            current = min(current, epochs) if epochs else current
-            parts.append((f"epoch {current}/{epochs or '?'}", ""))
-            parts.append((f"batch {p.get('batch', 0)}/{p.get('steps_per_epoch') or '?'}", ""))
-            parts.append((f"step {p.get('step', 0)}/{p.get('total_steps') or '?'}", "dim"))
-            lrs = s.lrs
+            total = s.total_steps
+            if not s.is_script:
+                epochs = p.get("epochs")
+                current = (
+                    p.get("epoch") or 0
+                ) + 1  # `epoch` counts completed epochs; show the one running
+                current = min(current, epochs) if epochs else current
+                parts.append((f"epoch {current}/{epochs or '?'}", ""))
+                parts.append((f"batch {p.get('batch') or 0}/{p.get('steps_per_epoch') or '?'}", ""))
+            parts.append((f"step {s.step}/{total or '?'}", "dim"))
+            lrs = lr_words(s)
             if lrs:
-                parts.append(("lr " + ", ".join(fmt_num(x) for x in lrs[:3]), ""))
+                parts.append((lrs, ""))
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(s.run_id, "bold")
         text.append(" ")
@@ -91,21 +97,23 @@ class RunHeader(Widget):
         return text
 
     def _line2(self, s: RunSnapshot, width: int) -> Text:
-        p = s.progress
-        total, step = p.get("total_steps"), s.step
+        total, step = s.total_steps, s.step
         frac = min(1.0, step / total) if total else 0.0
         now = s.ended if s.ended is not None else time.time()
         elapsed = (now - s.started) if s.started else None
-        eta = "paused" if s.state in (PAUSED, EVAL) else fmt_duration(s.eta_s)
-        tail = [f"{frac * 100:5.1f}%", f"elapsed {fmt_duration(elapsed)}"]
-        if s.live:
-            tail.append(f"ETA {eta}")
+        # No total (a script, an endless loader): no bar, no percent and no ETA are invented.
+        tail = [f"{frac * 100:5.1f}%"] if total else ["total unknown"]
+        tail.append(f"elapsed {fmt_duration(elapsed)}")
+        if s.live and total:
+            tail.append(f"ETA {'paused' if s.state in (PAUSED, EVAL) else fmt_duration(s.eta_s)}")
+        if not total and s.live and s.steps_per_s and s.state == RUNNING:
+            tail.append(f"{fmt_num(s.steps_per_s)} steps/s")
         if s.samples_per_s:
             tail.append(f"{fmt_num(s.samples_per_s)} samples/s")
         if s.detail and s.state in (FAILED, CRASHED, STOPPED, FINISHED, STARTING):
             tail.append(s.detail)
         tail_text = "  ".join(tail)
-        bar_w = min(40, width - 3 - len(tail_text))  # the words first; the bar takes what is left
+        bar_w = min(40, width - 3 - len(tail_text)) if total else 0  # the words first
         text = Text(no_wrap=True, overflow="ellipsis")
         if bar_w >= 8:
             done = round(frac * bar_w)
@@ -115,3 +123,13 @@ class RunHeader(Widget):
             text.append(" ")
         text.append(tail_text)
         return text
+
+
+def lr_words(s: RunSnapshot) -> str:
+    """'lr 0.01' for one optimizer; 'lr optD 0.01, optG 1e-3' when the run has several."""
+    opts = s.optimizer_lrs
+    if len(opts) > 1:
+        return "lr " + "  ".join(
+            f"{name} {', '.join(fmt_num(x) for x in lrs[:3]) or '?'}" for name, lrs in opts.items()
+        )
+    return "lr " + ", ".join(fmt_num(x) for x in s.lrs[:3]) if s.lrs else ""
