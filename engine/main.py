@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     import dltui
 
-    from .script import Session, detect_kind
+    from .script import Session
+    from .scriptfile import detect_kind
 
     kind = args.force_kind or detect_kind(args.recipe)
     ctx = dltui.Context(
@@ -183,22 +184,9 @@ def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resum
 
     run_dir = args.resume or args.run_dir or new_run_dir(args.recipe, args.runs_dir)
     make_run_dir(run_dir)
-    from .gate import Gate
-    from .probe import Probe
-    from .store import RunStore, host_info
+    from .store import host_info
 
-    store = RunStore(run_dir / "run.sqlite")
-    store.start()
-    gate = Gate()
-    probe = Probe(
-        store, stats_every=args.stats_every, hist_every=args.hist_every,
-        metric_every=args.metric_every, pause_on_anomaly=args.pause_on_anomaly,
-    )  # fmt: skip
-    callbacks: list[Any] = [probe]
-    if args.headless:
-        from .headless import HeadlessPrinter
-
-        callbacks.append(HeadlessPrinter(probe, run_dir, every=args.log_every))
+    store, gate, probe, callbacks = _observers(args, run_dir, sys.__stdout__)
     settings = Settings(
         epochs=args.epochs, max_steps=args.max_steps, seed=args.seed, device=args.device,
         checkpoint_dir=run_dir / "checkpoints", resume=resume_ck,
@@ -234,27 +222,7 @@ def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resum
     if resume_ck is None:
         store.event(wire.EV_RUN, f"run started: {args.recipe} on {loop.device}", step=0)
 
-    from .sampler import Sampler
-
-    sampler = Sampler(store.system, lambda msg: store.event(wire.EV_INFO, msg, level="warning"))
-    sampler.start()
-    _install_signals(gate, args.detached)
-    store.flush()  # readers must see this engine's pid before it serves a single step
-    early.replay_into(store)
-    for tee in tees:
-        tee.store = store
-    session.attach(loop, probe)
-    try:
-        status, error = loop.run()
-    except BaseException:
-        store.close()  # whatever happened, what was recorded is written out
-        raise
-    finally:
-        # The run is over: a late Ctrl-C or SIGTERM must not interrupt writing its end.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        server.close()
-        sampler.stop()
+    status, error = _drive(args, loop, store, gate, probe, server, session, early, tees)
     if error is not None:
         from .recipe import user_traceback
 
@@ -305,25 +273,14 @@ def _run_script(args: argparse.Namespace, argv: list[str], session: Any, early: 
     import torch
 
     from .control import ControlServer, SocketInUse
-    from .gate import Gate
-    from .probe import Probe
-    from .script import ScriptRun, script_traceback
-    from .store import RunStore, host_info
+    from .script import ScriptRun
+    from .scriptfile import script_traceback
+    from .store import host_info
 
     run_dir = args.run_dir or new_run_dir(args.recipe, args.runs_dir)
     make_run_dir(run_dir)
-    store = RunStore(run_dir / "run.sqlite")
-    store.start()
-    gate = Gate()
-    probe = Probe(
-        store, stats_every=args.stats_every, hist_every=args.hist_every,
-        metric_every=args.metric_every, pause_on_anomaly=args.pause_on_anomaly,
-    )  # fmt: skip
-    callbacks: list[Any] = [probe]
-    if args.headless:  # dltui's lines on stderr: the script's stdout stays as it would be
-        from .headless import HeadlessPrinter
-
-        callbacks.append(HeadlessPrinter(probe, run_dir, every=args.log_every, out=sys.__stderr__))
+    # dltui's headless lines go to stderr: the script's stdout stays what it would be.
+    store, gate, probe, callbacks = _observers(args, run_dir, sys.__stderr__)
     file_argv = [args.recipe, *session.context.args]
     driver = ScriptRun(
         path=Path(args.recipe), argv=file_argv, callbacks=callbacks, gate=gate, session=session,
@@ -345,26 +302,7 @@ def _run_script(args: argparse.Namespace, argv: list[str], session: Any, early: 
     )  # fmt: skip
     shown = " ".join([args.recipe, *session.context.args])
     store.event(wire.EV_RUN, f"run started: script {shown}", step=0)
-    from .sampler import Sampler
-
-    sampler = Sampler(store.system, lambda msg: store.event(wire.EV_INFO, msg, level="warning"))
-    sampler.start()
-    _install_signals(gate, args.detached)
-    store.flush()
-    early.replay_into(store)
-    for tee in tees:
-        tee.store = store
-    session.attach(driver, probe)
-    try:
-        status, error = driver.run()
-    except BaseException:
-        store.close()
-        raise
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        server.close()
-        sampler.stop()
+    status, error = _drive(args, driver, store, gate, probe, server, session, early, tees)
     code = driver.exit_code
     if isinstance(error, SystemExit):
         store.event(wire.EV_ERROR, f"the script exited with status {code} at step {driver.step}",
@@ -385,6 +323,52 @@ def _run_script(args: argparse.Namespace, argv: list[str], session: Any, early: 
     store.event(wire.EV_STATUS, f"run {status} at step {driver.step}", step=driver.step)
     store.close(status)
     return code
+
+
+def _observers(args: argparse.Namespace, run_dir: Path, out: Any) -> tuple[Any, Any, Any, list[Any]]:
+    """The run store (writing), the control gate, the probe and the headless printer."""
+    from .gate import Gate
+    from .probe import Probe
+    from .store import RunStore
+
+    store = RunStore(run_dir / "run.sqlite")
+    store.start()
+    probe = Probe(
+        store, stats_every=args.stats_every, hist_every=args.hist_every,
+        metric_every=args.metric_every, pause_on_anomaly=args.pause_on_anomaly,
+    )  # fmt: skip
+    callbacks: list[Any] = [probe]
+    if args.headless:
+        from .headless import HeadlessPrinter
+
+        callbacks.append(HeadlessPrinter(probe, run_dir, every=args.log_every, out=out))
+    return store, Gate(), probe, callbacks
+
+
+def _drive(args: argparse.Namespace, driver: Any, store: Any, gate: Any, probe: Any, server: Any,
+           session: Any, early: Any, tees: Any) -> tuple[str, BaseException | None]:  # fmt: skip
+    """Go live (sampler, signals, console into the store) and run the driver to its end."""
+    from .sampler import Sampler
+
+    sampler = Sampler(store.system, lambda msg: store.event(wire.EV_INFO, msg, level="warning"))
+    sampler.start()
+    _install_signals(gate, args.detached)
+    store.flush()  # readers must see this engine's pid before it serves a single step
+    early.replay_into(store)
+    for tee in tees:
+        tee.store = store
+    session.attach(driver, probe)
+    try:
+        return driver.run()
+    except BaseException:
+        store.close()  # whatever happened, what was recorded is written out
+        raise
+    finally:
+        # The run is over: a late Ctrl-C or SIGTERM must not interrupt writing its end.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        server.close()
+        sampler.stop()
 
 
 def _install_signals(gate: Any, detached: bool) -> None:

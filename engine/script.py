@@ -11,8 +11,6 @@ Nothing here draws from torch's random generator or changes torch's global setti
 
 from __future__ import annotations
 
-import ast
-import gc
 import math
 import sys
 import time
@@ -29,12 +27,11 @@ from torch.optim.optimizer import (
 )
 
 from . import wire
+from .discover import ModelSet, ParamView, find_models, named_objects
 from .gate import Gate
 from .loop import Callback, StepOutput
+from .scriptfile import run_as_main
 
-ENGINE_DIR = str(Path(__file__).resolve().parent)
-TORCH_DIR = str(Path(torch.__file__).resolve().parent)
-RECIPE_NAMES = ("model", "optimizer", "loss_fn", "train_loader")
 PROMOTE_AFTER = 50  # another optimizer's steps before it replaces a run optimizer that never steps
 
 
@@ -46,109 +43,6 @@ class StopScript(BaseException):
     def __init__(self, status: str, reason: str) -> None:
         super().__init__(reason)
         self.status = status
-
-
-def detect_kind(path: str | Path) -> str:
-    """'recipe' if the file defines the recipe contract at module level or a recipe() function,
-    else 'script'. Decided from the source (the file is not run): a script would start training."""
-    try:
-        tree = ast.parse(Path(path).read_bytes(), filename=str(path))
-    except (SyntaxError, ValueError, OSError):
-        return wire.DRIVER_RECIPE  # the recipe loader reports the error with the user's line
-    names: set[str] = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            for t in node.targets:
-                names.update(_target_names(t))
-        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
-            names.update(_target_names(node.target))
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names.update((a.asname or a.name).split(".")[0] for a in node.names)
-    if "recipe" in names or all(n in names for n in RECIPE_NAMES):
-        return wire.DRIVER_RECIPE
-    # Half a recipe with no training loop of its own (nothing calls .backward()): a recipe with a
-    # name missing or misspelt, which the recipe loader explains; run as a script it would
-    # just end without a step.
-    if sum(n in names for n in RECIPE_NAMES) >= 2 and not _calls(tree, "backward"):
-        return wire.DRIVER_RECIPE
-    return wire.DRIVER_SCRIPT
-
-
-def _calls(tree: ast.AST, attr: str) -> bool:
-    """Does the source call `something.attr(...)` anywhere?"""
-    return any(
-        isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == attr
-        for n in ast.walk(tree)
-    )
-
-
-def _target_names(t: ast.AST) -> list[str]:
-    if isinstance(t, ast.Name):
-        return [t.id]
-    if isinstance(t, (ast.Tuple, ast.List)):
-        return [n for e in t.elts for n in _target_names(e)]
-    return []
-
-
-def _user_frames(frame: FrameType | None) -> list[FrameType]:
-    """The script's frames on the stack, innermost first (not dltui's, not torch's)."""
-    out = []
-    while frame is not None:
-        fn = frame.f_code.co_filename
-        if not (fn.startswith(ENGINE_DIR) or fn.startswith(TORCH_DIR) or fn.startswith("<frozen")
-                or "runpy" in fn):  # fmt: skip
-            out.append(frame)
-        frame = frame.f_back
-    return out
-
-
-def named_objects(frame: FrameType | None) -> list[tuple[str, Any]]:
-    """(name, object) bound in the script's frames, innermost first; attributes of `self`-like
-    objects one level down (a Trainer's self.model). Run once per discovery, not per step."""
-    out: list[tuple[str, Any]] = []
-    for f in _user_frames(frame):
-        scope = f.f_locals
-        for name, obj in list(scope.items()):
-            if name.startswith("__"):
-                continue
-            out.append((name, obj))
-        for obj in list(scope.values()):
-            d = getattr(obj, "__dict__", None)
-            if isinstance(d, dict) and not isinstance(obj, (nn.Module, type)) and not callable(obj):
-                out += [(k, v) for k, v in list(d.items()) if isinstance(v, (nn.Module, torch.optim.Optimizer))]
-    return out
-
-
-def unwrap(m: nn.Module) -> nn.Module:
-    """The user's module inside torch.compile / DistributedDataParallel wrappers."""
-    for _ in range(4):
-        inner = getattr(m, "_orig_mod", None) or (getattr(m, "module", None) if "DataParallel" in type(m).__name__ else None)
-        if not isinstance(inner, nn.Module):
-            return m
-        m = inner
-    return m
-
-
-def run_as_main(path: Path) -> None:
-    """Execute the file as `python FILE` would: a fresh __main__ module whose __file__ is the
-    absolute path (tracebacks and warnings show it as Python does), sys.argv left as it is."""
-    import types
-
-    full = str(Path(path).resolve())
-    with open(full, "rb") as f:
-        source = f.read()
-    code = compile(source, full, "exec", dont_inherit=True)
-    main = types.ModuleType("__main__")
-    main.__dict__.update(__file__=full, __cached__=None, __loader__=None, __package__=None, __spec__=None)
-    saved = sys.modules.get("__main__")
-    sys.modules["__main__"] = main  # pickling classes defined in the script (DataLoader workers)
-    try:
-        exec(code, main.__dict__)
-    finally:
-        if saved is not None:
-            sys.modules["__main__"] = saved
 
 
 def _divisor(t: torch.Tensor) -> float | None:
@@ -166,31 +60,6 @@ def _divisor(t: torch.Tensor) -> float | None:
     if name == "MulBackward0":
         k = 1.0 / k if k != 0 else 0.0
     return round(k) if k >= 1 and abs(k - round(k)) < 1e-6 else None
-
-
-def script_traceback(exc: BaseException) -> str:
-    """The traceback as Python would print it for the script, without dltui's or runpy's frames."""
-    import traceback
-
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not (f.filename.startswith(ENGINE_DIR) or "runpy" in f.filename or f.filename.startswith("<frozen"))]  # fmt: skip
-    lines = ["Traceback (most recent call last):\n"] if frames else []
-    lines += traceback.format_list(frames)
-    lines += traceback.format_exception_only(type(exc), exc)
-    return "".join(lines).rstrip()
-
-
-class _Params:
-    """A named-parameter view that LayerStats and the tensor inspector accept like a module."""
-
-    def __init__(self, named: list[tuple[str, nn.Parameter]]) -> None:
-        self._named = named
-
-    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return list(self._named)
-
-    def named_buffers(self) -> list[tuple[str, torch.Tensor]]:
-        return []
 
 
 class Session:
@@ -253,7 +122,7 @@ class ScriptRun:
         self.steps_per_epoch: int | None = None
         self.total_steps = max_steps
         self.device = torch.device("cpu")
-        self.model: nn.Module | _Params | None = None
+        self.model: nn.Module | ParamView | None = None
         self.models: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.optimizer: torch.optim.Optimizer | None = None
@@ -542,45 +411,12 @@ class ScriptRun:
         self.optimizers[name] = opt
         if self.optimizer is None:
             self.optimizer = opt
-        for m_name, m in self._find_models(opt, objs):
+        for m_name, m in find_models(opt, objs):
             if all(m is not x for x in self.models.values()):
                 while m_name in self.models:
                     m_name += "_"
                 self.models[m_name] = m
         self._rebuild_model()
-
-    def _find_models(self, opt: torch.optim.Optimizer, objs: list) -> list[tuple[str, nn.Module]]:
-        """The smallest set of top-level modules that own this optimizer's parameters."""
-        want = {id(p) for g in opt.param_groups for p in g["params"]}
-        cands: list[tuple[str, nn.Module]] = [(n, unwrap(o)) for n, o in objs if isinstance(o, nn.Module)]
-        covered = self._cover(want, cands)
-        if not covered or sum(c for _, _, c in covered) < len(want):  # not all in the frames: look wider
-            mods = [o for o in gc.get_objects() if isinstance(o, nn.Module)]
-            cands += [(type(m).__name__.lower(), unwrap(m)) for m in mods]
-            covered = self._cover(want, cands)
-        return [(n, m) for n, m, _ in covered]
-
-    @staticmethod
-    def _cover(want: set[int], cands: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module, int]]:
-        scored = []
-        seen: set[int] = set()
-        for n, m in cands:
-            if id(m) in seen:
-                continue
-            seen.add(id(m))
-            ids = {id(p) for p in m.parameters()}
-            hit = len(ids & want)
-            if hit:
-                scored.append((hit, -len(ids), n, m, ids))
-        scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
-        left, out = set(want), []
-        for _, _, n, m, ids in scored:
-            if ids & left:
-                out.append((n, m, len(ids & left)))
-                left -= ids
-            if not left:
-                break
-        return out
 
     def _rebuild_model(self) -> None:
         if not self.models:
@@ -589,7 +425,7 @@ class ScriptRun:
             self.model = next(iter(self.models.values()))
         else:
             named = [(f"{mn}.{pn}", p) for mn, m in self.models.items() for pn, p in m.named_parameters()]
-            self.model = _ModelSet(self.models, named)
+            self.model = ModelSet(self.models, named)
         first = next(iter(self.models.values()))
         p = next(first.parameters(), None)
         if p is not None:
@@ -736,26 +572,6 @@ class ScriptRun:
         os.replace(tmp, path)
         self._emit("on_checkpoint", path, tag, reason)
         return path
-
-
-class _ModelSet(_Params):
-    """Several models seen as one for the Layers, Tensors and Model tabs (names prefixed)."""
-
-    def __init__(self, models: dict[str, nn.Module], named: list[tuple[str, nn.Parameter]]) -> None:
-        super().__init__(named)
-        self.models = models
-
-    def named_buffers(self) -> list[tuple[str, torch.Tensor]]:
-        return [(f"{mn}.{bn}", b) for mn, m in self.models.items() for bn, b in m.named_buffers()]
-
-    def parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self._named]
-
-    def named_modules(self) -> list[tuple[str, nn.Module]]:
-        return [(f"{mn}.{n}" if n else mn, sub) for mn, m in self.models.items() for n, sub in m.named_modules()]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {f"{mn}.{k}": v for mn, m in self.models.items() for k, v in m.state_dict().items()}
 
 
 def _floats(result: Any) -> dict[str, float] | None:
