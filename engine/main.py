@@ -150,6 +150,8 @@ def _recipe(args: argparse.Namespace, argv: list[str], session: Any) -> int:
     if args.seed is not None:
         seed_everything(args.seed)
     sys.argv = [args.recipe, *session.context.args]  # a recipe may read its own flags
+    if not args.detached:  # a detached engine's stderr is its log: the CLI said it already
+        hint_misplaced(args.recipe, session.context.args)
     resume_ck = None
     if args.resume is not None:
         ck_path = args.resume / "checkpoints" / "last.pt"
@@ -323,6 +325,25 @@ def _run_script(args: argparse.Namespace, argv: list[str], session: Any, early: 
     store.event(wire.EV_STATUS, f"run {status} at step {driver.step}", step=driver.step)
     store.close(status)
     return code
+
+
+def hint_misplaced(file: str, file_args: list[str]) -> None:
+    """`dltui train recipe.py --epochs 3` gives --epochs to the recipe, not to dltui: say so once,
+    in case that was not meant (a recipe that reads its own --epochs can ignore the note)."""
+    acts = parser()._option_string_actions
+    moved, i = [], 0
+    while i < len(file_args):
+        name = file_args[i].split("=", 1)[0]
+        act = acts.get(name) if name.startswith("--") else None
+        if act is not None:
+            takes = "=" not in file_args[i] and act.nargs != 0 and i + 1 < len(file_args)
+            moved += file_args[i : i + 1 + takes]
+            i += takes
+        i += 1
+    if moved:
+        shown = " ".join(moved)
+        print(f"dltui: note: {shown} after {file} went to the file itself (its own argv); dltui's own "
+              f"options go before it: dltui train {shown} {file}", file=sys.stderr)  # fmt: skip
 
 
 def _observers(args: argparse.Namespace, run_dir: Path, out: Any) -> tuple[Any, Any, Any, list[Any]]:

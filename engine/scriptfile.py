@@ -1,4 +1,6 @@
-"""The user's file itself: script or recipe, run as __main__, its traceback without dltui's frames."""
+"""The user's file itself: script or recipe, run as __main__, its traceback without dltui's frames.
+
+Torch-free: the CLI decides script or recipe with it before any engine starts."""
 
 from __future__ import annotations
 
@@ -7,8 +9,8 @@ import sys
 from pathlib import Path
 
 from . import wire
-from .discover import ENGINE_DIR
 
+ENGINE_DIR = str(Path(__file__).resolve().parent)
 RECIPE_NAMES = ("model", "optimizer", "loss_fn", "train_loader")
 
 

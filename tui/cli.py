@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 from dltui.engine import wire
-from dltui.engine.main import add_kind_options, add_run_options, split_file_argv
+from dltui.engine.main import add_kind_options, add_run_options, hint_misplaced, split_file_argv
 from dltui.engine.reader import RunNotFound, RunReader
 from dltui.engine.runs import DEFAULT_RUNS_DIR, LIVE, list_runs, new_run_dir, resolve_run, run_info
+from dltui.engine.scriptfile import detect_kind
 
 EXIT_USAGE = 2
 PASS_THROUGH = ("epochs", "max_steps", "seed", "device", "stats_every", "hist_every", "metric_every", "log_every")
@@ -52,6 +53,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         run_dir = new_run_dir(args.recipe, runs_dir)
     headless = args.headless or (not args.detach and not sys.stdout.isatty())
+    if not headless and (args.force_kind or detect_kind(args.recipe)) == wire.DRIVER_RECIPE:
+        hint_misplaced(args.recipe, args.file_args)  # the engine's stderr goes to its log
     if headless:
         argv = engine_argv(args, run_dir, resume, "--headless")
         sys.stdout.flush()
