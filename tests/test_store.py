@@ -107,9 +107,10 @@ def test_recording_never_waits_for_the_disk(tmp_path):
     print(
         f"100k scalar appends with the writer blocked: {wall * 1e3:.0f} ms ({cpu * 1e3:.0f} ms CPU)"
     )
-    # Loose sanity bounds, not a benchmark: CPU time is what the training thread pays (wall time
-    # also counts a busy CI box); waiting on the lock would have taken the 5 s busy timeout.
-    assert cpu < 1.0 and wall < 4.0
+    # Loose sanity bounds, not a benchmark: waiting on the lock would have taken the 5 s busy
+    # timeout (wall); CPU is what the training thread pays, bounded at 30 us an append because
+    # this shared host's speed varies 2x (1.24 s CPU seen on an idle but slow day, 0.5 s before).
+    assert cpu < 3.0 and wall < 4.5
     store.close("finished")
     with RunReader(path) as r:
         count = r.db.execute("SELECT count(*), max(step) FROM scalars").fetchone()
