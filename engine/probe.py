@@ -178,11 +178,11 @@ class Probe(Callback):
             self._lr_names = [wire.lr_name(i) for i in range(len(out.lrs))]
         host.update(zip(self._lr_names, out.lrs, strict=True))
         device_vals = {"loss": out.loss}
-        for k, v in (getattr(out, "scalars", None) or {}).items():  # a dict-returning step's extra losses, other optimizers' LRs
-            if isinstance(v, torch.Tensor):
-                device_vals[k] = v
+        for k, v in out.scalars.items():  # a dict-returning step's extra losses, other optimizers' LRs
+            if isinstance(v, torch.Tensor) and v.device.type != "cpu":
+                device_vals[k] = v  # read back later: no host sync
             else:
-                host[k] = v
+                host[k] = float(v)  # a CPU tensor is a plain memory read
         if out.target is not None and self._due("metric", step):
             t = time.perf_counter()
             reason = loop.metrics.ensure(out.output, out.target)
@@ -231,7 +231,10 @@ class Probe(Callback):
             if isinstance(v, torch.Tensor):
                 if v.numel() != 1:
                     raise ValueError(f"dltui.log: {k} has {v.numel()} elements; log one number per name.")
-                dev[k] = v.detach()
+                if v.device.type == "cpu":
+                    host[k] = float(v)  # a plain memory read, no sync
+                else:
+                    dev[k] = v.detach()
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
                 host[k] = float(v)
             else:

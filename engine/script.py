@@ -341,7 +341,7 @@ class ScriptRun:
         step_time = time.perf_counter() - self._t_last if self.step else None  # the first: unknown
         self.step += 1
         self.batch += 1
-        loss = self._mean_loss() if self._losses else torch.full((), math.nan)
+        loss = self._mean_loss() if self._losses else torch.full((), math.nan, device=self.device)
         n_back, self._n_backward_at_step = self._n_backward_at_step, 0
         micro = n_back if n_back == self._fwd_n and n_back > 0 else 1
         batch_size = max(self._fwd_batch * micro, 1)
