@@ -17,6 +17,8 @@ def fmt_num(v: float | None, integer: bool = False) -> str:
     a = abs(v)
     if integer and a < 10_000:
         return str(int(round(v)))
+    if a >= 1e12:  # past giga a suffix stops helping: 2.1e+299, not 2.1e+290G
+        return f"{v:.2e}"
     if a >= 1e9:
         return f"{v / 1e9:.3g}G"
     if a >= 1e6:
