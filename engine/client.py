@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ class ControlError(Exception):
 
 class EngineGone(ControlError):
     """No engine is listening: the run ended, crashed, or was never started."""
+
+
+REFUSED_GRACE_S = 1.0
 
 
 @contextmanager
@@ -55,18 +59,32 @@ class ControlClient:
     def _connect(self) -> socket.socket:
         if not socket_path(self.run_dir).exists():
             raise EngineGone(f"the engine of run {self.run_dir.name} is not running (no control socket).")
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            with short_path(self.run_dir) as p:
-                s.connect(p)
-        except (ConnectionRefusedError, FileNotFoundError):
-            s.close()
-            raise EngineGone(f"the engine of run {self.run_dir.name} is not running (stale socket).") from None
-        except OSError as e:
-            s.close()
-            raise ControlError(f"cannot connect to run {self.run_dir.name}: {e}") from None
-        return s
+        # A refused or full-backlog connect is retried briefly before the run is called gone: on
+        # a loaded box a live engine was seen refusing once (and a burst of dashboards can fill
+        # the backlog); a dead engine's socket costs REFUSED_GRACE_S more before the verdict.
+        deadline = time.monotonic() + min(self.timeout, REFUSED_GRACE_S)
+        delay = 0.05
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(self.timeout)
+            try:
+                with short_path(self.run_dir) as p:
+                    s.connect(p)
+                return s
+            except (ConnectionRefusedError, BlockingIOError) as e:
+                s.close()
+                if time.monotonic() >= deadline:
+                    if isinstance(e, BlockingIOError):
+                        raise ControlError(f"run {self.run_dir.name}'s engine is not accepting connections (too many at once).") from None
+                    raise EngineGone(f"the engine of run {self.run_dir.name} is not running (stale socket).") from None
+            except FileNotFoundError:
+                s.close()
+                raise EngineGone(f"the engine of run {self.run_dir.name} is not running (stale socket).") from None
+            except OSError as e:
+                s.close()
+                raise ControlError(f"cannot connect to run {self.run_dir.name}: {e}") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     def close(self) -> None:
         with self._lock:
