@@ -26,23 +26,8 @@ def state(loop: Any) -> dict[str, Any]:
         "step": loop.step, "epoch": loop.epoch, "batch": loop.batch, "epochs": loop.epochs,
         "steps_per_epoch": loop.steps_per_epoch, "total_steps": loop.total_steps,
         "lrs": loop.lrs(), "stop_reason": g.stop_reason,
-        "optimizers": {n: _group_lrs(loop, n) for n in _optimizers(loop)},
+        "optimizers": loop.all_lrs(),
     }  # fmt: skip
-
-
-def _optimizers(loop: Any) -> dict[str, Any]:
-    """The run's optimizers by name, its own first (a recipe loop or a script run)."""
-    opts = getattr(loop, "optimizers", None)
-    if opts:
-        return opts
-    return {"main": loop.optimizer} if getattr(loop, "optimizer", None) is not None else {}
-
-
-def _group_lrs(loop: Any, name: str) -> list[float]:
-    all_lrs = getattr(loop, "all_lrs", None)
-    if all_lrs is not None:
-        return all_lrs().get(name, [])
-    return loop.lrs()
 
 
 # -- learning rate ------------------------------------------------------------------------
@@ -90,7 +75,7 @@ def apply_lr(loop: Any, spec: Any, group: int | None, optimizer: str | None = No
     steer = getattr(loop, "steer_lr", None)
     if steer is not None:  # a script: the change is a factor applied around each step
         return steer(op, v, group, optimizer)
-    opts = _optimizers(loop)
+    opts = loop.optimizers  # by name, the run's own first
     if optimizer is not None and optimizer not in opts:
         raise CommandError(f"there is no optimizer {optimizer!r}; this run has {', '.join(opts)}.")
     name = optimizer if optimizer is not None else next(iter(opts))
@@ -102,8 +87,7 @@ def apply_lr(loop: Any, spec: Any, group: int | None, optimizer: str | None = No
     before = [float(g["lr"]) for g in groups]
     for i in chosen:  # check every resulting rate before changing anything
         check_lr(before[i] * v if op == "mul" else v, i)
-    scheds = getattr(loop, "schedulers", None)
-    sched = scheds.get(name) if isinstance(scheds, dict) else (loop.r.scheduler if opt is loop.optimizer else None)
+    sched = loop.schedulers.get(name)
     factors = set()
     for i in chosen:
         g = groups[i]
@@ -153,7 +137,7 @@ def named_tensors(loop: Any) -> dict[str, tuple[str, torch.Tensor]]:
         if b is not None:
             out[n] = ("buffer", b)
     by_id = {id(p): n for n, p in params.items()}
-    opts = _optimizers(loop)
+    opts = loop.optimizers
     for oname, opt in opts.items():
         prefix = "optimizer" if len(opts) == 1 else f"optimizer.{oname}"
         for p, st in opt.state.items():

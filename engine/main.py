@@ -54,24 +54,34 @@ def add_kind_options(p: argparse.ArgumentParser) -> None:
 def split_file_argv(argv: list[str], p: argparse.ArgumentParser) -> tuple[list[str], str | None, list[str]]:
     """(dltui's own options, FILE, FILE's arguments): everything after FILE belongs to FILE, and
     `--` ends dltui's options. Argparse alone can't do this (it would read the file's --epochs)."""
-    opts = p._option_string_actions
     i = 0
     while i < len(argv):
         tok = argv[i]
         if tok == "--":
             return argv[:i], (argv[i + 1] if i + 1 < len(argv) else None), argv[i + 2 :]
         if tok.startswith("-") and tok != "-":
-            name = tok.split("=", 1)[0]
-            act = opts.get(name)
-            if act is None:  # an abbreviation argparse would accept (--max for --max-steps)
-                found = [a for o, a in opts.items() if o.startswith(name) and o.startswith("--")]
-                act = found[0] if len({id(a) for a in found}) == 1 else None
-            if act is not None and "=" not in tok and act.nargs != 0:
-                i += 1  # its value
-            i += 1
+            # An unknown option is left for argparse to refuse; a known one may take its value.
+            i += _option_words(tok, _option_action(tok, p, abbrev=True))
             continue
         return argv[:i], tok, argv[i + 1 :]
     return argv, None, []
+
+
+def _option_action(tok: str, p: argparse.ArgumentParser, abbrev: bool) -> argparse.Action | None:
+    """The action of `p` that option word `tok` names (`--epochs`, `--epochs=3`; with `abbrev`,
+    an unambiguous prefix argparse would also accept: --max for --max-steps), else None."""
+    opts = p._option_string_actions
+    name = tok.split("=", 1)[0]
+    act = opts.get(name)
+    if act is None and abbrev and name.startswith("--"):
+        found = {id(a): a for o, a in opts.items() if o.startswith(name) and o.startswith("--")}
+        act = next(iter(found.values())) if len(found) == 1 else None
+    return act
+
+
+def _option_words(tok: str, act: argparse.Action | None) -> int:
+    """Words of argv the option takes: 2 when its value is the next word, else 1."""
+    return 2 if act is not None and "=" not in tok and act.nargs != 0 else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -89,8 +99,7 @@ def parser() -> argparse.ArgumentParser:
 
 def optimizer_meta(driver: Any) -> list[dict[str, Any]]:
     """meta['optimizers']: each optimizer's name, class and group count, the run's own first."""
-    opts = getattr(driver, "optimizers", None) or {"main": driver.optimizer}
-    return [{"name": n, "type": type(o).__name__, "groups": len(o.param_groups)} for n, o in opts.items()]
+    return [{"name": n, "type": type(o).__name__, "groups": len(o.param_groups)} for n, o in driver.optimizers.items()]
 
 
 def model_summary(model: Any) -> list[dict[str, Any]]:
@@ -330,16 +339,15 @@ def _run_script(args: argparse.Namespace, argv: list[str], session: Any, early: 
 def hint_misplaced(file: str, file_args: list[str]) -> None:
     """`dltui train recipe.py --epochs 3` gives --epochs to the recipe, not to dltui: say so once,
     in case that was not meant (a recipe that reads its own --epochs can ignore the note)."""
-    acts = parser()._option_string_actions
+    p = parser()
     moved, i = [], 0
     while i < len(file_args):
-        name = file_args[i].split("=", 1)[0]
-        act = acts.get(name) if name.startswith("--") else None
+        tok = file_args[i]
+        act = _option_action(tok, p, abbrev=False) if tok.startswith("--") else None
+        width = _option_words(tok, act) if act is not None else 1
         if act is not None:
-            takes = "=" not in file_args[i] and act.nargs != 0 and i + 1 < len(file_args)
-            moved += file_args[i : i + 1 + takes]
-            i += takes
-        i += 1
+            moved += file_args[i : i + width]
+        i += width
     if moved:
         shown = " ".join(moved)
         print(f"dltui: note: {shown} after {file} went to the file itself (its own argv); dltui's own "

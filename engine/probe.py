@@ -263,7 +263,7 @@ class Probe(Callback):
             "step": loop.step, "epoch": loop.epoch, "batch": loop.batch,
             "steps_per_epoch": loop.steps_per_epoch, "total_steps": loop.total_steps,
             "epochs": loop.epochs, "lrs": loop.lrs(), "mode": loop.gate.mode,
-            "optimizers": loop.all_lrs() if hasattr(loop, "all_lrs") else None,
+            "optimizers": loop.all_lrs(),
             "paused": loop.gate.paused, "best_val_loss": _finite_or_none(loop.best_val_loss),
         })  # fmt: skip
 

@@ -260,7 +260,7 @@ class ScriptRun:
             before = run._stepped
             out = orig_scaler_step(self, optimizer, *args, **kwargs)
             if run._stepped == before and self.is_enabled():  # inf/NaN gradients: step skipped
-                run._skipped(optimizer, self)
+                run._skipped(optimizer)
             return out
 
         for obj, attr, new in ((torch.autograd, "backward", backward), (torch.optim.Optimizer, "__init__", init),
@@ -301,8 +301,7 @@ class ScriptRun:
             extra: dict[str, Any] = {wire.lr_name(i, name): lr for i, lr in enumerate(self._lrs_of(opt))}
             if self._losses:
                 extra[f"loss/{name}"] = self._mean_loss(main=False)
-            if self.probe is not None:  # at this iteration's step: the run's optimizer stepped first
-                self.probe.log(self, wire.TRAIN, extra)
+            self.probe.log(self, wire.TRAIN, extra)  # at this iteration's step: the run's stepped first
         f = self.factors.get(id(opt))
         if f is not None:
             groups = opt.param_groups
@@ -314,7 +313,7 @@ class ScriptRun:
             self._lrs_used = [float(g["lr"]) for g in opt.param_groups]
             self._emit("on_before_optimizer_step")
 
-    def _skipped(self, opt: torch.optim.Optimizer, scaler: Any) -> None:
+    def _skipped(self, opt: torch.optim.Optimizer) -> None:
         """GradScaler skipped this optimizer's step (inf/NaN gradients): not a step; its losses
         and batches are dropped, so they don't blend into the next step's numbers."""
         self._losses = []

@@ -77,6 +77,9 @@ def lr_name(group: int, optimizer: str | None = None) -> str:
     return f"lr/{group}" if optimizer is None else f"lr/{optimizer}/{group}"
 
 
+# Per-step timing scalars the probe records besides the loss: not metrics, never charted as one.
+TIMING_SCALARS = ("step_time", "data_time", "samples_per_s")
+
 # How a run is driven (meta['driver']): dltui's loop over a recipe, or the user's own script.
 DRIVER_RECIPE, DRIVER_SCRIPT = "recipe", "script"
 # meta['steering']: which controls this run supports, e.g. {"pause": true, "eval": false, ...};

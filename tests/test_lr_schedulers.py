@@ -31,10 +31,13 @@ STEPS = 40
 
 
 class LoopLike:
-    """What apply_lr reads from the engine's Loop: optimizer, r.scheduler, step, lrs()."""
+    """What apply_lr reads from the engine's Loop: optimizers and schedulers by name (the run's
+    own first), optimizer, r.scheduler, step, lrs()."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
         self.optimizer = optimizer
+        self.optimizers = {"main": optimizer}
+        self.schedulers = {"main": scheduler} if scheduler is not None else {}
         self.r = SimpleNamespace(scheduler=scheduler)
         self.step = 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -123,7 +124,7 @@ def cmd_status(args: argparse.Namespace) -> int:
           + f"lr {lrs}")
     for phase, vals in scalars.items():
         shown = "  ".join(f"{k} {v:.4g}" for k, v in vals.items() if isinstance(v, float)
-                          and k not in ("step_time", "data_time", "samples_per_s") and not k.startswith("lr/"))
+                          and k not in wire.TIMING_SCALARS and not k.startswith("lr/"))
         if shown:
             print(f"  {phase}: {shown}")
     for ev in events:
@@ -155,7 +156,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         out = sys.stdout if args.csv == "-" else open(args.csv, "w", newline="")
     except OSError as e:
         return die(f"can't write {args.csv}: {e.strerror}.")
-    with out if args.csv != "-" else _nullcontext():
+    with out if args.csv != "-" else contextlib.nullcontext():
         w = csv.writer(out)
         w.writerow(["step", "epoch", "phase", "wall", *names])
         w.writerows(rows)
@@ -166,7 +167,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _column_order(name: str) -> tuple:
     """loss first, then metrics and logged scalars, then LRs, then timings."""
-    rank = 0 if name == "loss" else 3 if name in ("step_time", "data_time", "samples_per_s") else (
+    rank = 0 if name == "loss" else 3 if name in wire.TIMING_SCALARS else (
         2 if name.startswith("lr/") else 1)  # fmt: skip
     return rank, name
 
@@ -182,10 +183,6 @@ def _wide_rows(long_rows, names: list[str]) -> list[list]:
         row[4 + col[name]] = value
     return sorted(rows.values(), key=lambda r: (r[0], r[2] != "train"))
 
-
-class _nullcontext:
-    def __enter__(self) -> None: ...
-    def __exit__(self, *exc: object) -> None: ...
 
 
 def shown_status(status: str) -> str:

@@ -30,7 +30,7 @@ from ..widgets.plot import Plot, Trace
 from ..widgets.system import SystemPanel
 
 SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.99)
-NOT_METRICS = {"loss", "step_time", "data_time", "samples_per_s"}
+NOT_METRICS = {"loss", *wire.TIMING_SCALARS}
 TRAIN_COLOR, VAL_COLOR, LR_COLORS = "cyan", "yellow", ("green", "bright_blue", "bright_magenta")
 
 
