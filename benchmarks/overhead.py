@@ -122,40 +122,47 @@ def run_bare(init: nn.Module, loader: DataLoader, steps: int, device: torch.devi
     return clock.rates(steps), None
 
 
+def observed(run_dir: Path, every, steps: int, device: torch.device, make_driver):
+    """One driver run wired as `python -m dltui.engine --headless` wires it: a fresh store,
+    the probe, the headless printer (to a sink) and the system sampler. make_driver(store, probe,
+    callbacks) builds the Loop or ScriptRun. Returns (rates of driver.run(), chosen intervals)."""
+    store = RunStore(run_dir / "run.sqlite")
+    store.start()
+    probe = Probe(store, stats_every=every[0], hist_every=every[1])
+    printer = HeadlessPrinter(probe, run_dir, every=5.0, out=io.StringIO())
+    driver = make_driver(store, probe, [probe, printer])
+    sampler = Sampler(store.system, lambda msg: store.event(wire.EV_INFO, msg, level="warning"))
+    sampler.start()
+    try:
+        clock = Clock(device)
+        status, error = driver.run()
+        rates = clock.rates(steps)
+    finally:
+        sampler.stop()
+    store.close(status)
+    if error is not None:
+        raise error
+    if driver.step != steps:
+        raise RuntimeError(f"{type(driver).__name__} ran {driver.step} steps, expected {steps} ({status})")
+    with RunReader(run_dir) as reader:
+        return rates, reader.meta()["intervals"]
+
+
 def run_engine(init: nn.Module, loader: DataLoader, steps: int, device: torch.device, every):
     """The same training through the engine (headless, fresh store); also returns its intervals."""
     model, optimizer = fresh(init, device)
     epochs = -(-steps // len(loader))
+    recipe = Recipe(path=Path("overhead.py"), model=model, optimizer=optimizer,
+                    loss_fn=nn.CrossEntropyLoss(), train_loader=loader, epochs=epochs)  # fmt: skip
+    settings = Settings(epochs=epochs, max_steps=steps, device=str(device), checkpoint_dir=None)
     with tempfile.TemporaryDirectory(prefix="dltui-bench-") as tmp:
-        run_dir = Path(tmp)
-        store = RunStore(run_dir / "run.sqlite")
-        store.start()
-        probe = Probe(store, stats_every=every[0], hist_every=every[1])
-        printer = HeadlessPrinter(probe, run_dir, every=5.0, out=io.StringIO())
-        recipe = Recipe(path=Path("overhead.py"), model=model, optimizer=optimizer,
-                        loss_fn=nn.CrossEntropyLoss(), train_loader=loader, epochs=epochs)  # fmt: skip
-        settings = Settings(epochs=epochs, max_steps=steps, device=str(device), checkpoint_dir=None)
-        loop = Loop(recipe, settings, [probe, printer], Gate())
-        sampler = Sampler(store.system, lambda msg: store.event(wire.EV_INFO, msg, level="warning"))
-        sampler.start()
-        try:
-            clock = Clock(device)
-            status, error = loop.run()
-            rates = clock.rates(steps)
-        finally:
-            sampler.stop()
-        store.close(status)
-        if error is not None:
-            raise error
-        if loop.step != steps:
-            raise RuntimeError(f"engine ran {loop.step} steps, expected {steps} ({status})")
-        with RunReader(run_dir) as reader:
-            intervals = reader.meta()["intervals"]
-    return rates, intervals
+        return observed(Path(tmp), every, steps, device,
+                        lambda store, probe, callbacks: Loop(recipe, settings, callbacks, Gate()))  # fmt: skip
 
 
-def run_script(init: nn.Module, loader: DataLoader, steps: int, device: torch.device):
-    """The bare loop as a script under ScriptRun (engine/script.py), headless, fresh store."""
+def run_script(init: nn.Module, loader: DataLoader, steps: int, device: torch.device, every):
+    """The bare loop as a script under ScriptRun (engine/script.py), headless, fresh store; its
+    rates are the ones the script's own loop measured (runpy and discovery not counted)."""
     import sys
 
     import dltui
@@ -164,33 +171,20 @@ def run_script(init: nn.Module, loader: DataLoader, steps: int, device: torch.de
     global SCRIPT_ARGS
     SCRIPT_ARGS = (init, loader, steps, device)
     SCRIPT_RESULT.clear()
+    sys.modules["dltui_bench_overhead"] = sys.modules[__name__]
     with tempfile.TemporaryDirectory(prefix="dltui-bench-") as tmp:
         run_dir = Path(tmp)
         script = run_dir / "bare_script.py"
         script.write_text(SCRIPT)
-        store = RunStore(run_dir / "run.sqlite")
-        store.start()
-        probe = Probe(store)
-        printer = HeadlessPrinter(probe, run_dir, every=5.0, out=io.StringIO())
-        session = Session(dltui.Context(mode="script"))
-        gate = Gate()
-        run = ScriptRun(script, [str(script)], callbacks=[probe, printer], gate=gate, session=session,
-                        store=store, probe=probe)  # fmt: skip
-        session.attach(run, probe)
-        sampler = Sampler(store.system, lambda msg: store.event(wire.EV_INFO, msg, level="warning"))
-        sampler.start()
-        sys.modules["dltui_bench_overhead"] = sys.modules[__name__]
-        try:
-            status, error = run.run()
-        finally:
-            sampler.stop()
-        store.close(status)
-        if error is not None:
-            raise error
-        if run.step != steps:
-            raise RuntimeError(f"script mode saw {run.step} steps, expected {steps} ({status})")
-        with RunReader(run_dir) as reader:
-            intervals = reader.meta()["intervals"]
+
+        def make(store: RunStore, probe: Probe, callbacks: list) -> ScriptRun:
+            session = Session(dltui.Context(mode="script"))
+            run = ScriptRun(script, [str(script)], callbacks=callbacks, gate=Gate(), session=session,
+                            store=store, probe=probe)  # fmt: skip
+            session.attach(run, probe)
+            return run
+
+        _, intervals = observed(run_dir, every, steps, device, make)
     return SCRIPT_RESULT[0][0], intervals
 
 
@@ -199,7 +193,7 @@ def run_one(name: str, init: nn.Module, loader: DataLoader, steps: int, device: 
     if name == BARE:
         return run_bare(init, loader, steps, device)
     if name == "script default":
-        return run_script(init, loader, steps, device)
+        return run_script(init, loader, steps, device, ENGINE[name])
     return run_engine(init, loader, steps, device, ENGINE[name])
 
 
