@@ -40,20 +40,24 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from dltui.engine import wire
 from dltui.engine.gate import Gate
 from dltui.engine.headless import HeadlessPrinter
 from dltui.engine.loop import Loop, Settings
 from dltui.engine.probe import Probe
-from dltui.engine.reader import RunReader
 from dltui.engine.recipe import Recipe
 from dltui.engine.sampler import Sampler
 from dltui.engine.store import RunStore
+from dltui.run import wire
+from dltui.run.reader import RunReader
 
 BATCH, BATCHES = 64, 200  # 200 batches per epoch; runs longer than that loop over epochs
 BARE = "bare"
 # name -> (stats_every, hist_every); None = the engine's automatic choice
-ENGINE = {"engine default": (None, None), "engine forced 10": (10, 10), "script default": (None, None)}
+ENGINE = {
+    "engine default": (None, None),
+    "engine forced 10": (10, 10),
+    "script default": (None, None),
+}
 TARGETS = {"engine default": 0.95, "engine forced 10": 0.85, "script default": 0.95}
 SCRIPT = """# the bare loop, run as a user's script by dltui's script mode
 import sys
@@ -143,7 +147,9 @@ def observed(run_dir: Path, every, steps: int, device: torch.device, make_driver
     if error is not None:
         raise error
     if driver.step != steps:
-        raise RuntimeError(f"{type(driver).__name__} ran {driver.step} steps, expected {steps} ({status})")
+        raise RuntimeError(
+            f"{type(driver).__name__} ran {driver.step} steps, expected {steps} ({status})"
+        )
     with RunReader(run_dir) as reader:
         return rates, reader.meta()["intervals"]
 
@@ -152,12 +158,23 @@ def run_engine(init: nn.Module, loader: DataLoader, steps: int, device: torch.de
     """The same training through the engine (headless, fresh store); also returns its intervals."""
     model, optimizer = fresh(init, device)
     epochs = -(-steps // len(loader))
-    recipe = Recipe(path=Path("overhead.py"), model=model, optimizer=optimizer,
-                    loss_fn=nn.CrossEntropyLoss(), train_loader=loader, epochs=epochs)  # fmt: skip
+    recipe = Recipe(
+        path=Path("overhead.py"),
+        model=model,
+        optimizer=optimizer,
+        loss_fn=nn.CrossEntropyLoss(),
+        train_loader=loader,
+        epochs=epochs,
+    )
     settings = Settings(epochs=epochs, max_steps=steps, device=str(device), checkpoint_dir=None)
     with tempfile.TemporaryDirectory(prefix="dltui-bench-") as tmp:
-        return observed(Path(tmp), every, steps, device,
-                        lambda store, probe, callbacks: Loop(recipe, settings, callbacks, Gate()))  # fmt: skip
+        return observed(
+            Path(tmp),
+            every,
+            steps,
+            device,
+            lambda store, probe, callbacks: Loop(recipe, settings, callbacks, Gate()),
+        )
 
 
 def run_script(init: nn.Module, loader: DataLoader, steps: int, device: torch.device, every):
@@ -179,8 +196,15 @@ def run_script(init: nn.Module, loader: DataLoader, steps: int, device: torch.de
 
         def make(store: RunStore, probe: Probe, callbacks: list) -> ScriptRun:
             session = Session(dltui.Context(mode="script"))
-            run = ScriptRun(script, [str(script)], callbacks=callbacks, gate=Gate(), session=session,
-                            store=store, probe=probe)  # fmt: skip
+            run = ScriptRun(
+                script,
+                [str(script)],
+                callbacks=callbacks,
+                gate=Gate(),
+                session=session,
+                store=store,
+                probe=probe,
+            )
             session.attach(run, probe)
             return run
 
@@ -200,12 +224,27 @@ def run_one(name: str, init: nn.Module, loader: DataLoader, steps: int, device: 
 def report(wall: dict, cpu: dict, chosen: dict[str, list[dict]]) -> None:
     print("\nprobe intervals the engine chose (store meta 'intervals'), x rounds:")
     for name, ivs in chosen.items():
-        keys = [f"stats every {iv['stats_every']}, hist every {iv['hist_every']}, "
-                f"metric every {iv['metric_every']} ({iv['chosen']})" for iv in ivs]  # fmt: skip
+        keys = [
+            f"stats every {iv['stats_every']}, hist every {iv['hist_every']}, "
+            f"metric every {iv['metric_every']} ({iv['chosen']})"
+            for iv in ivs
+        ]
         for key in dict.fromkeys(keys):
             print(f"  {name:<16}  {key}  x{keys.count(key)}")
     row = "{:<28}{:>12}{:>8}{:>20}{:>7}{:>7}{:>8}  {}"
-    print("\n" + row.format("config", "median st/s", "ratio", "per-round min..max", "best", "cpu", "target", "verdict"))  # fmt: skip
+    print(
+        "\n"
+        + row.format(
+            "config",
+            "median st/s",
+            "ratio",
+            "per-round min..max",
+            "best",
+            "cpu",
+            "target",
+            "verdict",
+        )
+    )
     bare, bare_cpu = statistics.median(wall[BARE]), statistics.median(cpu[BARE])
     print(row.format(BARE, f"{bare:.1f}", "1.000", "", "1.000", "1.000", "", ""))
     for name, target in TARGETS.items():
@@ -216,8 +255,18 @@ def report(wall: dict, cpu: dict, chosen: dict[str, list[dict]]) -> None:
             verdict += " (noisy: rerun on a quiet machine)"
         spread = f"{min(per):.3f}..{max(per):.3f}"
         best = max(wall[name]) / max(wall[BARE])
-        print(row.format(name, f"{med:.1f}", f"{med / bare:.3f}", spread, f"{best:.3f}",
-                         f"{med_cpu / bare_cpu:.3f}", f"{target:.2f}", verdict))  # fmt: skip
+        print(
+            row.format(
+                name,
+                f"{med:.1f}",
+                f"{med / bare:.3f}",
+                spread,
+                f"{best:.3f}",
+                f"{med_cpu / bare_cpu:.3f}",
+                f"{target:.2f}",
+                verdict,
+            )
+        )
     for name, ratio in REFERENCE.items():
         print(row.format(f"{name} (ref.)", "", f"{ratio:.2f}", "", "", "", "", "not measured here"))
     print("verdict: on the ratio of median wall steps/s. best: ratio of the fastest runs (other")
@@ -241,10 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     init, loader = make_model(), make_loader()
     names = [BARE, *ENGINE]
 
-    print(f"dltui engine overhead: MLP 784-256-256-10, batch {BATCH}, SGD momentum, {device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} thread")  # fmt: skip
-    print(f"{args.rounds} rounds x {args.steps} steps per config, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.2f} at start (other processes on the machine add noise)")  # fmt: skip
+    print(
+        f"dltui engine overhead: MLP 784-256-256-10, batch {BATCH}, SGD momentum, {device}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread"
+    )
+    print(
+        f"{args.rounds} rounds x {args.steps} steps per config, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.2f} at start (other processes on the machine add noise)"
+    )
 
     for name in names:  # warm-up: allocator, torchmetrics import, sqlite, first-call paths
         run_one(name, init, loader, args.warmup, device)

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dltui.engine.reader import RunReader
 from dltui.engine.store import RunStore
+from dltui.run.reader import RunReader
 
 
 def build(path: Path, steps: int) -> float:
@@ -26,7 +26,13 @@ def build(path: Path, steps: int) -> float:
     store = RunStore(path / "run.sqlite")
     store.start()
     for i in range(1, steps + 1):
-        store.scalars(i, i // 1000, "train", 1_700_000_000.0 + i * 0.01, {"loss": 2.0 * math.exp(-i / steps) + 0.01 * math.sin(i)})
+        store.scalars(
+            i,
+            i // 1000,
+            "train",
+            1_700_000_000.0 + i * 0.01,
+            {"loss": 2.0 * math.exp(-i / steps) + 0.01 * math.sin(i)},
+        )
         if i % 50_000 == 0:
             store.flush()
     store.close("finished")
@@ -44,10 +50,14 @@ def timed(fn, repeat: int = 20) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--steps", type=int, nargs="+", default=[1_000, 100_000, 1_000_000])
     args = ap.parse_args()
-    print(f"{'steps':>10} {'write s':>8} {'N=80 ms':>8} {'N=200 ms':>9} {'N=1000 ms':>10} {'last 10% N=200':>15}")
+    print(
+        f"{'steps':>10} {'write s':>8} {'N=80 ms':>8} {'N=200 ms':>9} {'N=1000 ms':>10} {'last 10% N=200':>15}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for steps in args.steps:
             d = Path(tmp) / str(steps)
@@ -57,7 +67,9 @@ def main() -> None:
                 tail = timed(lambda s=int(steps * 0.9): r.series("loss", buckets=200, start=s))
                 s = r.series("loss", buckets=200)
                 assert len(s) <= 200 and sum(s.counts) == steps
-            print(f"{steps:>10,} {write_s:>8.1f} {row[0]:>8.2f} {row[1]:>9.2f} {row[2]:>10.2f} {tail:>15.2f}")
+            print(
+                f"{steps:>10,} {write_s:>8.1f} {row[0]:>8.2f} {row[1]:>9.2f} {row[2]:>10.2f} {tail:>15.2f}"
+            )
     print("target: < 50 ms for 1,000,000 steps at any plot width, flat in run length")
 
 

@@ -27,11 +27,11 @@ from pathlib import Path
 import psutil
 from rich.console import Console
 
-from dltui.engine import wire
-from dltui.engine.reader import RunReader
 from dltui.engine.store import RunStore
+from dltui.run import wire
+from dltui.run.reader import RunReader
 from dltui.tui.app import make_app
-from dltui.tui.screens.overview import OverviewPane, read_plot_series
+from dltui.tui.panes.overview import OverviewPane, read_plot_series
 
 WORK = Path(tempfile.gettempdir()) / "dltui-bench-tui"
 SIZE = (120, 40)
@@ -80,8 +80,13 @@ def build_store(run_dir: Path, steps: int) -> Path:
     st.start()
     for step in range(1, steps + 1):
         loss = 2.0 * math.exp(-step / (steps / 5)) + 0.1 + 0.05 * math.sin(step)
-        st.scalars(step, step // 1000, wire.TRAIN, t0 + step * 0.01,
-                   {"loss": loss, "acc": 1 - loss / 2.2, "lr/0": 0.1, "samples_per_s": 6400.0})  # fmt: skip
+        st.scalars(
+            step,
+            step // 1000,
+            wire.TRAIN,
+            t0 + step * 0.01,
+            {"loss": loss, "acc": 1 - loss / 2.2, "lr/0": 0.1, "samples_per_s": 6400.0},
+        )
         if step % 1000 == 0 or step == steps:
             st.scalars(
                 step, step // 1000, wire.VAL, t0 + step * 0.01, {"loss": loss + 0.05, "acc": 0.8}
@@ -89,17 +94,40 @@ def build_store(run_dir: Path, steps: int) -> Path:
         if step % 200_000 == 0:
             st.flush()  # bounded queue: the writer keeps up in big batches
     st.event(wire.EV_COMMAND, "lr 0.1 -> 0.05 at step 10", step=10, wall=t0 + 0.1)
-    progress = {"step": steps, "epoch": steps // 1000, "batch": 0, "steps_per_epoch": 1000,
-                "total_steps": steps, "epochs": max(1, steps // 1000), "lrs": [0.1], "mode": "train"}  # fmt: skip
-    st.set_meta(run_id=run_dir.name, status=wire.FINISHED, started=t0, ended=t0 + steps * 0.01,
-                progress=progress, host="elsewhere", pid=1)  # fmt: skip
+    progress = {
+        "step": steps,
+        "epoch": steps // 1000,
+        "batch": 0,
+        "steps_per_epoch": 1000,
+        "total_steps": steps,
+        "epochs": max(1, steps // 1000),
+        "lrs": [0.1],
+        "mode": "train",
+    }
+    st.set_meta(
+        run_id=run_dir.name,
+        status=wire.FINISHED,
+        started=t0,
+        ended=t0 + steps * 0.01,
+        progress=progress,
+        host="elsewhere",
+        pid=1,
+    )
     st.close()
     return run_dir
 
 
 def screen_text(app) -> str:
-    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True,
-                      force_terminal=True, color_system=None, legacy_windows=False, safe_box=False)  # fmt: skip
+    console = Console(
+        width=app.size.width,
+        height=app.size.height,
+        file=io.StringIO(),
+        record=True,
+        force_terminal=True,
+        color_system=None,
+        legacy_windows=False,
+        safe_box=False,
+    )
     console.print(
         app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
     )
@@ -138,8 +166,12 @@ async def refresh_times(run_dir: Path, repeats: int = 20) -> dict[str, float]:
                 screen_text(app)
                 screen.append(time.perf_counter() - t)
     med = lambda xs: sorted(xs)[len(xs) // 2] * 1e3  # noqa: E731
-    return {"read": med(fetch), "draw": med(draw), "screen": med(screen),
-            "total": med(fetch) + med(draw) + med(screen)}  # fmt: skip
+    return {
+        "read": med(fetch),
+        "draw": med(draw),
+        "screen": med(screen),
+        "total": med(fetch) + med(draw) + med(screen),
+    }
 
 
 # -- a live run -------------------------------------------------------------------------------
@@ -149,8 +181,20 @@ def start_engine(root: Path) -> tuple[subprocess.Popen, Path]:
     run_dir = root / "runs" / f"live-{os.getpid()}"
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dltui.engine", "--run-dir", str(run_dir),
-                             "--detached", str(recipe)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dltui.engine",
+            "--run-dir",
+            str(run_dir),
+            "--detached",
+            str(recipe),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     deadline = time.monotonic() + 120
     while not ((run_dir / "control.sock").exists() and (run_dir / "run.sqlite").exists()):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -201,8 +245,17 @@ def watch_in_tmux(run_dir: Path, seconds: float) -> dict:
     launcher.write_text(LAUNCHER)
     mark.unlink(missing_ok=True)
     t0 = time.monotonic()
-    tmux("new-session", "-d", "-s", session, "-x", str(SIZE[0]), "-y", str(SIZE[1]),
-         f"{sys.executable} {launcher} {run_dir} {mark}")  # fmt: skip
+    tmux(
+        "new-session",
+        "-d",
+        "-s",
+        session,
+        "-x",
+        str(SIZE[0]),
+        "-y",
+        str(SIZE[1]),
+        f"{sys.executable} {launcher} {run_dir} {mark}",
+    )
     try:
         first_paint = first_paint_cpu = seen = None
         proc = None
@@ -230,8 +283,14 @@ def watch_in_tmux(run_dir: Path, seconds: float) -> dict:
             rss.append((time.monotonic() - w0, proc.memory_info().rss))
         cpu1, w1 = proc.cpu_times(), time.monotonic()
         cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (w1 - w0)
-        return {"first_paint": first_paint, "first_paint_cpu": first_paint_cpu, "seen": seen,
-                "cpu": cpu, "rss": rss, "how": "tmux pane, real terminal"}  # fmt: skip
+        return {
+            "first_paint": first_paint,
+            "first_paint_cpu": first_paint_cpu,
+            "seen": seen,
+            "cpu": cpu,
+            "rss": rss,
+            "how": "tmux pane, real terminal",
+        }
     finally:
         tmux("kill-session", "-t", session)
         mark.unlink(missing_ok=True)
@@ -263,8 +322,14 @@ async def watch_headless(run_dir: Path, seconds: float) -> dict:
             await pilot.pause(min(10.0, seconds / 4))
             rss.append((time.monotonic() - w0, me.memory_info().rss))
         cpu = (time.process_time() - cpu0) / (time.monotonic() - w0)
-    return {"first_paint": first_paint, "first_paint_cpu": None, "seen": None, "cpu": cpu, "rss": rss,
-            "how": "App.run_test() in-process"}  # fmt: skip
+    return {
+        "first_paint": first_paint,
+        "first_paint_cpu": None,
+        "seen": None,
+        "cpu": cpu,
+        "rss": rss,
+        "how": "App.run_test() in-process",
+    }
 
 
 def verdict(ok: bool) -> str:
@@ -277,8 +342,10 @@ def main() -> None:
     p.add_argument("--big", type=int, default=1_000_000, help="steps in the big store")
     args = p.parse_args()
     WORK.mkdir(exist_ok=True)
-    print(f"dltui dashboard benchmark ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, textual "
-          f"{__import__('textual').__version__})")  # fmt: skip
+    print(
+        f"dltui dashboard benchmark ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, textual "
+        f"{__import__('textual').__version__})"
+    )
 
     t = time.perf_counter()
     small = build_store(WORK / "store-100", 100)
@@ -288,9 +355,11 @@ def main() -> None:
     for name, d in (("100 steps", small), (f"{args.big:,} steps", big)):
         res[name] = asyncio.run(refresh_times(d))
         r = res[name]
-        print(f"overview refresh at {SIZE[0]}x{SIZE[1]}, {name:>16}: read {r['read']:6.2f} ms  draw "
-              f"{r['draw']:6.2f} ms  screen {r['screen']:6.2f} ms  total {r['total']:6.2f} ms  "
-              f"[target <= 50 ms: {verdict(r['total'] <= 50)}]")  # fmt: skip
+        print(
+            f"overview refresh at {SIZE[0]}x{SIZE[1]}, {name:>16}: read {r['read']:6.2f} ms  draw "
+            f"{r['draw']:6.2f} ms  screen {r['screen']:6.2f} ms  total {r['total']:6.2f} ms  "
+            f"[target <= 50 ms: {verdict(r['total'] <= 50)}]"
+        )
     a, b = res.values()
     print(f"redraw, {args.big:,} vs 100 steps: {b['total'] / a['total']:.2f}x the time")
 
@@ -314,18 +383,24 @@ def main() -> None:
         print("  first paint: not seen within 15 s  [OVER TARGET]")
     else:
         cpu_note = f", {fp_cpu:.2f} s of it CPU" if fp_cpu else ""
-        print(f"  first paint after the engine is up, from the app process' start (incl. "
-              f"{PYTHON_START_S:.2f} s interpreter start) to the plots drawn: "
-              f"{fp:.2f} s{cpu_note}  [target <= 1 s: {verdict(fp <= 1)}]")  # fmt: skip
+        print(
+            f"  first paint after the engine is up, from the app process' start (incl. "
+            f"{PYTHON_START_S:.2f} s interpreter start) to the plots drawn: "
+            f"{fp:.2f} s{cpu_note}  [target <= 1 s: {verdict(fp <= 1)}]"
+        )
         if live["seen"]:
             print(
                 f"  (seen in `tmux capture-pane` {live['seen']:.2f} s after `tmux new-session`, "
                 "which adds tmux's own start and capture latency)"
             )
-    print(f"  first paint in-process (make_app() to a drawn plot, imports done): {inproc:.2f} s  "
-          f"[target <= 1 s: {verdict(inproc <= 1)}]")  # fmt: skip
-    print(f"  TUI process CPU over {args.watch:.0f} s: {live['cpu'] * 100:.1f}% of one core  "
-          f"[target < 10%: {verdict(live['cpu'] < 0.10)}]")  # fmt: skip
+    print(
+        f"  first paint in-process (make_app() to a drawn plot, imports done): {inproc:.2f} s  "
+        f"[target <= 1 s: {verdict(inproc <= 1)}]"
+    )
+    print(
+        f"  TUI process CPU over {args.watch:.0f} s: {live['cpu'] * 100:.1f}% of one core  "
+        f"[target < 10%: {verdict(live['cpu'] < 0.10)}]"
+    )
     rss = live["rss"]
     growth = (rss[-1][1] - rss[0][1]) / 2**20
     late = (rss[-1][1] - rss[len(rss) // 2][1]) / 2**20  # bounded caches fill early, then it stops

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from . import wire
+from dltui.run import wire
+
 from .inspect_tensor import InspectError, inspect
 
 MODES = ("train", "eval")
@@ -22,12 +23,19 @@ def state(loop: Any) -> dict[str, Any]:
     g = loop.gate
     return {
         "status": "stopping" if g.stop_reason else ("paused" if g.paused else wire.RUNNING),
-        "paused": g.paused, "mode": g.mode, "steps_left": g.steps_left(loop.step),
-        "step": loop.step, "epoch": loop.epoch, "batch": loop.batch, "epochs": loop.epochs,
-        "steps_per_epoch": loop.steps_per_epoch, "total_steps": loop.total_steps,
-        "lrs": loop.lrs(), "stop_reason": g.stop_reason,
+        "paused": g.paused,
+        "mode": g.mode,
+        "steps_left": g.steps_left(loop.step),
+        "step": loop.step,
+        "epoch": loop.epoch,
+        "batch": loop.batch,
+        "epochs": loop.epochs,
+        "steps_per_epoch": loop.steps_per_epoch,
+        "total_steps": loop.total_steps,
+        "lrs": loop.lrs(),
+        "stop_reason": g.stop_reason,
         "optimizers": loop.all_lrs(),
-    }  # fmt: skip
+    }
 
 
 # -- learning rate ------------------------------------------------------------------------
@@ -64,7 +72,9 @@ def check_lr(new: float, i: int) -> None:
         )
 
 
-def apply_lr(loop: Any, spec: Any, group: int | None, optimizer: str | None = None) -> dict[str, Any]:
+def apply_lr(
+    loop: Any, spec: Any, group: int | None, optimizer: str | None = None
+) -> dict[str, Any]:
     """Change the LR and every LR the scheduler keeps by the same factor, so the change sticks.
 
     Closed-form schedulers (LambdaLR, OneCycleLR, cosine restarts) recompute from base_lrs /
@@ -82,7 +92,9 @@ def apply_lr(loop: Any, spec: Any, group: int | None, optimizer: str | None = No
     opt = opts[name]
     groups = opt.param_groups
     if group is not None and not (isinstance(group, int) and 0 <= group < len(groups)):
-        raise CommandError(f"there is no param group {group!r}; this optimizer has groups 0..{len(groups) - 1}.")
+        raise CommandError(
+            f"there is no param group {group!r}; this optimizer has groups 0..{len(groups) - 1}."
+        )
     chosen = range(len(groups)) if group is None else [group]
     before = [float(g["lr"]) for g in groups]
     for i in chosen:  # check every resulting rate before changing anything
@@ -112,7 +124,9 @@ def apply_lr(loop: Any, spec: Any, group: int | None, optimizer: str | None = No
             if isinstance(getattr(s, "eta_min", None), (int, float)):
                 s.eta_min *= v
     after = [float(g["lr"]) for g in groups]
-    which = ("all groups" if group is None else f"group {group}") + (f" of '{name}'" if len(opts) > 1 else "")
+    which = ("all groups" if group is None else f"group {group}") + (
+        f" of '{name}'" if len(opts) > 1 else ""
+    )
     msg = f"lr {_fmt(before, chosen)} -> {_fmt(after, chosen)} ({which}) at step {loop.step}"
     return {"before": before, "after": after, "group": group, "optimizer": name, "message": msg}
 

@@ -14,8 +14,10 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
-from . import commands, wire
-from .client import short_path, socket_path
+from dltui.run import wire
+from dltui.run.client import short_path, socket_path
+
+from . import commands
 from .gate import Gate
 from .store import RunStore
 
@@ -91,7 +93,9 @@ class ControlServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(conn,), name="dltui-control-conn", daemon=True).start()
+            threading.Thread(
+                target=self._serve, args=(conn,), name="dltui-control-conn", daemon=True
+            ).start()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -103,7 +107,11 @@ class ControlServer:
 
     def _converse(self, conn: socket.socket) -> None:
         if peer_uid(conn) != os.getuid():
-            conn.sendall(wire.Reply(ok=False, error="permission denied: this run belongs to another user").encode())
+            conn.sendall(
+                wire.Reply(
+                    ok=False, error="permission denied: this run belongs to another user"
+                ).encode()
+            )
             return
         buf = b""
         while True:
@@ -116,7 +124,11 @@ class ControlServer:
                 if line.strip():
                     conn.sendall(self.handle(line).encode())
             if len(buf) > wire.MAX_REQUEST_BYTES:
-                conn.sendall(wire.Reply(ok=False, error=f"request too large (over {wire.MAX_REQUEST_BYTES} bytes)").encode())
+                conn.sendall(
+                    wire.Reply(
+                        ok=False, error=f"request too large (over {wire.MAX_REQUEST_BYTES} bytes)"
+                    ).encode()
+                )
                 return  # the rest of an oversized line can't be framed: drop the connection
 
     def handle(self, line: bytes) -> wire.Reply:
@@ -130,9 +142,13 @@ class ControlServer:
         except commands.CommandError as e:
             return wire.Reply(ok=False, id=req.id, error=str(e), state=commands.state(self.loop))
         except FutureTimeout:
-            return wire.Reply(ok=False, id=req.id, state=commands.state(self.loop),
-                              error=f"'{req.cmd}' is queued but the current step has not ended "
-                              f"within {APPLY_TIMEOUT_S:.0f} s; it will apply at the next boundary.")  # fmt: skip
+            return wire.Reply(
+                ok=False,
+                id=req.id,
+                state=commands.state(self.loop),
+                error=f"'{req.cmd}' is queued but the current step has not ended "
+                f"within {APPLY_TIMEOUT_S:.0f} s; it will apply at the next boundary.",
+            )
         except RuntimeError as e:  # e.g. the run has ended
             return wire.Reply(ok=False, id=req.id, error=str(e), state=commands.state(self.loop))
 
@@ -146,7 +162,9 @@ class ControlServer:
     def _dispatch(self, req: wire.Request) -> Any:
         cmd, a = req.cmd, req.args
         if cmd not in wire.COMMANDS:
-            raise commands.CommandError(f"unknown command {cmd!r}; commands: {', '.join(wire.COMMANDS)}.")
+            raise commands.CommandError(
+                f"unknown command {cmd!r}; commands: {', '.join(wire.COMMANDS)}."
+            )
         if cmd == "status":
             return None
         if cmd == "pause":
@@ -166,7 +184,9 @@ class ControlServer:
             if group is not None and (isinstance(group, bool) or not isinstance(group, int)):
                 raise commands.CommandError(f"group {group!r} must be a whole number.")
             if opt is not None and not isinstance(opt, str):
-                raise commands.CommandError(f"optimizer {opt!r} must be a name (see `dltui status`).")
+                raise commands.CommandError(
+                    f"optimizer {opt!r} must be a name (see `dltui status`)."
+                )
             return self._at_boundary(lambda loop: self._lr(loop, a["value"], group, opt))
         if cmd == "mode":
             mode = a.get("mode")
@@ -177,7 +197,9 @@ class ControlServer:
                 raise commands.CommandError(f"eval: {why}")
             return self._at_boundary(lambda loop: self._mode(loop, mode))
         if cmd == "checkpoint":
-            return self._at_boundary(lambda loop: {"path": str(loop.save_checkpoint("last", reason="requested"))})
+            return self._at_boundary(
+                lambda loop: {"path": str(loop.save_checkpoint("last", reason="requested"))}
+            )
         if cmd == "stop":
             self.gate.request_stop("stopped by request")
             self._event(f"stop requested at step {self.loop.step}", {"cmd": "stop"})

@@ -19,8 +19,12 @@ def _user_frames(frame: FrameType | None) -> list[FrameType]:
     out = []
     while frame is not None:
         fn = frame.f_code.co_filename
-        if not (fn.startswith(ENGINE_DIR) or fn.startswith(TORCH_DIR) or fn.startswith("<frozen")
-                or "runpy" in fn):  # fmt: skip
+        if not (
+            fn.startswith(ENGINE_DIR)
+            or fn.startswith(TORCH_DIR)
+            or fn.startswith("<frozen")
+            or "runpy" in fn
+        ):
             out.append(frame)
         frame = frame.f_back
     return out
@@ -39,14 +43,20 @@ def named_objects(frame: FrameType | None) -> list[tuple[str, Any]]:
         for obj in list(scope.values()):
             d = getattr(obj, "__dict__", None)
             if isinstance(d, dict) and not isinstance(obj, (nn.Module, type)) and not callable(obj):
-                out += [(k, v) for k, v in list(d.items()) if isinstance(v, (nn.Module, torch.optim.Optimizer))]
+                out += [
+                    (k, v)
+                    for k, v in list(d.items())
+                    if isinstance(v, (nn.Module, torch.optim.Optimizer))
+                ]
     return out
 
 
 def unwrap(m: nn.Module) -> nn.Module:
     """The user's module inside torch.compile / DistributedDataParallel wrappers."""
     for _ in range(4):
-        inner = getattr(m, "_orig_mod", None) or (getattr(m, "module", None) if "DataParallel" in type(m).__name__ else None)
+        inner = getattr(m, "_orig_mod", None) or (
+            getattr(m, "module", None) if "DataParallel" in type(m).__name__ else None
+        )
         if not isinstance(inner, nn.Module):
             return m
         m = inner
@@ -56,13 +66,18 @@ def unwrap(m: nn.Module) -> nn.Module:
 def find_models(opt: torch.optim.Optimizer, objs: list) -> list[tuple[str, nn.Module]]:
     """The smallest set of top-level modules that own this optimizer's parameters."""
     want = {id(p) for g in opt.param_groups for p in g["params"]}
-    cands: list[tuple[str, nn.Module]] = [(n, unwrap(o)) for n, o in objs if isinstance(o, nn.Module)]
+    cands: list[tuple[str, nn.Module]] = [
+        (n, unwrap(o)) for n, o in objs if isinstance(o, nn.Module)
+    ]
     covered = _cover(want, cands)
-    if not covered or sum(c for _, _, c in covered) < len(want):  # not all in the frames: look wider
+    if not covered or sum(c for _, _, c in covered) < len(
+        want
+    ):  # not all in the frames: look wider
         mods = [o for o in gc.get_objects() if isinstance(o, nn.Module)]
         cands += [(type(m).__name__.lower(), unwrap(m)) for m in mods]
         covered = _cover(want, cands)
     return [(n, m) for n, m, _ in covered]
+
 
 def _cover(want: set[int], cands: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module, int]]:
     scored = []
@@ -113,7 +128,11 @@ class ModelSet(ParamView):
         return [p for _, p in self._named]
 
     def named_modules(self) -> list[tuple[str, nn.Module]]:
-        return [(f"{mn}.{n}" if n else mn, sub) for mn, m in self.models.items() for n, sub in m.named_modules()]
+        return [
+            (f"{mn}.{n}" if n else mn, sub)
+            for mn, m in self.models.items()
+            for n, sub in m.named_modules()
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         return {f"{mn}.{k}": v for mn, m in self.models.items() for k, v in m.state_dict().items()}

@@ -32,7 +32,9 @@ def fmt_num(v: Any) -> str:
 class HeadlessPrinter(Callback):
     """Prints a status line every `every` seconds, one per epoch, and a final summary."""
 
-    def __init__(self, probe: Probe, run_dir: Path, every: float = 5.0, out: TextIO | None = None) -> None:
+    def __init__(
+        self, probe: Probe, run_dir: Path, every: float = 5.0, out: TextIO | None = None
+    ) -> None:
         self.probe = probe
         self.run_dir = run_dir
         self.every = every
@@ -54,8 +56,10 @@ class HeadlessPrinter(Callback):
         total = loop.total_steps if loop.total_steps is not None else "?"
         if loop.epochs is None:  # a script: it decides its own epochs
             names = ", ".join(getattr(loop, "optimizers", {})) or "none yet"
-            self._print(f"[dltui] run {self.run_dir.name}: script {loop.r.path} on {loop.device}, "
-                        f"optimizers: {names}; steer it with `dltui ctl {self.run_dir.name} ...`")  # fmt: skip
+            self._print(
+                f"[dltui] run {self.run_dir.name}: script {loop.r.path} on {loop.device}, "
+                f"optimizers: {names}; steer it with `dltui ctl {self.run_dir.name} ...`"
+            )
         else:
             self._print(
                 f"[dltui] run {self.run_dir.name}: {loop.r.path} on {loop.device}, "
@@ -76,7 +80,7 @@ class HeadlessPrinter(Callback):
         total = loop.total_steps if loop.total_steps is not None else "?"
         parts = [f"epoch {min(loop.epoch + 1, loop.epochs)}/{loop.epochs}"] if loop.epochs else []
         parts += [f"step {loop.step}/{total}", f"loss {fmt_num(lat.get('loss'))}"]
-        for name in (loop.metrics.train or {}):
+        for name in loop.metrics.train or {}:
             if name in lat:
                 parts.append(f"{name} {fmt_num(lat[name])}")
         if "lr/0" in lat:
@@ -103,12 +107,16 @@ class HeadlessPrinter(Callback):
         best = loop.best_val_loss
         lines = [
             f"[dltui] {status}: {loop.step} steps"
-            + (f", {loop.epoch} epochs" if loop.epochs else "") + f" in {fmt_duration(elapsed)}",
+            + (f", {loop.epoch} epochs" if loop.epochs else "")
+            + f" in {fmt_duration(elapsed)}",
             f"[dltui]   last train loss {fmt_num(self.probe.latest.get('loss'))}"
             + (f", best val loss {fmt_num(best)}" if math.isfinite(best) else ""),
         ]
         if loop.last_val:
-            lines.append("[dltui]   last val: " + "  ".join(f"{k} {fmt_num(v)}" for k, v in loop.last_val.items()))
+            lines.append(
+                "[dltui]   last val: "
+                + "  ".join(f"{k} {fmt_num(v)}" for k, v in loop.last_val.items())
+            )
         lines.append(f"[dltui]   run store: {self.run_dir / 'run.sqlite'}")
         for line in lines:
             self._print(line)

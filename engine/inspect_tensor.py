@@ -21,9 +21,24 @@ COPY_LIMIT = 1 << 23
 
 _ATTRS = ("T", "mT")
 _METHODS = (
-    "t", "transpose", "permute", "view", "reshape", "narrow", "select", "squeeze", "unsqueeze",
-    "flatten", "expand", "diagonal", "unfold", "as_strided", "contiguous", "chunk", "split",
-)  # fmt: skip
+    "t",
+    "transpose",
+    "permute",
+    "view",
+    "reshape",
+    "narrow",
+    "select",
+    "squeeze",
+    "unsqueeze",
+    "flatten",
+    "expand",
+    "diagonal",
+    "unfold",
+    "as_strided",
+    "contiguous",
+    "chunk",
+    "split",
+)
 _TUPLE_METHODS = ("chunk", "split")
 _MAY_COPY = ("reshape", "flatten")
 
@@ -38,14 +53,27 @@ _INDEX_RULE = "indices must be literal ints, slices with literal bounds (1:3, ::
 
 # Why a kind of node is refused; the default names the node type.
 _KIND_WHY = {
-    ast.BinOp: "arithmetic is", ast.UnaryOp: "operators are", ast.BoolOp: "boolean operators are",
-    ast.Compare: "comparisons are", ast.Lambda: "lambdas are", ast.ListComp: "comprehensions are",
-    ast.SetComp: "comprehensions are", ast.DictComp: "comprehensions are",
-    ast.GeneratorExp: "comprehensions are", ast.JoinedStr: "f-strings are",
-    ast.IfExp: "conditional expressions are", ast.NamedExpr: "assignments are",
-    ast.Starred: "star-unpacking is", ast.Await: "awaits are",
-}  # fmt: skip
-_CONST_NAMES = {"str": "strings", "float": "floats", "complex": "complex numbers", "bool": "True/False"}  # fmt: skip
+    ast.BinOp: "arithmetic is",
+    ast.UnaryOp: "operators are",
+    ast.BoolOp: "boolean operators are",
+    ast.Compare: "comparisons are",
+    ast.Lambda: "lambdas are",
+    ast.ListComp: "comprehensions are",
+    ast.SetComp: "comprehensions are",
+    ast.DictComp: "comprehensions are",
+    ast.GeneratorExp: "comprehensions are",
+    ast.JoinedStr: "f-strings are",
+    ast.IfExp: "conditional expressions are",
+    ast.NamedExpr: "assignments are",
+    ast.Starred: "star-unpacking is",
+    ast.Await: "awaits are",
+}
+_CONST_NAMES = {
+    "str": "strings",
+    "float": "floats",
+    "complex": "complex numbers",
+    "bool": "True/False",
+}
 
 
 class InspectError(ValueError):
@@ -328,11 +356,17 @@ def _stats(view: torch.Tensor) -> dict[str, Any] | None:
     mean = torch.where(finite, vals, 0.0).sum() / n.clamp(min=1)
     var = torch.where(finite, (vals - mean) ** 2, 0.0).sum() / (n - 1).clamp(min=1)
     inf = torch.tensor(math.inf, dtype=torch.float64, device=vals.device)
-    packed = torch.stack([
-        n.to(torch.float64), torch.where(finite, vals, inf).min(),
-        torch.where(finite, vals, -inf).max(), mean, var.sqrt(),
-        torch.isnan(vals).sum().to(torch.float64), torch.isinf(vals).sum().to(torch.float64),
-    ])  # fmt: skip
+    packed = torch.stack(
+        [
+            n.to(torch.float64),
+            torch.where(finite, vals, inf).min(),
+            torch.where(finite, vals, -inf).max(),
+            mean,
+            var.sqrt(),
+            torch.isnan(vals).sum().to(torch.float64),
+            torch.isinf(vals).sum().to(torch.float64),
+        ]
+    )
     # One .cpu() for all figures: on CUDA each .item() would be a separate host-device sync.
     count, lo, hi, mean_v, std_v, nans, infs = packed.cpu().tolist()
     if count and not sample.is_floating_point():

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from . import wire
+from dltui.run import wire
+
 from .gate import Gate
 from .metrics import MetricSet
 from .recipe import Recipe
@@ -35,7 +36,9 @@ class Callback:
     def on_idle(self, loop: Loop) -> None: ...
     def on_run_end(self, loop: Loop, status: str, error: BaseException | None) -> None: ...
 
-    def on_notice(self, loop: Loop, message: str, level: str = "warning", data: dict | None = None) -> None:
+    def on_notice(
+        self, loop: Loop, message: str, level: str = "warning", data: dict | None = None
+    ) -> None:
         """Something the user should know that does not stop the run (a skipped fp16 step, a
         dropped metric, an optimizer step refused during evaluation)."""
 
@@ -101,7 +104,12 @@ def tokens_of(x: Any) -> int:
     """Tokens in a batch whose input is [B, T] integers (a language model's), else 0."""
     while isinstance(x, (list, tuple, dict)) and x:
         x = x[0] if not isinstance(x, dict) else next(iter(x.values()))
-    if isinstance(x, torch.Tensor) and x.ndim == 2 and not x.is_floating_point() and x.dtype != torch.bool:
+    if (
+        isinstance(x, torch.Tensor)
+        and x.ndim == 2
+        and not x.is_floating_point()
+        and x.dtype != torch.bool
+    ):
         return x.numel()
     return 0
 
@@ -128,7 +136,9 @@ DONE, EARLY, EMPTY = "done", "early", "empty"
 class Loop:
     """Epochs x batches over a recipe. Reads steering state only from the gate, at boundaries."""
 
-    def __init__(self, recipe: Recipe, settings: Settings, callbacks: list[Callback], gate: Gate) -> None:
+    def __init__(
+        self, recipe: Recipe, settings: Settings, callbacks: list[Callback], gate: Gate
+    ) -> None:
         import dltui
 
         self.r = recipe
@@ -145,7 +155,9 @@ class Loop:
         self.schedulers: dict[str, Any] = dict(recipe.schedulers)
         self._move_optimizer_state()
         self.metrics = MetricSet(recipe.metrics, recipe.loss_fn, self.device, notify=self.notice)
-        self.stepper = Stepper(recipe, self.device, lambda: self._emit("on_before_optimizer_step"), self.notice)
+        self.stepper = Stepper(
+            recipe, self.device, lambda: self._emit("on_before_optimizer_step"), self.notice
+        )
         self.ctx = StepContext(self)
         self.step = 0  # optimizer steps done in the whole run
         self.epoch = 0  # epochs completed
@@ -211,7 +223,11 @@ class Loop:
         self._emit("on_idle")
 
     def _forward(self, batch: Any, train: bool) -> Result:
-        fn, form = (self.r.train_step, self.r.train_form) if train else (self.r.eval_step, self.r.eval_form)
+        fn, form = (
+            (self.r.train_step, self.r.train_form)
+            if train
+            else (self.r.eval_step, self.r.eval_form)
+        )
         with self.stepper.autocast():
             if fn is None:
                 x, target = batch
@@ -239,11 +255,16 @@ class Loop:
                 if ended == DONE:
                     self._end_epoch()
                 elif ended == EMPTY:
-                    self.notice(f"train_loader has no batches left; the run ends at step {self.step}.", "info")
+                    self.notice(
+                        f"train_loader has no batches left; the run ends at step {self.step}.",
+                        "info",
+                    )
                     self.save_checkpoint("last", reason="data ran out")
                     break
                 elif self._max_steps_reached():
-                    val_loss = self.validate().get("loss") if self.r.val_loader is not None else None
+                    val_loss = (
+                        self.validate().get("loss") if self.r.val_loader is not None else None
+                    )
                     self.save_checkpoint("last", reason="max steps")
                     self._keep_if_best(val_loss)
             if self.gate.stop_reason is not None:
@@ -263,18 +284,22 @@ class Loop:
         if self.steps_per_epoch is None and self.step == 0:
             self.notice(
                 "train_loader has no length and the recipe sets no steps_per_epoch: an epoch ends "
-                "when the data does, so progress and ETA are unknown.", "info",
-            )  # fmt: skip
+                "when the data does, so progress and ETA are unknown.",
+                "info",
+            )
         planned = (self.total_steps or 0) - self.step
         for name, s in self.schedulers.items():
-            if self.r.scheduler_interval == "step" and isinstance(s, torch.optim.lr_scheduler.OneCycleLR):
+            if self.r.scheduler_interval == "step" and isinstance(
+                s, torch.optim.lr_scheduler.OneCycleLR
+            ):
                 left = s.total_steps - s.last_epoch
                 if planned > left:
                     self.notice(
                         f"scheduler {name!r} (OneCycleLR) has {left} steps left but this run plans "
                         f"{planned}; its LR will hold at the end. Size it from ctx.epochs.",
-                        "warning", {"optimizer": name},
-                    )  # fmt: skip
+                        "warning",
+                        {"optimizer": name},
+                    )
 
     def _max_steps_reached(self) -> bool:
         return self.s.max_steps is not None and self.step >= self.s.max_steps
@@ -348,15 +373,18 @@ class Loop:
         if not st.finish_window(partial_scale=k / m):
             self.notice(
                 f"fp16: gradients overflowed at step {self.step + 1}; the update was skipped and "
-                f"the loss scale lowered to {st.scaler.get_scale():g}.", "warning",
+                f"the loss scale lowered to {st.scaler.get_scale():g}.",
+                "warning",
                 {"optimizers": st.skipped},
-            )  # fmt: skip
+            )
             return False
         self.step += 1
         self.epoch_step += 1
         if self.r.train_step is not None:
             self.last_input = _first_tensor(batch)
-        self.last_output = res.output.detach() if isinstance(res.output, torch.Tensor) else res.output
+        self.last_output = (
+            res.output.detach() if isinstance(res.output, torch.Tensor) else res.output
+        )
         t2 = time.perf_counter()
         scalars = {name: v / m for name, v in extras.items()}
         main = next(iter(self.optimizers))
@@ -368,8 +396,17 @@ class Loop:
             scalars["grad_norm" if name == main else f"grad_norm/{name}"] = norm
         if tokens and t2 > t0:
             scalars["tokens_per_s"] = tokens / (t2 - t0)
-        return StepOutput(loss_sum / m, res.output, res.target, samples, t2 - t0, data_time,
-                          time.time(), lrs[main], scalars)  # fmt: skip
+        return StepOutput(
+            loss_sum / m,
+            res.output,
+            res.target,
+            samples,
+            t2 - t0,
+            data_time,
+            time.time(),
+            lrs[main],
+            scalars,
+        )
 
     def _closure_step(self, batch: Any) -> Result:
         """A closure optimizer (LBFGS): forward and backward run inside its step, as often as
@@ -436,7 +473,9 @@ class Loop:
                     batch = to_device(batch, self.device)
                     res = self._forward(batch, train=False)
                     n = batch_size_of(batch)
-                    total += res.loss.detach().double() * n  # summed on the device; read once at the end
+                    total += (
+                        res.loss.detach().double() * n
+                    )  # summed on the device; read once at the end
                     for name, v in res.scalars.items():
                         extras[name] = extras.get(name, 0.0) + v * n
                     count += n
@@ -450,8 +489,10 @@ class Loop:
             self.notice(
                 f"eval_step stepped optimizer {e.name!r} during evaluation: refused, and this "
                 "evaluation pass was abandoned; training goes on. Evaluation must not train: keep "
-                "the updates in train_step.", "warning", {"optimizer": e.name},
-            )  # fmt: skip
+                "the updates in train_step.",
+                "warning",
+                {"optimizer": e.name},
+            )
             self.metrics.compute_val()  # resets the half-fed val metrics
             return {}
         finally:
@@ -469,8 +510,11 @@ class Loop:
             return self.validate(self.r.val_loader)
         loader = self.r.train_loader
         if isinstance(loader, Iterator) or self.steps_per_epoch is None:  # a stream, or no end
-            self.notice("nothing to evaluate on: the recipe has no val_loader and its train_loader "
-                        "has no end; define val_loader.", "warning")  # fmt: skip
+            self.notice(
+                "nothing to evaluate on: the recipe has no val_loader and its train_loader "
+                "has no end; define val_loader.",
+                "warning",
+            )
             return {}
         if self.r.steps_per_epoch is not None:
             loader = itertools.islice(loader, self.steps_per_epoch * self.r.accumulate)

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import wire
-from .runs import DEFAULT_RUNS_DIR, discard_if_empty, make_run_dir, new_run_dir
+from dltui.run import wire
+from dltui.run.options import hint_misplaced, parse
+from dltui.run.runs import discard_if_empty, make_run_dir, new_run_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -20,107 +21,29 @@ class UsageError(Exception):
     """Bad command-line input: shown to the user, exit status 2."""
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be 1 or more")
-    return v
-
-
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    """The options `dltui train` and the engine share (the CLI passes them through)."""
-    p.add_argument("--epochs", type=positive_int, help="number of epochs (default: the recipe's)")
-    p.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps")
-    p.add_argument("--seed", type=int, help="seed Python and torch before the recipe is imported")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: the recipe's, else CUDA if present)")
-    p.add_argument("--stats-every", type=positive_int, help="layer stats every N steps (default: auto, ~2%% cost)")
-    p.add_argument("--hist-every", type=positive_int, help="histograms every N steps (default: auto)")
-    p.add_argument("--metric-every", type=positive_int, help="train metric every N steps (default: auto)")
-    p.add_argument("--pause-on-anomaly", action="store_true", help="pause on NaN/Inf loss or a gradient spike")
-    p.add_argument("--log-every", type=float, default=5.0, help="seconds between headless status lines")
-
-
-def add_kind_options(p: argparse.ArgumentParser) -> None:
-    kind = p.add_mutually_exclusive_group()
-    kind.add_argument("--script", dest="force_kind", action="store_const", const=wire.DRIVER_SCRIPT,
-                      help="run FILE as a script with its own loop (default: decided from the file)")
-    kind.add_argument("--recipe", dest="force_kind", action="store_const", const=wire.DRIVER_RECIPE,
-                      help="load FILE as a recipe (model, optimizer, loss_fn, train_loader)")  # fmt: skip
-
-
-def split_file_argv(argv: list[str], p: argparse.ArgumentParser) -> tuple[list[str], str | None, list[str]]:
-    """(dltui's own options, FILE, FILE's arguments): everything after FILE belongs to FILE, and
-    `--` ends dltui's options. Argparse alone can't do this (it would read the file's --epochs)."""
-    i = 0
-    while i < len(argv):
-        tok = argv[i]
-        if tok == "--":
-            return argv[:i], (argv[i + 1] if i + 1 < len(argv) else None), argv[i + 2 :]
-        if tok.startswith("-") and tok != "-":
-            # An unknown option is left for argparse to refuse; a known one may take its value.
-            i += _option_words(tok, _option_action(tok, p, abbrev=True))
-            continue
-        return argv[:i], tok, argv[i + 1 :]
-    return argv, None, []
-
-
-def _option_action(tok: str, p: argparse.ArgumentParser, abbrev: bool) -> argparse.Action | None:
-    """The action of `p` that option word `tok` names (`--epochs`, `--epochs=3`; with `abbrev`,
-    an unambiguous prefix argparse would also accept: --max for --max-steps), else None."""
-    opts = p._option_string_actions
-    name = tok.split("=", 1)[0]
-    act = opts.get(name)
-    if act is None and abbrev and name.startswith("--"):
-        found = {id(a): a for o, a in opts.items() if o.startswith(name) and o.startswith("--")}
-        act = next(iter(found.values())) if len(found) == 1 else None
-    return act
-
-
-def _option_words(tok: str, act: argparse.Action | None) -> int:
-    """Words of argv the option takes: 2 when its value is the next word, else 1."""
-    return 2 if act is not None and "=" not in tok and act.nargs != 0 else 1
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m dltui.engine", description=__doc__)
-    p.add_argument("recipe", metavar="FILE", help="a recipe or a training script; what follows it is its own argv")
-    add_kind_options(p)
-    p.add_argument("--run-dir", type=Path, help="the run directory to create (default: runs/<new id>)")
-    p.add_argument("--runs-dir", type=Path, default=Path(DEFAULT_RUNS_DIR))
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last checkpoint")
-    p.add_argument("--headless", action="store_true", help="print status lines to stdout")
-    p.add_argument("--detached", action="store_true", help="running without a terminal: ignore SIGHUP")
-    add_run_options(p)
-    return p
-
-
 def optimizer_meta(driver: Any) -> list[dict[str, Any]]:
     """meta['optimizers']: each optimizer's name, class and group count, the run's own first."""
-    return [{"name": n, "type": type(o).__name__, "groups": len(o.param_groups)} for n, o in driver.optimizers.items()]
+    return [
+        {"name": n, "type": type(o).__name__, "groups": len(o.param_groups)}
+        for n, o in driver.optimizers.items()
+    ]
 
 
 def model_summary(model: Any) -> list[dict[str, Any]]:
     rows = []
     for name, mod in model.named_modules():
         params = list(mod.parameters())
-        rows.append({
-            "name": name or "(model)", "type": type(mod).__name__, "depth": name.count(".") + bool(name),
-            "params": sum(p.numel() for p in params),
-            "trainable": sum(p.numel() for p in params if p.requires_grad),
-            "own": sum(p.numel() for p in mod.parameters(recurse=False)),
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": name or "(model)",
+                "type": type(mod).__name__,
+                "depth": name.count(".") + bool(name),
+                "params": sum(p.numel() for p in params),
+                "trainable": sum(p.numel() for p in params if p.requires_grad),
+                "own": sum(p.numel() for p in mod.parameters(recurse=False)),
+            }
+        )
     return rows
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    p = parser()
-    head, file, file_args = split_file_argv(argv, p)
-    args = p.parse_args(head + (["--", file] if file is not None else []))
-    args.file_args = file_args
-    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,15 +58,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     import dltui
+    from dltui.run.scriptfile import detect_kind
 
     from .script import Session
-    from .scriptfile import detect_kind
 
     kind = args.force_kind or detect_kind(args.recipe)
     ctx = dltui.Context(
-        epochs=args.epochs, max_steps=args.max_steps, device=args.device, seed=args.seed,
-        args=list(getattr(args, "file_args", [])), script=args.recipe, mode=kind,
-    )  # fmt: skip
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        device=args.device,
+        seed=args.seed,
+        args=list(getattr(args, "file_args", [])),
+        script=args.recipe,
+        mode=kind,
+    )
     session = Session(ctx)
     dltui._session = session
     if kind == wire.DRIVER_SCRIPT:
@@ -165,7 +93,9 @@ def _recipe(args: argparse.Namespace, argv: list[str], session: Any) -> int:
     if args.resume is not None:
         ck_path = args.resume / "checkpoints" / "last.pt"
         if not ck_path.exists():
-            raise UsageError(f"run {args.resume} has no checkpoint to resume from ({ck_path} missing).")
+            raise UsageError(
+                f"run {args.resume} has no checkpoint to resume from ({ck_path} missing)."
+            )
         resume_ck = torch.load(ck_path, map_location="cpu", weights_only=False)
     from . import console
 
@@ -178,7 +108,9 @@ def _recipe(args: argparse.Namespace, argv: list[str], session: Any) -> int:
         console.restore(tees)
 
 
-def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resume_ck: Any, session: Any) -> int:
+def _run(
+    args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resume_ck: Any, session: Any
+) -> int:
     import torch
 
     from .loop import Loop, Settings
@@ -199,9 +131,13 @@ def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resum
 
     store, gate, probe, callbacks = _observers(args, run_dir, sys.__stdout__)
     settings = Settings(
-        epochs=args.epochs, max_steps=args.max_steps, seed=args.seed, device=args.device,
-        checkpoint_dir=run_dir / "checkpoints", resume=resume_ck,
-    )  # fmt: skip
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        seed=args.seed,
+        device=args.device,
+        checkpoint_dir=run_dir / "checkpoints",
+        resume=resume_ck,
+    )
     settings.context = session.context
     try:
         loop = Loop(recipe, settings, callbacks, gate)
@@ -209,7 +145,9 @@ def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resum
         store.close()
         if resume_ck is None:
             raise
-        raise UsageError(f"cannot resume {run_dir}: its checkpoint does not fit this recipe ({e}).") from None
+        raise UsageError(
+            f"cannot resume {run_dir}: its checkpoint does not fit this recipe ({e})."
+        ) from None
     from .control import ControlServer, SocketInUse
 
     server = ControlServer(run_dir, gate, store, loop)
@@ -222,14 +160,28 @@ def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resum
         store.truncate_after(loop.step)
         store.event(wire.EV_RUN, f"resumed from checkpoint at step {loop.step}", step=loop.step)
     store.set_meta(
-        run_id=run_dir.name, script=str(Path(args.recipe).resolve()), args=argv, status=wire.RUNNING,
-        started=time.time(), hparams=recipe.hparams, model=model_summary(loop.model),
-        torch=torch.__version__, cuda=torch.version.cuda, device=str(loop.device),
-        python=platform.python_version(), epochs=loop.epochs, steps_per_epoch=loop.steps_per_epoch,
-        total_steps=loop.total_steps, detached=args.detached, headless=args.headless, **host_info(),
-        driver=wire.DRIVER_RECIPE, file_args=session.context.args, optimizers=optimizer_meta(loop),
+        run_id=run_dir.name,
+        script=str(Path(args.recipe).resolve()),
+        args=argv,
+        status=wire.RUNNING,
+        started=time.time(),
+        hparams=recipe.hparams,
+        model=model_summary(loop.model),
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        device=str(loop.device),
+        python=platform.python_version(),
+        epochs=loop.epochs,
+        steps_per_epoch=loop.steps_per_epoch,
+        total_steps=loop.total_steps,
+        detached=args.detached,
+        headless=args.headless,
+        **host_info(),
+        driver=wire.DRIVER_RECIPE,
+        file_args=session.context.args,
+        optimizers=optimizer_meta(loop),
         steering={k: True for k in wire.STEERING_KEYS},
-    )  # fmt: skip
+    )
     if resume_ck is None:
         store.event(wire.EV_RUN, f"run started: {args.recipe} on {loop.device}", step=0)
 
@@ -240,10 +192,19 @@ def _run(args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resum
         part = getattr(error, "part", None)  # loop.EngineError: dltui's own code failed
         tb = user_traceback(error.__cause__ or error) if part else user_traceback(error)
         where = f"dltui's {part} failed" if part else "with an error in the recipe's code"
-        print(f"dltui: the run failed at step {loop.step + 1}: {where}:\n{tb}" if part else
-              f"dltui: the run failed at step {loop.step + 1} {where}:\n{tb}", file=sys.stderr)  # fmt: skip
-        store.event(wire.EV_ERROR, f"failed at step {loop.step + 1}: {error!r}", step=loop.step,
-                    level="error", data={"traceback": tb})  # fmt: skip
+        print(
+            f"dltui: the run failed at step {loop.step + 1}: {where}:\n{tb}"
+            if part
+            else f"dltui: the run failed at step {loop.step + 1} {where}:\n{tb}",
+            file=sys.stderr,
+        )
+        store.event(
+            wire.EV_ERROR,
+            f"failed at step {loop.step + 1}: {error!r}",
+            step=loop.step,
+            level="error",
+            data={"traceback": tb},
+        )
     store.event(wire.EV_STATUS, f"run {status} at step {loop.step}", step=loop.step)
     store.close(status)
     return EXIT_FAILED if status == wire.FAILED else EXIT_OK
@@ -256,7 +217,9 @@ def _script(args: argparse.Namespace, argv: list[str], session: Any) -> int:
     """Run the user's own training script as __main__, observed (engine/script.py)."""
     path = Path(args.recipe)
     if not path.is_file():
-        raise UsageError(f"{args.recipe}: file not found (looked for {path.resolve()}). Check the path.")
+        raise UsageError(
+            f"{args.recipe}: file not found (looked for {path.resolve()}). Check the path."
+        )
     for key, flag in RECIPE_ONLY.items():
         if getattr(args, key, None) is not None:
             if args.run_dir is not None:
@@ -280,12 +243,15 @@ def _script(args: argparse.Namespace, argv: list[str], session: Any) -> int:
         console.restore(tees)
 
 
-def _run_script(args: argparse.Namespace, argv: list[str], session: Any, early: Any, tees: Any) -> int:
+def _run_script(
+    args: argparse.Namespace, argv: list[str], session: Any, early: Any, tees: Any
+) -> int:
     import torch
+
+    from dltui.run.scriptfile import script_traceback
 
     from .control import ControlServer, SocketInUse
     from .script import ScriptRun
-    from .scriptfile import script_traceback
     from .store import host_info
 
     run_dir = args.run_dir or new_run_dir(args.recipe, args.runs_dir)
@@ -294,9 +260,16 @@ def _run_script(args: argparse.Namespace, argv: list[str], session: Any, early: 
     store, gate, probe, callbacks = _observers(args, run_dir, sys.__stderr__)
     file_argv = [args.recipe, *session.context.args]
     driver = ScriptRun(
-        path=Path(args.recipe), argv=file_argv, callbacks=callbacks, gate=gate, session=session,
-        store=store, probe=probe, max_steps=args.max_steps, checkpoint_dir=run_dir / "checkpoints",
-    )  # fmt: skip
+        path=Path(args.recipe),
+        argv=file_argv,
+        callbacks=callbacks,
+        gate=gate,
+        session=session,
+        store=store,
+        probe=probe,
+        max_steps=args.max_steps,
+        checkpoint_dir=run_dir / "checkpoints",
+    )
     server = ControlServer(run_dir, gate, store, driver)
     try:
         server.start()
@@ -304,31 +277,59 @@ def _run_script(args: argparse.Namespace, argv: list[str], session: Any, early: 
         store.close()
         raise UsageError(str(e)) from None
     store.set_meta(
-        run_id=run_dir.name, script=str(Path(args.recipe).resolve()), args=argv, status=wire.RUNNING,
-        started=time.time(), hparams={"argv": " ".join(session.context.args)} if session.context.args else {},
-        model=[], torch=torch.__version__, cuda=torch.version.cuda, device="?",
-        python=platform.python_version(), epochs=None, steps_per_epoch=None, total_steps=args.max_steps,
-        detached=args.detached, headless=args.headless, driver=wire.DRIVER_SCRIPT,
-        file_args=session.context.args, steering=driver.steering(), optimizers=[], **host_info(),
-    )  # fmt: skip
+        run_id=run_dir.name,
+        script=str(Path(args.recipe).resolve()),
+        args=argv,
+        status=wire.RUNNING,
+        started=time.time(),
+        hparams={"argv": " ".join(session.context.args)} if session.context.args else {},
+        model=[],
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        device="?",
+        python=platform.python_version(),
+        epochs=None,
+        steps_per_epoch=None,
+        total_steps=args.max_steps,
+        detached=args.detached,
+        headless=args.headless,
+        driver=wire.DRIVER_SCRIPT,
+        file_args=session.context.args,
+        steering=driver.steering(),
+        optimizers=[],
+        **host_info(),
+    )
     shown = " ".join([args.recipe, *session.context.args])
     store.event(wire.EV_RUN, f"run started: script {shown}", step=0)
     status, error = _drive(args, driver, store, gate, probe, server, session, early, tees)
     code = driver.exit_code
     if isinstance(error, SystemExit):
-        store.event(wire.EV_ERROR, f"the script exited with status {code} at step {driver.step}",
-                    step=driver.step, level="error")  # fmt: skip
+        store.event(
+            wire.EV_ERROR,
+            f"the script exited with status {code} at step {driver.step}",
+            step=driver.step,
+            level="error",
+        )
     elif error is not None:
         tb = script_traceback(error)
         print(tb, file=sys.stderr)
-        print(f"dltui: the script failed at step {driver.step} (run {run_dir.name} kept, marked failed)",
-              file=sys.__stderr__)  # fmt: skip
-        store.event(wire.EV_ERROR, f"the script failed at step {driver.step}: {error!r}", step=driver.step,
-                    level="error", data={"traceback": tb})  # fmt: skip
+        print(
+            f"dltui: the script failed at step {driver.step} (run {run_dir.name} kept, marked failed)",
+            file=sys.__stderr__,
+        )
+        store.event(
+            wire.EV_ERROR,
+            f"the script failed at step {driver.step}: {error!r}",
+            step=driver.step,
+            level="error",
+            data={"traceback": tb},
+        )
     if driver.step == 0 and status == wire.FINISHED:
-        msg = (f"{args.recipe} ran to its end without ever calling optimizer.step(), so there was no "
-               "training to watch. dltui follows a script through its optimizer's steps. If the file "
-               "defines model, optimizer, loss_fn and train_loader for dltui to train, run it with --recipe.")  # fmt: skip
+        msg = (
+            f"{args.recipe} ran to its end without ever calling optimizer.step(), so there was no "
+            "training to watch. dltui follows a script through its optimizer's steps. If the file "
+            "defines model, optimizer, loss_fn and train_loader for dltui to train, run it with --recipe."
+        )
         print(f"dltui: {msg}", file=sys.__stderr__)
         store.event(wire.EV_ALERT, msg, step=0, level="warning")
     store.event(wire.EV_STATUS, f"run {status} at step {driver.step}", step=driver.step)
@@ -336,25 +337,9 @@ def _run_script(args: argparse.Namespace, argv: list[str], session: Any, early: 
     return code
 
 
-def hint_misplaced(file: str, file_args: list[str]) -> None:
-    """`dltui train recipe.py --epochs 3` gives --epochs to the recipe, not to dltui: say so once,
-    in case that was not meant (a recipe that reads its own --epochs can ignore the note)."""
-    p = parser()
-    moved, i = [], 0
-    while i < len(file_args):
-        tok = file_args[i]
-        act = _option_action(tok, p, abbrev=False) if tok.startswith("--") else None
-        width = _option_words(tok, act) if act is not None else 1
-        if act is not None:
-            moved += file_args[i : i + width]
-        i += width
-    if moved:
-        shown = " ".join(moved)
-        print(f"dltui: note: {shown} after {file} went to the file itself (its own argv); dltui's own "
-              f"options go before it: dltui train {shown} {file}", file=sys.stderr)  # fmt: skip
-
-
-def _observers(args: argparse.Namespace, run_dir: Path, out: Any) -> tuple[Any, Any, Any, list[Any]]:
+def _observers(
+    args: argparse.Namespace, run_dir: Path, out: Any
+) -> tuple[Any, Any, Any, list[Any]]:
     """The run store (writing), the control gate, the probe and the headless printer."""
     from .gate import Gate
     from .probe import Probe
@@ -363,9 +348,12 @@ def _observers(args: argparse.Namespace, run_dir: Path, out: Any) -> tuple[Any, 
     store = RunStore(run_dir / "run.sqlite")
     store.start()
     probe = Probe(
-        store, stats_every=args.stats_every, hist_every=args.hist_every,
-        metric_every=args.metric_every, pause_on_anomaly=args.pause_on_anomaly,
-    )  # fmt: skip
+        store,
+        stats_every=args.stats_every,
+        hist_every=args.hist_every,
+        metric_every=args.metric_every,
+        pause_on_anomaly=args.pause_on_anomaly,
+    )
     callbacks: list[Any] = [probe]
     if args.headless:
         from .headless import HeadlessPrinter
@@ -374,8 +362,17 @@ def _observers(args: argparse.Namespace, run_dir: Path, out: Any) -> tuple[Any, 
     return store, Gate(), probe, callbacks
 
 
-def _drive(args: argparse.Namespace, driver: Any, store: Any, gate: Any, probe: Any, server: Any,
-           session: Any, early: Any, tees: Any) -> tuple[str, BaseException | None]:  # fmt: skip
+def _drive(
+    args: argparse.Namespace,
+    driver: Any,
+    store: Any,
+    gate: Any,
+    probe: Any,
+    server: Any,
+    session: Any,
+    early: Any,
+    tees: Any,
+) -> tuple[str, BaseException | None]:
     """Go live (sampler, signals, console into the store) and run the driver to its end."""
     from .sampler import Sampler
 
@@ -407,8 +404,10 @@ def _install_signals(gate: Any, detached: bool) -> None:
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1:
-            print("\ndltui: stopping after this step (checkpointing); Ctrl-C again to stop now",
-                  file=sys.__stderr__)  # fmt: skip
+            print(
+                "\ndltui: stopping after this step (checkpointing); Ctrl-C again to stop now",
+                file=sys.__stderr__,
+            )
             gate.request_stop("interrupted (SIGINT)")
         else:
             gate.request_stop("interrupted twice (SIGINT)", now=True)

@@ -22,7 +22,9 @@ class Feed:
     as_is: bool = False  # [B, T, V] logits with [B, T] targets, as perplexity wants them
     sigmoid: bool = False  # a binary logit, turned into a probability
 
-    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, output: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         out = output.detach()
         if out.is_floating_point() and out.dtype != torch.float64:
             out = out.float()  # bf16/fp16 outputs under autocast: metrics compute in float32
@@ -62,25 +64,45 @@ def choose(output: Any, target: Any, loss_fn: Any) -> tuple[dict[str, Any], dict
     if int_target and output.is_floating_point() and output.ndim == target.ndim + 1:
         n = output.shape[-1]
         if output.shape[:-1] == target.shape and n > 1:  # [B, V] / [B], [B, T, V] / [B, T]
-            acc = MulticlassAccuracy(num_classes=n, average="micro", ignore_index=ignore, validate_args=False)
+            acc = MulticlassAccuracy(
+                num_classes=n, average="micro", ignore_index=ignore, validate_args=False
+            )
             if output.ndim == 3:  # a language model: per-token accuracy and perplexity
-                return {"acc": acc, "ppl": Perplexity(ignore_index=ignore)}, {
-                    "acc": Feed(classes_last=True), "ppl": Feed(as_is=True)
-                }, f"language model: token accuracy over {n} classes and perplexity ({shape})"
-            return {"acc": acc}, {"acc": Feed(classes_last=True)}, (
-                f"multiclass accuracy over {n} classes ({shape})"
+                return (
+                    {"acc": acc, "ppl": Perplexity(ignore_index=ignore)},
+                    {"acc": Feed(classes_last=True), "ppl": Feed(as_is=True)},
+                    f"language model: token accuracy over {n} classes and perplexity ({shape})",
+                )
+            return (
+                {"acc": acc},
+                {"acc": Feed(classes_last=True)},
+                (f"multiclass accuracy over {n} classes ({shape})"),
             )
         c = output.shape[1]
         if output.shape[0] == target.shape[0] and output.shape[2:] == target.shape[1:] and c > 1:
-            acc = MulticlassAccuracy(num_classes=c, average="micro", ignore_index=ignore, validate_args=False)
-            return {"acc": acc}, {"acc": Feed()}, f"multiclass accuracy over {c} classes in dim 1 ({shape})"
+            acc = MulticlassAccuracy(
+                num_classes=c, average="micro", ignore_index=ignore, validate_args=False
+            )
+            return (
+                {"acc": acc},
+                {"acc": Feed()},
+                f"multiclass accuracy over {c} classes in dim 1 ({shape})",
+            )
     binary_loss = isinstance(loss_fn, (nn.BCEWithLogitsLoss, nn.BCELoss))
     same = output.numel() == target.numel()
     if same and (binary_loss or not target.is_floating_point()) and _binary_targets(target):
         feed = Feed(sigmoid=isinstance(loss_fn, nn.BCEWithLogitsLoss))
-        return {"acc": BinaryAccuracy(validate_args=False)}, {"acc": feed}, f"binary accuracy ({shape})"
+        return (
+            {"acc": BinaryAccuracy(validate_args=False)},
+            {"acc": feed},
+            f"binary accuracy ({shape})",
+        )
     if same and target.is_floating_point():
-        return {"mae": MeanAbsoluteError()}, {"mae": Feed()}, f"regression: mean absolute error ({shape})"
+        return (
+            {"mae": MeanAbsoluteError()},
+            {"mae": Feed()},
+            f"regression: mean absolute error ({shape})",
+        )
     return {}, {}, f"no default metric for {shape}: set `metrics` in the recipe"
 
 
@@ -89,7 +111,9 @@ def user_feed(metric: Any, loss_fn: Any) -> Feed:
     for a binary accuracy over logits)."""
     from torchmetrics.classification import BinaryAccuracy
 
-    return Feed(sigmoid=isinstance(metric, BinaryAccuracy) and isinstance(loss_fn, nn.BCEWithLogitsLoss))
+    return Feed(
+        sigmoid=isinstance(metric, BinaryAccuracy) and isinstance(loss_fn, nn.BCEWithLogitsLoss)
+    )
 
 
 class MetricSet:
@@ -97,8 +121,12 @@ class MetricSet:
     dropped from both, with a warning through `notify`; the run goes on."""
 
     def __init__(
-        self, user: dict[str, Any] | None, loss_fn: Any, device: torch.device, notify: Notify | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        user: dict[str, Any] | None,
+        loss_fn: Any,
+        device: torch.device,
+        notify: Notify | None = None,
+    ) -> None:
         self.loss_fn = loss_fn
         self.device = device
         self.notify = notify or (lambda *a, **k: None)
@@ -120,8 +148,10 @@ class MetricSet:
                 d.pop(name, None)
         self.notify(
             f"metric '{name}' failed {when} and was dropped; training goes on "
-            f"({type(e).__name__}: {e})", "warning", {"metric": name, "error": repr(e)},
-        )  # fmt: skip
+            f"({type(e).__name__}: {e})",
+            "warning",
+            {"metric": name, "error": repr(e)},
+        )
 
     def ensure(self, output: Any, target: Any) -> str | None:
         """Choose defaults on the first batch; returns the reason the first time, else None."""
@@ -132,14 +162,19 @@ class MetricSet:
         except Exception as e:  # dltui's own choice failed: no default metric, never a failed run
             chosen, feeds = {}, {}
             self.reason = f"no default metric: choosing one failed ({type(e).__name__}: {e})"
-            self.notify(f"the default metric could not be chosen; training goes on ({e})", "warning")
+            self.notify(
+                f"the default metric could not be chosen; training goes on ({e})", "warning"
+            )
         self._set(chosen, feeds)
         return self.reason
 
     def _feed(self, name: str, output: Any, target: Any) -> tuple[Any, Any]:
         feed = self.feeds.get(name) or Feed()
         if not isinstance(output, torch.Tensor) or not isinstance(target, torch.Tensor):
-            return output, target  # a recipe's metric over structured outputs takes them as they are
+            return (
+                output,
+                target,
+            )  # a recipe's metric over structured outputs takes them as they are
         return feed(output, target)
 
     def batch_values(self, output: Any, target: Any) -> dict[str, torch.Tensor]:

@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from . import wire
+from dltui.run import wire
+
 from .loop import Callback, Loop, StepOutput
 from .stats import LayerStats
 from .store import RunStore
@@ -49,7 +50,9 @@ class Deferred:
         self.cuda = device.type == "cuda"
         self.q: deque[tuple[Any, torch.Tensor, Any]] = deque()
 
-    def push(self, values: list[torch.Tensor] | torch.Tensor, tag: Any) -> list[tuple[Any, list[float]]]:
+    def push(
+        self, values: list[torch.Tensor] | torch.Tensor, tag: Any
+    ) -> list[tuple[Any, list[float]]]:
         """Queue device values (0-d tensors, or one 1-D tensor); returns what is ready (tag, values)."""
         if not self.cuda:  # on the CPU a read is a plain memory access, not a sync
             if isinstance(values, torch.Tensor):
@@ -78,9 +81,14 @@ class Deferred:
 
 class Probe(Callback):
     def __init__(
-        self, store: RunStore, *, stats_every: int | None = None, hist_every: int | None = None,
-        metric_every: int | None = None, pause_on_anomaly: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        store: RunStore,
+        *,
+        stats_every: int | None = None,
+        hist_every: int | None = None,
+        metric_every: int | None = None,
+        pause_on_anomaly: bool = False,
+    ) -> None:
         self.store = store
         self.forced = {"stats": stats_every, "hist": hist_every, "metric": metric_every}
         self.every = {k: v or 1 for k, v in self.forced.items()}
@@ -109,17 +117,24 @@ class Probe(Callback):
         self.deferred = Deferred(loop.device)
         if loop.model is not None:
             self.stats = LayerStats(loop.model)
-            self.store.params([
-                (n, list(p.shape), p.numel(), p.requires_grad) for n, p in loop.model.named_parameters()
-            ])  # fmt: skip
+            self.store.params(
+                [
+                    (n, list(p.shape), p.numel(), p.requires_grad)
+                    for n, p in loop.model.named_parameters()
+                ]
+            )
         self.store.set_meta(intervals=self._intervals())
 
     def _intervals(self) -> dict[str, Any]:
         return {
-            "stats_every": self.every["stats"], "hist_every": self.every["hist"],
-            "metric_every": self.every["metric"], "chosen": "auto" if None in self.forced.values() else "flags",
-            "measured_cost_s": {k: round(_median(v[1:] or v), 6) for k, v in self.cost.items() if v},
-        }  # fmt: skip
+            "stats_every": self.every["stats"],
+            "hist_every": self.every["hist"],
+            "metric_every": self.every["metric"],
+            "chosen": "auto" if None in self.forced.values() else "flags",
+            "measured_cost_s": {
+                k: round(_median(v[1:] or v), 6) for k, v in self.cost.items() if v
+            },
+        }
 
     def _due(self, what: str, step: int) -> bool:
         """Is `what` due at this (1-based) step? During warm-up: at its WARMUP_AT steps."""
@@ -142,11 +157,12 @@ class Probe(Callback):
         iv = self._intervals()
         self.store.set_meta(intervals=iv)
         self.store.event(
-            wire.EV_INFO, step=loop.step,
+            wire.EV_INFO,
+            step=loop.step,
             message=f"probe intervals: layer stats every {iv['stats_every']} steps, histograms every "
             f"{iv['hist_every']}, train metric every {iv['metric_every']} (step {step_time * 1e3:.2f} ms; "
             "budget ~1% of training time)",
-        )  # fmt: skip
+        )
 
     # -- per step --------------------------------------------------------------------------
     def on_epoch_start(self, loop: Loop) -> None:
@@ -178,7 +194,10 @@ class Probe(Callback):
             self._lr_names = [wire.lr_name(i) for i in range(len(out.lrs))]
         host.update(zip(self._lr_names, out.lrs, strict=True))
         device_vals = {"loss": out.loss}
-        for k, v in out.scalars.items():  # a dict-returning step's extra losses, other optimizers' LRs
+        for (
+            k,
+            v,
+        ) in out.scalars.items():  # a dict-returning step's extra losses, other optimizers' LRs
             if isinstance(v, torch.Tensor) and v.device.type != "cpu":
                 device_vals[k] = v  # read back later: no host sync
             else:
@@ -192,7 +211,9 @@ class Probe(Callback):
             if step <= WARMUP_STEPS:
                 self._measured("metric", time.perf_counter() - t)
         names = list(device_vals)
-        for tag, values in self.deferred.push(list(device_vals.values()), (step, epoch, out.wall, names, host)):
+        for tag, values in self.deferred.push(
+            list(device_vals.values()), (step, epoch, out.wall, names, host)
+        ):
             self._record_step(loop, tag, values)
         if self._stats_due:
             self._stats_due = False
@@ -230,7 +251,9 @@ class Probe(Callback):
         for k, v in scalars.items():
             if isinstance(v, torch.Tensor):
                 if v.numel() != 1:
-                    raise ValueError(f"dltui.log: {k} has {v.numel()} elements; log one number per name.")
+                    raise ValueError(
+                        f"dltui.log: {k} has {v.numel()} elements; log one number per name."
+                    )
                 if v.device.type == "cpu":
                     host[k] = float(v)  # a plain memory read, no sync
                 else:
@@ -238,7 +261,9 @@ class Probe(Callback):
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
                 host[k] = float(v)
             else:
-                raise TypeError(f"dltui.log: {k} is {type(v).__name__}; log numbers or 1-element tensors.")
+                raise TypeError(
+                    f"dltui.log: {k} is {type(v).__name__}; log numbers or 1-element tensors."
+                )
         if phase == wire.VAL:  # rare: read at once and treat like a validation result
             values = {**host, **{k: float(v) for k, v in dev.items()}}
             for cb in loop.callbacks:
@@ -253,19 +278,29 @@ class Probe(Callback):
         for t, values in ready:
             self._record_step(loop, t, values)
 
-    def on_notice(self, loop: Loop, message: str, level: str = "warning", data: dict | None = None) -> None:
+    def on_notice(
+        self, loop: Loop, message: str, level: str = "warning", data: dict | None = None
+    ) -> None:
         kind = wire.EV_ALERT if level in ("warning", "error") else wire.EV_INFO
         self.store.event(kind, message, step=loop.step, level=level, data=data)
 
     def publish(self, loop: Loop) -> None:
         """Progress for readers (the dashboard's header, `dltui status`)."""
-        self.store.set_meta(progress={
-            "step": loop.step, "epoch": loop.epoch, "batch": loop.batch,
-            "steps_per_epoch": loop.steps_per_epoch, "total_steps": loop.total_steps,
-            "epochs": loop.epochs, "lrs": loop.lrs(), "mode": loop.gate.mode,
-            "optimizers": loop.all_lrs(),
-            "paused": loop.gate.paused, "best_val_loss": _finite_or_none(loop.best_val_loss),
-        })  # fmt: skip
+        self.store.set_meta(
+            progress={
+                "step": loop.step,
+                "epoch": loop.epoch,
+                "batch": loop.batch,
+                "steps_per_epoch": loop.steps_per_epoch,
+                "total_steps": loop.total_steps,
+                "epochs": loop.epochs,
+                "lrs": loop.lrs(),
+                "mode": loop.gate.mode,
+                "optimizers": loop.all_lrs(),
+                "paused": loop.gate.paused,
+                "best_val_loss": _finite_or_none(loop.best_val_loss),
+            }
+        )
 
     def _record_step(self, loop: Loop, tag: tuple, values: list[float]) -> None:
         if tag[0] == "stats":
@@ -295,17 +330,22 @@ class Probe(Callback):
         ncol = shape[1]
         rows = []
         for i, name in enumerate(self.stats.names):
-            vals = [None if not math.isfinite(v) else v for v in flat[i * ncol:(i + 1) * ncol]]
+            vals = [None if not math.isfinite(v) else v for v in flat[i * ncol : (i + 1) * ncol]]
             rows.append((name, *vals))
             g = vals[4]  # g_norm
             mean, seen = self._grad_mean.get(name, (0.0, 0))
             if g is None and flat[i * ncol + 4] == flat[i * ncol + 4]:  # inf, not a missing grad
-                self._alert(loop, step, f"gradient of {name} is not finite at step {step}", {"layer": name})
+                self._alert(
+                    loop, step, f"gradient of {name} is not finite at step {step}", {"layer": name}
+                )
             elif g is not None and seen >= SPIKE_HISTORY and mean > 0 and g > SPIKE_FACTOR * mean:
                 self._alert(
-                    loop, step, f"gradient norm spike in {name} at step {step}: {g:.3g} "
-                    f"({g / mean:.0f}x its recent mean {mean:.3g})", {"layer": name, "g_norm": g},
-                )  # fmt: skip
+                    loop,
+                    step,
+                    f"gradient norm spike in {name} at step {step}: {g:.3g} "
+                    f"({g / mean:.0f}x its recent mean {mean:.3g})",
+                    {"layer": name, "g_norm": g},
+                )
             if g is not None:
                 self._grad_mean[name] = (g if not seen else 0.8 * mean + 0.2 * g, seen + 1)
         self.store.layer_stats(step, rows)
@@ -322,14 +362,20 @@ class Probe(Callback):
         loss = values.get("loss")
         if loss is not None and math.isfinite(loss) and loss < self._best_val:
             self._best_val = loss
-            best = {"step": loop.step, "epoch": loop.epoch, **{f"val_{k}": v for k, v in values.items()}}
+            best = {
+                "step": loop.step,
+                "epoch": loop.epoch,
+                **{f"val_{k}": v for k, v in values.items()},
+            }
             self.store.set_meta(best=best)
 
     def on_checkpoint(self, loop: Loop, path: Any, tag: str, reason: str) -> None:
         self.store.event(
-            wire.EV_CHECKPOINT, f"checkpoint '{tag}' at step {loop.step} ({reason})", step=loop.step,
+            wire.EV_CHECKPOINT,
+            f"checkpoint '{tag}' at step {loop.step} ({reason})",
+            step=loop.step,
             data={"path": str(path), "tag": tag, "epoch": loop.epoch},
-        )  # fmt: skip
+        )
 
     def on_idle(self, loop: Loop) -> None:
         for tag, values in self.deferred.ready():

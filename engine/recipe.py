@@ -18,10 +18,22 @@ from torch import nn
 
 REQUIRED = ("model", "optimizer", "loss_fn", "train_loader")
 OPTIONAL = (
-    "val_loader", "scheduler", "scheduler_interval", "epochs", "metrics", "device",
-    "train_step", "eval_step", "hparams", "grad_clip", "accumulate", "amp", "steps_per_epoch",
-    "on_epoch_start", "on_epoch_end",
-)  # fmt: skip
+    "val_loader",
+    "scheduler",
+    "scheduler_interval",
+    "epochs",
+    "metrics",
+    "device",
+    "train_step",
+    "eval_step",
+    "hparams",
+    "grad_clip",
+    "accumulate",
+    "amp",
+    "steps_per_epoch",
+    "on_epoch_start",
+    "on_epoch_end",
+)
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MAIN = "main"  # the name of a recipe's only optimizer
 STEP_FORMS = (
@@ -80,7 +92,9 @@ def user_traceback(exc: BaseException) -> str:
 
 
 def _internal(filename: str) -> bool:
-    return filename.startswith(ENGINE_DIR) or "importlib" in filename or filename.startswith("<frozen")
+    return (
+        filename.startswith(ENGINE_DIR) or "importlib" in filename or filename.startswith("<frozen")
+    )
 
 
 def _describe(value: Any) -> str:
@@ -104,7 +118,9 @@ def load_recipe(path: str | os.PathLike, ctx: Any = None) -> Recipe:
     if not p.exists():
         raise RecipeError(f"{name}: file not found (looked for {p.resolve()}). Check the path.")
     if p.is_dir() or p.suffix != ".py":
-        raise RecipeError(f"{name}: not a Python file; a recipe is a .py file like examples/cnn.py.")
+        raise RecipeError(
+            f"{name}: not a Python file; a recipe is a .py file like examples/cnn.py."
+        )
     import dltui
 
     ctx = ctx if ctx is not None else dltui.Context(script=name)
@@ -147,9 +163,11 @@ def _call_recipe(fn: Callable, ctx: Any, name: str) -> dict[str, Any]:
     except (TypeError, ValueError):
         params = []
     first = params[0] if params else None
-    wants_ctx = first is not None and first.kind in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD) and (
-        first.default is first.empty or first.name in ("ctx", "context")
-    )  # fmt: skip
+    wants_ctx = (
+        first is not None
+        and first.kind in (first.POSITIONAL_ONLY, first.POSITIONAL_OR_KEYWORD)
+        and (first.default is first.empty or first.name in ("ctx", "context"))
+    )
     try:
         made = fn(ctx) if wants_ctx else fn()
     except Exception as e:
@@ -184,7 +202,9 @@ def _import(p: Path, name: str) -> dict[str, Any]:
         shown = f"\n    {text}{caret}" if text else ""
         raise RecipeError(f"{where}: syntax error: {e.msg}{shown}") from None
     except SystemExit as e:
-        raise RecipeError(f"{name}: the recipe called exit({e.code}) while being imported.") from None
+        raise RecipeError(
+            f"{name}: the recipe called exit({e.code}) while being imported."
+        ) from None
     except BaseException as e:
         raise RecipeError(f"{name}: importing the recipe failed:\n{user_traceback(e)}") from None
     return vars(module)
@@ -200,17 +220,28 @@ def _check(p: Path, name: str, ns: dict[str, Any], ctx: Any) -> Recipe:
         raise fail("model", f"is {_describe(model)}, not a torch.nn.Module{hint}.")
     optimizers = _check_optimizers(name, model, ns["optimizer"])
     if isinstance(loss_fn, type):
-        raise fail("loss_fn", f"is the class {loss_fn.__name__}; write loss_fn = {loss_fn.__name__}().")
+        raise fail(
+            "loss_fn", f"is the class {loss_fn.__name__}; write loss_fn = {loss_fn.__name__}()."
+        )
     if not callable(loss_fn):
-        raise fail("loss_fn", f"is {_describe(loss_fn)}, not callable; use e.g. nn.CrossEntropyLoss().")
+        raise fail(
+            "loss_fn", f"is {_describe(loss_fn)}, not callable; use e.g. nn.CrossEntropyLoss()."
+        )
 
     main = next(iter(optimizers.values()))
-    r = Recipe(path=p, model=model, optimizer=main, loss_fn=loss_fn, train_loader=ns["train_loader"])
+    r = Recipe(
+        path=p, model=model, optimizer=main, loss_fn=loss_fn, train_loader=ns["train_loader"]
+    )
     r.optimizers = optimizers
     _check_steps(name, ns, r)
     _check_training(name, ns, r)
-    r.train_loader = _check_loader(name, "train_loader", r.train_loader, r.train_step is not None,
-                                   bounded=r.steps_per_epoch is not None or ctx.max_steps is not None)  # fmt: skip
+    r.train_loader = _check_loader(
+        name,
+        "train_loader",
+        r.train_loader,
+        r.train_step is not None,
+        bounded=r.steps_per_epoch is not None or ctx.max_steps is not None,
+    )
     if ns.get("val_loader") is not None:
         r.val_loader = ns["val_loader"]
         _check_loader(name, "val_loader", r.val_loader, r.eval_step is not None)
@@ -246,7 +277,11 @@ def needs_closure(opt: torch.optim.Optimizer) -> bool:
 
 def _check_optimizers(name: str, model: nn.Module, opt: Any) -> dict[str, torch.optim.Optimizer]:
     """`optimizer`: one Optimizer (named "main") or a dict of named ones, the run's main first."""
-    if isinstance(opt, Mapping) and opt and all(isinstance(o, torch.optim.Optimizer) for o in opt.values()):
+    if (
+        isinstance(opt, Mapping)
+        and opt
+        and all(isinstance(o, torch.optim.Optimizer) for o in opt.values())
+    ):
         named = {}
         for k, o in opt.items():
             if not isinstance(k, str) or not k or "/" in k or k == "*":
@@ -260,24 +295,38 @@ def _check_optimizers(name: str, model: nn.Module, opt: Any) -> dict[str, torch.
     else:
         hint = (
             "; write optimizer = torch.optim.SGD(model.parameters(), lr=0.01)"
-            if isinstance(opt, type) or callable(opt) else
-            ' (a dict of optimizers is fine: {"g": opt_g, "d": opt_d})' if isinstance(opt, Mapping) else ""
-        )  # fmt: skip
-        raise RecipeError(f"{name}: `optimizer` is {_describe(opt)}, not a torch.optim.Optimizer{hint}.")
+            if isinstance(opt, type) or callable(opt)
+            else ' (a dict of optimizers is fine: {"g": opt_g, "d": opt_d})'
+            if isinstance(opt, Mapping)
+            else ""
+        )
+        raise RecipeError(
+            f"{name}: `optimizer` is {_describe(opt)}, not a torch.optim.Optimizer{hint}."
+        )
     model_params = {id(q) for q in model.parameters()}
     for k, o in named.items():
-        key = "optimizer" if len(named) == 1 and k == MAIN and not isinstance(opt, Mapping) else f"optimizer['{k}']"
+        key = (
+            "optimizer"
+            if len(named) == 1 and k == MAIN and not isinstance(opt, Mapping)
+            else f"optimizer['{k}']"
+        )
         opt_params = [q for g in o.param_groups for q in g["params"]]
         foreign = sum(id(q) not in model_params for q in opt_params)
         if not opt_params or foreign == len(opt_params):
             raise RecipeError(
                 f"{name}: `{key}` is not over the model's parameters (was it built from another "
                 "model, or before `model` was replaced?). Build it from model.parameters()"
-                + ("; with several optimizers, `model` must hold every part (e.g. an "
-                   "nn.ModuleDict of the generator and the discriminator)." if len(named) > 1 else ".")
-            )  # fmt: skip
+                + (
+                    "; with several optimizers, `model` must hold every part (e.g. an "
+                    "nn.ModuleDict of the generator and the discriminator)."
+                    if len(named) > 1
+                    else "."
+                )
+            )
         if foreign:
-            raise RecipeError(f"{name}: `{key}` holds {foreign} tensors that are not parameters of `model`.")
+            raise RecipeError(
+                f"{name}: `{key}` holds {foreign} tensors that are not parameters of `model`."
+            )
     return named
 
 
@@ -300,12 +349,14 @@ def _check_schedulers(name: str, sched: Any, optimizers: dict[str, Any]) -> dict
     for k, s in items.items():
         if s is not None and not callable(getattr(s, "step", None)):
             key = "scheduler" if not isinstance(sched, Mapping) else f"scheduler['{k}']"
-            raise RecipeError(f"{name}: `{key}` is {_describe(s)}, not a learning-rate scheduler (no .step()).")
+            raise RecipeError(
+                f"{name}: `{key}` is {_describe(s)}, not a learning-rate scheduler (no .step())."
+            )
     return {k: s for k, s in items.items() if s is not None}
 
 
 def step_form(fn: Callable) -> str | None:
-    """"ctx" for fn(batch, ctx), "model" for the original fn(model, batch); None if neither."""
+    """ "ctx" for fn(batch, ctx), "model" for the original fn(model, batch); None if neither."""
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
@@ -339,11 +390,15 @@ def _check_steps(name: str, ns: dict[str, Any], r: Recipe) -> None:
         if fn is None:
             continue
         if not callable(fn):
-            raise RecipeError(f"{name}: `{key}` is {_describe(fn)}; it must be a function: {STEP_FORMS}.")
+            raise RecipeError(
+                f"{name}: `{key}` is {_describe(fn)}; it must be a function: {STEP_FORMS}."
+            )
         form = step_form(fn)
         if form is None:
             sig = inspect.signature(fn)
-            raise RecipeError(f"{name}: `{key}` takes {sig}; write {STEP_FORMS.replace('train_step', key)}.")
+            raise RecipeError(
+                f"{name}: `{key}` takes {sig}; write {STEP_FORMS.replace('train_step', key)}."
+            )
         setattr(r, key, fn)
         setattr(r, "train_form" if key == "train_step" else "eval_form", form)
     if ns.get("eval_step") is None and r.train_step is not None:
@@ -361,7 +416,9 @@ def _check_training(name: str, ns: dict[str, Any], r: Recipe) -> None:
     clip = ns.get("grad_clip")
     if clip is not None:
         if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0:
-            raise RecipeError(f"{name}: `grad_clip` is {clip!r}; give the maximum gradient norm, e.g. 1.0.")
+            raise RecipeError(
+                f"{name}: `grad_clip` is {clip!r}; give the maximum gradient norm, e.g. 1.0."
+            )
         r.grad_clip = float(clip)
     for key in ("accumulate", "steps_per_epoch"):
         v = ns.get(key)
@@ -378,9 +435,13 @@ def _check_training(name: str, ns: dict[str, Any], r: Recipe) -> None:
     if closure and r.train_form != "ctx":
         what = f"`optimizer` ({type(r.optimizers[closure[0]]).__name__})"
         if r.amp == "fp16":
-            raise RecipeError(f'{name}: {what} needs a closure, which fp16\'s GradScaler can\'t step; use amp = "bf16".')
+            raise RecipeError(
+                f"{name}: {what} needs a closure, which fp16's GradScaler can't step; use amp = \"bf16\"."
+            )
         if r.accumulate > 1:
-            raise RecipeError(f"{name}: {what} needs a closure and re-evaluates the loss itself; drop `accumulate`.")
+            raise RecipeError(
+                f"{name}: {what} needs a closure and re-evaluates the loss itself; drop `accumulate`."
+            )
         if len(r.optimizers) > 1:
             raise RecipeError(
                 f"{name}: {what} needs a closure; with several optimizers, step them in "
@@ -389,7 +450,9 @@ def _check_training(name: str, ns: dict[str, Any], r: Recipe) -> None:
     for key in ("on_epoch_start", "on_epoch_end"):
         fn = ns.get(key)
         if fn is not None and not callable(fn):
-            raise RecipeError(f"{name}: `{key}` is {_describe(fn)}; it must be a function {key}(ctx).")
+            raise RecipeError(
+                f"{name}: `{key}` is {_describe(fn)}; it must be a function {key}(ctx)."
+            )
         setattr(r, key, fn)
 
 
@@ -398,16 +461,24 @@ def check_device(dev: str, where: str) -> str:
     try:
         d = torch.device(dev)
     except (RuntimeError, ValueError):
-        raise RecipeError(f"{where} is {dev!r}, not a device; use 'cpu', 'cuda' or 'cuda:1'.") from None
+        raise RecipeError(
+            f"{where} is {dev!r}, not a device; use 'cpu', 'cuda' or 'cuda:1'."
+        ) from None
     if d.type == "cuda":
         if not torch.cuda.is_available():
-            raise RecipeError(f"{where} is {dev!r} but CUDA is not available on this machine; use 'cpu'.")
+            raise RecipeError(
+                f"{where} is {dev!r} but CUDA is not available on this machine; use 'cpu'."
+            )
         if d.index is not None and d.index >= torch.cuda.device_count():
-            raise RecipeError(f"{where} is {dev!r} but this machine has {torch.cuda.device_count()} GPU(s).")
+            raise RecipeError(
+                f"{where} is {dev!r} but this machine has {torch.cuda.device_count()} GPU(s)."
+            )
     return str(d)
 
 
-def _check_loader(name: str, key: str, loader: Any, custom_step: bool, bounded: bool = False) -> Any:
+def _check_loader(
+    name: str, key: str, loader: Any, custom_step: bool, bounded: bool = False
+) -> Any:
     """Check the loader on its first batch; returns what the loop iterates (the loader itself,
     or for a one-shot iterator the peeked batch chained back in front of the rest)."""
     try:
@@ -429,7 +500,9 @@ def _check_loader(name: str, key: str, loader: Any, custom_step: bool, bounded: 
     except StopIteration:
         raise RecipeError(f"{name}: `{key}` yields no batches (is its dataset empty?).") from None
     except Exception as e:
-        raise RecipeError(f"{name}: reading the first batch of `{key}` failed:\n{user_traceback(e)}") from None
+        raise RecipeError(
+            f"{name}: reading the first batch of `{key}` failed:\n{user_traceback(e)}"
+        ) from None
     finally:
         if not one_shot:
             del it  # ends any DataLoader worker processes the peek started
@@ -444,7 +517,11 @@ def _check_loader(name: str, key: str, loader: Any, custom_step: bool, bounded: 
             "(loss, output, target)."
         )
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        what = f"{type(batch).__name__} of {len(batch)} items" if isinstance(batch, (tuple, list)) else _describe(batch)
+        what = (
+            f"{type(batch).__name__} of {len(batch)} items"
+            if isinstance(batch, (tuple, list))
+            else _describe(batch)
+        )
         raise RecipeError(
             f"{name}: `{key}` yields a {what}; the default step needs (input, target) pairs. "
             "Yield (x, y), or define train_step(model, batch) -> (loss, output, target)."
@@ -477,7 +554,11 @@ def _check_metrics(name: str, metrics: Any) -> dict[str, Any] | None:
         return dict(metrics.items())
     if isinstance(metrics, Metric):
         return {_metric_name(metrics): metrics}
-    if isinstance(metrics, Mapping) and metrics and all(isinstance(m, Metric) for m in metrics.values()):
+    if (
+        isinstance(metrics, Mapping)
+        and metrics
+        and all(isinstance(m, Metric) for m in metrics.values())
+    ):
         return {str(k): m for k, m in metrics.items()}
     raise RecipeError(
         f"{name}: `metrics` is {_describe(metrics)}; use a torchmetrics Metric, a MetricCollection "
@@ -487,7 +568,12 @@ def _check_metrics(name: str, metrics: Any) -> dict[str, Any] | None:
 
 def _metric_name(m: Any) -> str:
     """MulticlassAccuracy -> acc, MeanAbsoluteError -> mae, others -> lower-case class name."""
-    known = {"Accuracy": "acc", "MeanAbsoluteError": "mae", "MeanSquaredError": "mse", "F1Score": "f1"}
+    known = {
+        "Accuracy": "acc",
+        "MeanAbsoluteError": "mae",
+        "MeanSquaredError": "mse",
+        "F1Score": "f1",
+    }
     cls = type(m).__name__
     for suffix, short in known.items():
         if cls.endswith(suffix):

@@ -26,11 +26,12 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 
-from . import wire
+from dltui.run import wire
+from dltui.run.scriptfile import run_as_main
+
 from .discover import ModelSet, ParamView, find_models, named_objects
 from .gate import Gate
 from .loop import Callback, StepOutput
-from .scriptfile import run_as_main
 
 PROMOTE_AFTER = 50  # another optimizer's steps before it replaces a run optimizer that never steps
 
@@ -54,7 +55,12 @@ def _divisor(t: torch.Tensor) -> float | None:
     if name not in ("DivBackward0", "MulBackward0"):
         return None
     o = getattr(fn, "_saved_other", None)
-    if not isinstance(o, torch.Tensor) or o.numel() != 1 or o.device.type != "cpu" or o.requires_grad:
+    if (
+        not isinstance(o, torch.Tensor)
+        or o.numel() != 1
+        or o.device.type != "cpu"
+        or o.requires_grad
+    ):
         return None  # a device tensor would need a host sync to read
     k = float(o)
     if name == "MulBackward0":
@@ -100,10 +106,18 @@ class ScriptRun:
     to the probe, printers, commands and control server."""
 
     def __init__(
-        self, path: Path, argv: list[str], *, callbacks: list[Callback], gate: Gate,
-        session: Session, store: Any, probe: Any, max_steps: int | None = None,
+        self,
+        path: Path,
+        argv: list[str],
+        *,
+        callbacks: list[Callback],
+        gate: Gate,
+        session: Session,
+        store: Any,
+        probe: Any,
+        max_steps: int | None = None,
         checkpoint_dir: Path | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.path = Path(path)
         self.argv = argv  # the script's sys.argv
         self.callbacks = callbacks
@@ -220,7 +234,11 @@ class ScriptRun:
             if old_path0 is not None and sys.path and sys.path[0] == folder:
                 sys.path[0] = old_path0
             self.gate.close()
-        if self.gate.stop_reason is not None and status == wire.FINISHED and not self._max_steps_reached():
+        if (
+            self.gate.stop_reason is not None
+            and status == wire.FINISHED
+            and not self._max_steps_reached()
+        ):
             status = wire.STOPPED
         if not self._started:
             self._start(None)  # so printers and the store still see a run start and end
@@ -263,8 +281,12 @@ class ScriptRun:
                 run._skipped(optimizer)
             return out
 
-        for obj, attr, new in ((torch.autograd, "backward", backward), (torch.optim.Optimizer, "__init__", init),
-                               (scaler_cls, "scale", scale), (scaler_cls, "step", scaler_step)):  # fmt: skip
+        for obj, attr, new in (
+            (torch.autograd, "backward", backward),
+            (torch.optim.Optimizer, "__init__", init),
+            (scaler_cls, "scale", scale),
+            (scaler_cls, "step", scaler_step),
+        ):
             self._undo.append((obj, attr, getattr(obj, attr)))
             setattr(obj, attr, new)
 
@@ -298,17 +320,23 @@ class ScriptRun:
             if self.step == 0 and self._other_steps > PROMOTE_AFTER:
                 self._promote(opt)
             name = self._names[id(opt)]
-            extra: dict[str, Any] = {wire.lr_name(i, name): lr for i, lr in enumerate(self._lrs_of(opt))}
+            extra: dict[str, Any] = {
+                wire.lr_name(i, name): lr for i, lr in enumerate(self._lrs_of(opt))
+            }
             if self._losses:
                 extra[f"loss/{name}"] = self._mean_loss(main=False)
-            self.probe.log(self, wire.TRAIN, extra)  # at this iteration's step: the run's stepped first
+            self.probe.log(
+                self, wire.TRAIN, extra
+            )  # at this iteration's step: the run's stepped first
         f = self.factors.get(id(opt))
         if f is not None:
             groups = opt.param_groups
             self._saved_lrs[id(opt)] = [g["lr"] for g in groups]
             for g, x in zip(groups, f, strict=False):
                 if x != 1.0:
-                    g["lr"] = g["lr"] * x if not isinstance(g["lr"], torch.Tensor) else g["lr"].mul_(x)
+                    g["lr"] = (
+                        g["lr"] * x if not isinstance(g["lr"], torch.Tensor) else g["lr"].mul_(x)
+                    )
         if opt is self.optimizer:
             self._lrs_used = [float(g["lr"]) for g in opt.param_groups]
             self._emit("on_before_optimizer_step")
@@ -323,14 +351,19 @@ class ScriptRun:
         self._n_skipped += 1
         if self._n_skipped <= 20 or self._n_skipped % 100 == 0:  # fp16 warm-up skips a few in a row
             self.store.event(
-                wire.EV_INFO, f"GradScaler skipped a step of '{name}' after step {self.step} "
-                f"(inf/NaN gradients; {self._n_skipped} skipped so far)", step=self.step, level="warning",
-            )  # fmt: skip
+                wire.EV_INFO,
+                f"GradScaler skipped a step of '{name}' after step {self.step} "
+                f"(inf/NaN gradients; {self._n_skipped} skipped so far)",
+                step=self.step,
+                level="warning",
+            )
 
     def _post_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         saved = self._saved_lrs.pop(id(opt), None)
         if saved is not None:  # the script sees its own LRs again
-            for g, lr, x in zip(opt.param_groups, saved, self.factors.get(id(opt), ()), strict=False):
+            for g, lr, x in zip(
+                opt.param_groups, saved, self.factors.get(id(opt), ()), strict=False
+            ):
                 if isinstance(lr, torch.Tensor):
                     lr.div_(x)
                 else:
@@ -378,7 +411,9 @@ class ScriptRun:
         return self.max_steps is not None and self.step >= self.max_steps
 
     # -- discovery ----------------------------------------------------------------------------
-    def _start(self, frame: FrameType | None, stepping: torch.optim.Optimizer | None = None) -> None:
+    def _start(
+        self, frame: FrameType | None, stepping: torch.optim.Optimizer | None = None
+    ) -> None:
         """At the first optimizer step: find every optimizer created so far and their models."""
         self._started = True
         alive = sorted(((n, o) for o, n in list(self._created.items())), key=lambda x: x[0])
@@ -397,10 +432,16 @@ class ScriptRun:
 
         if self.model is None:
             return
-        self.store.set_meta(model=model_summary(self.model), device=str(self.device),
-                            optimizers=optimizer_meta(self), models=list(self.models))  # fmt: skip
+        self.store.set_meta(
+            model=model_summary(self.model),
+            device=str(self.device),
+            optimizers=optimizer_meta(self),
+            models=list(self.models),
+        )
 
-    def _add_optimizer(self, opt: torch.optim.Optimizer, frame: FrameType | None, objs: list | None = None) -> None:
+    def _add_optimizer(
+        self, opt: torch.optim.Optimizer, frame: FrameType | None, objs: list | None = None
+    ) -> None:
         if objs is None:
             objs = named_objects(frame)
         name = next((n for n, o in objs if o is opt), None) or f"optimizer{len(self.optimizers)}"
@@ -423,7 +464,9 @@ class ScriptRun:
         if len(self.models) == 1:
             self.model = next(iter(self.models.values()))
         else:
-            named = [(f"{mn}.{pn}", p) for mn, m in self.models.items() for pn, p in m.named_parameters()]
+            named = [
+                (f"{mn}.{pn}", p) for mn, m in self.models.items() for pn, p in m.named_parameters()
+            ]
             self.model = ModelSet(self.models, named)
         first = next(iter(self.models.values()))
         p = next(first.parameters(), None)
@@ -448,7 +491,10 @@ class ScriptRun:
         name = self._names[id(opt)]
         self.optimizers = {name: opt, **{n: o for n, o in self.optimizers.items() if o is not opt}}
         self.optimizer = opt
-        self.store.event(wire.EV_INFO, f"the run follows optimizer '{name}' (the first one created never stepped)")
+        self.store.event(
+            wire.EV_INFO,
+            f"the run follows optimizer '{name}' (the first one created never stepped)",
+        )
 
     # -- steering ---------------------------------------------------------------------------
     def optimizer_named(self, name: str | None) -> torch.optim.Optimizer:
@@ -457,10 +503,14 @@ class ScriptRun:
         if name is None:
             return self.optimizer
         if name not in self.optimizers:
-            raise CommandError(f"there is no optimizer {name!r}; this run has {', '.join(self.optimizers)}.")
+            raise CommandError(
+                f"there is no optimizer {name!r}; this run has {', '.join(self.optimizers)}."
+            )
         return self.optimizers[name]
 
-    def steer_lr(self, op: str, v: float, group: int | None, optimizer: str | None) -> dict[str, Any]:
+    def steer_lr(
+        self, op: str, v: float, group: int | None, optimizer: str | None
+    ) -> dict[str, Any]:
         """An LR change as a factor applied around each step: it holds even when the script sets
         param_group['lr'] itself every iteration (nanoGPT's schedule) or a scheduler moves it."""
         from .commands import CommandError, check_lr
@@ -469,7 +519,9 @@ class ScriptRun:
         name = self._names[id(opt)]
         groups = opt.param_groups
         if group is not None and not 0 <= group < len(groups):
-            raise CommandError(f"there is no param group {group}; '{name}' has groups 0..{len(groups) - 1}.")
+            raise CommandError(
+                f"there is no param group {group}; '{name}' has groups 0..{len(groups) - 1}."
+            )
         chosen = range(len(groups)) if group is None else [group]
         before = self._lrs_of(opt)
         f = list(self.factors.get(id(opt), [1.0] * len(groups)))
@@ -478,28 +530,50 @@ class ScriptRun:
             new = before[i] * v if op == "mul" else v
             check_lr(new, i)
             if script_lr <= 0:
-                raise CommandError(f"group {i}'s learning rate is {script_lr} as the script sets it; a factor can't change that.")
+                raise CommandError(
+                    f"group {i}'s learning rate is {script_lr} as the script sets it; a factor can't change that."
+                )
             f[i] = new / script_lr
         self.factors[id(opt)] = f
         after = self._lrs_of(opt)
-        which = ("all groups" if group is None else f"group {group}") + (f" of '{name}'" if len(self.optimizers) > 1 else "")
-        msg = (f"lr {', '.join(f'{before[i]:.4g}' for i in chosen)} -> {', '.join(f'{after[i]:.4g}' for i in chosen)}"
-               f" ({which}) at step {self.step}; the script's own LR is scaled by "
-               f"{', '.join(f'{f[i]:.4g}' for i in chosen)} from now on")  # fmt: skip
-        return {"before": before, "after": after, "group": group, "optimizer": name, "factors": f, "message": msg}
+        which = ("all groups" if group is None else f"group {group}") + (
+            f" of '{name}'" if len(self.optimizers) > 1 else ""
+        )
+        msg = (
+            f"lr {', '.join(f'{before[i]:.4g}' for i in chosen)} -> {', '.join(f'{after[i]:.4g}' for i in chosen)}"
+            f" ({which}) at step {self.step}; the script's own LR is scaled by "
+            f"{', '.join(f'{f[i]:.4g}' for i in chosen)} from now on"
+        )
+        return {
+            "before": before,
+            "after": after,
+            "group": group,
+            "optimizer": name,
+            "factors": f,
+            "message": msg,
+        }
 
     def eval_unavailable(self) -> str | None:
         if self.session.eval_fn is None:
-            return ("this script has no evaluation dltui can call. Add `import dltui` and "
-                    "`dltui.on_eval(evaluate)` where `evaluate()` returns a dict like {'loss': 0.3}.")  # fmt: skip
+            return (
+                "this script has no evaluation dltui can call. Add `import dltui` and "
+                "`dltui.on_eval(evaluate)` where `evaluate()` returns a dict like {'loss': 0.3}."
+            )
         return None
 
     def eval_registered(self) -> None:
         self.store.set_meta(steering=self.steering())
 
     def steering(self) -> dict[str, bool]:
-        return {"pause": True, "step": True, "lr": True, "eval": self.session.eval_fn is not None,
-                "checkpoint": True, "stop": True, "resume": False}  # fmt: skip
+        return {
+            "pause": True,
+            "step": True,
+            "lr": True,
+            "eval": self.session.eval_fn is not None,
+            "checkpoint": True,
+            "stop": True,
+            "resume": False,
+        }
 
     def eval_pass(self) -> dict[str, float]:
         """`e`: the script's registered evaluation under eval() and no_grad(), then back to training."""
@@ -516,16 +590,25 @@ class ScriptRun:
         except Exception as e:
             from .recipe import user_traceback
 
-            self.store.event(wire.EV_ERROR, f"the script's on_eval function raised {e!r}; training goes on",
-                             step=self.step, level="error", data={"traceback": user_traceback(e)})  # fmt: skip
+            self.store.event(
+                wire.EV_ERROR,
+                f"the script's on_eval function raised {e!r}; training goes on",
+                step=self.step,
+                level="error",
+                data={"traceback": user_traceback(e)},
+            )
             return {}
         finally:
             for m, was in modes:
                 m.training = was
         values = _floats(result)
         if values is None:
-            self.store.event(wire.EV_INFO, f"on_eval returned {type(result).__name__}, not a dict of numbers",
-                             step=self.step, level="warning")  # fmt: skip
+            self.store.event(
+                wire.EV_INFO,
+                f"on_eval returned {type(result).__name__}, not a dict of numbers",
+                step=self.step,
+                level="warning",
+            )
             return {}
         self.last_val = values
         loss = values.get("loss")
@@ -546,7 +629,9 @@ class ScriptRun:
         objs = named_objects(sys._getframe(1))
         scheds = {}
         for n, o in objs:
-            if isinstance(o, torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if isinstance(
+                o, torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+            ):
                 if any(o.optimizer is opt for opt in self.optimizers.values()) and n not in scheds:
                     scheds[n] = o
         scalers = {n: o for n, o in objs if isinstance(o, torch.amp.GradScaler)}
@@ -562,8 +647,10 @@ class ScriptRun:
             "schedulers": {n: s.state_dict() for n, s in scheds.items()},
             "scalers": {n: s.state_dict() for n, s in scalers.items()},
             "lr_factors": {self._names[k]: v for k, v in self.factors.items() if k in self._names},
-            "step": self.step, "script": str(self.path), "argv": self.argv,
-        }  # fmt: skip
+            "step": self.step,
+            "script": str(self.path),
+            "argv": self.argv,
+        }
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / f"{tag}.pt"
         tmp = path.with_suffix(".pt.tmp")

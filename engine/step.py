@@ -12,7 +12,9 @@ import torch
 
 from .recipe import AMP, Recipe, needs_closure, updates_itself
 
-RETURNS = "return the loss (a tensor), a dict of scalars with a 'loss' entry, or (loss, output, target)"
+RETURNS = (
+    "return the loss (a tensor), a dict of scalars with a 'loss' entry, or (loss, output, target)"
+)
 
 
 class StepRefused(Exception):
@@ -41,7 +43,9 @@ def read_result(value: Any, key: str) -> Result:
     scalars: dict[str, Any] = {}
     if isinstance(value, dict):
         if "loss" not in value:
-            raise TypeError(f"`{key}` returned a dict without a 'loss' entry (keys {sorted(value)}); {RETURNS}.")
+            raise TypeError(
+                f"`{key}` returned a dict without a 'loss' entry (keys {sorted(value)}); {RETURNS}."
+            )
         scalars = {str(k): _scalar(v, f"`{key}`'s {k!r}") for k, v in value.items() if k != "loss"}
         value = value["loss"]
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
@@ -54,7 +58,9 @@ def _scalar(v: Any, where: str) -> Any:
         return v.detach().reshape(()).float()
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v)
-    raise TypeError(f"{where} is {_what(v)}; each entry of the dict must be one number (or a 0-d tensor).")
+    raise TypeError(
+        f"{where} is {_what(v)}; each entry of the dict must be one number (or a 0-d tensor)."
+    )
 
 
 def _what(v: Any) -> str:
@@ -71,8 +77,13 @@ class Stepper:
     whose gradients overflowed is skipped (the loop records an event, not a step).
     """
 
-    def __init__(self, recipe: Recipe, device: torch.device, before_step: Callable[[], None],
-                 notice: Callable[..., None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        recipe: Recipe,
+        device: torch.device,
+        before_step: Callable[[], None],
+        notice: Callable[..., None],
+    ) -> None:
         self.optimizers = recipe.optimizers
         self.schedulers = recipe.schedulers
         self.per_step = recipe.scheduler_interval == "step"
@@ -84,8 +95,14 @@ class Stepper:
         self.before_step = before_step
         self.notice = notice
         # A closure optimizer the loop steps itself (a train_step that steps passes its own).
-        own = recipe.train_step is not None and recipe.train_form == "ctx" and updates_itself(recipe.train_step)
-        self.closure_driven = len(self.optimizers) == 1 and needs_closure(recipe.optimizer) and not own
+        own = (
+            recipe.train_step is not None
+            and recipe.train_form == "ctx"
+            and updates_itself(recipe.train_step)
+        )
+        self.closure_driven = (
+            len(self.optimizers) == 1 and needs_closure(recipe.optimizer) and not own
+        )
         self.training = True
         self.owned = False  # the recipe's train_step steps its optimizers (sticky once seen)
         self._held: set[str] = set()  # schedulers whose schedule ran out, not yet told
@@ -116,13 +133,19 @@ class Stepper:
 
     def backward(self, loss: torch.Tensor, **kwargs: Any) -> None:
         if not self.training:
-            self._tell_once("ctx.backward() during evaluation was ignored (evaluation never trains).")
+            self._tell_once(
+                "ctx.backward() during evaluation was ignored (evaluation never trains)."
+            )
             return
         if self.k > 1:
             loss = loss / self.k  # the window's gradient is the mean over its micro-batches
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
-        with torch.autocast(self.device.type, enabled=False) if self.dtype else contextlib.nullcontext():
+        with (
+            torch.autocast(self.device.type, enabled=False)
+            if self.dtype
+            else contextlib.nullcontext()
+        ):
             loss.backward(**kwargs)
         self.backward_called = True
 
@@ -148,8 +171,9 @@ class Stepper:
         if not self.training:
             self._tell_once(
                 f"eval_step called ctx.step({name!r}) during evaluation: refused (evaluation never "
-                "trains); the pass goes on.", {"optimizer": name},
-            )  # fmt: skip
+                "trains); the pass goes on.",
+                {"optimizer": name},
+            )
             return False
         self.owned = True
         if not self.last_micro:
@@ -175,7 +199,9 @@ class Stepper:
                 torch._foreach_mul_(grads, self.scale)
         if self.scaler is not None:
             if closure is not None:
-                raise TypeError('fp16 (GradScaler) cannot step a closure optimizer; use amp = "bf16".')
+                raise TypeError(
+                    'fp16 (GradScaler) cannot step a closure optimizer; use amp = "bf16".'
+                )
             self.scaler.unscale_(opt)
             # .item(): the same host sync scaler.step() makes to decide; paid once more here.
             found = sum(v.item() for v in self.scaler._found_inf_per_device(opt).values())
@@ -249,8 +275,10 @@ class Stepper:
                 self.notice(
                     f"scheduler {name!r} (OneCycleLR) is sized for {total} steps and has used them "
                     "all; its last LR holds from here. Size it from ctx.epochs (or ctx.max_steps) "
-                    "so --epochs/--max-steps resize it.", "warning", {"optimizer": name},
-                )  # fmt: skip
+                    "so --epochs/--max-steps resize it.",
+                    "warning",
+                    {"optimizer": name},
+                )
             elif name not in self._held_told:
                 self._held.add(name)
             return
@@ -258,8 +286,10 @@ class Stepper:
 
     def lrs_used(self) -> dict[str, list[float]]:
         """Each optimizer's LRs as its step this window used them (now, if it did not step)."""
-        return {n: self.stepped.get(n) or [float(g["lr"]) for g in o.param_groups]
-                for n, o in self.optimizers.items()}  # fmt: skip
+        return {
+            n: self.stepped.get(n) or [float(g["lr"]) for g in o.param_groups]
+            for n, o in self.optimizers.items()
+        }
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:

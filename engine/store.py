@@ -18,16 +18,34 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-from . import wire
+from dltui.run import wire
 
 FLUSH_EVERY_S = 0.25
 
 # WAL needs shared memory between processes on one host; on these it corrupts or fails.
 NETWORK_FILESYSTEMS = {
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs", "lustre",
-    "gpfs", "beegfs", "glusterfs", "fuse.glusterfs", "ceph", "fuse.ceph", "davfs",
-    "fuse.s3fs", "fuse.gcsfuse", "ncpfs", "coda",
-}  # fmt: skip
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "fuse.sshfs",
+    "sshfs",
+    "9p",
+    "afs",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "glusterfs",
+    "fuse.glusterfs",
+    "ceph",
+    "fuse.ceph",
+    "davfs",
+    "fuse.s3fs",
+    "fuse.gcsfuse",
+    "ncpfs",
+    "coda",
+}
 
 
 def filesystem_type(path: Path, mounts_file: str = "/proc/mounts") -> str | None:
@@ -171,9 +189,14 @@ class RunStore:
         self._q.append(("system", (wall, values)))
 
     def event(
-        self, kind: str, message: str, step: int | None = None, level: str = "info",
-        data: Any = None, wall: float | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        kind: str,
+        message: str,
+        step: int | None = None,
+        level: str = "info",
+        data: Any = None,
+        wall: float | None = None,
+    ) -> None:
         self._q.append(("event", (wall or time.time(), step, kind, level, message, data)))
 
     def console(self, stream: str, line: str, wall: float | None = None) -> None:
@@ -194,10 +217,11 @@ class RunStore:
             db.execute("PRAGMA journal_mode=DELETE")
             db.execute("PRAGMA synchronous=FULL")
             self.event(
-                wire.EV_INFO, level="warning",
+                wire.EV_INFO,
+                level="warning",
                 message=f"run store is on a network filesystem ({fs}): WAL is unsafe there, "
                 "using SQLite's rollback journal instead (slower writes, same data)",
-            )  # fmt: skip
+            )
         else:
             db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a killed process loses nothing committed; only power loss can.
@@ -207,7 +231,10 @@ class RunStore:
         db.execute(
             "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(wire.SCHEMA_VERSION),)
         )
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('journal_mode', ?)", (json.dumps(self.journal_mode),))
+        db.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('journal_mode', ?)",
+            (json.dumps(self.journal_mode),),
+        )
         self._series = {(n, p): i for i, n, p in db.execute("SELECT id, name, phase FROM series")}
         self._params = dict(db.execute("SELECT name, id FROM params").fetchall())
         return db
@@ -266,7 +293,9 @@ class RunStore:
             try:
                 self._write(db, items)
                 if beat:
-                    db.execute("INSERT OR REPLACE INTO meta VALUES ('heartbeat', ?)", (json.dumps(now),))
+                    db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('heartbeat', ?)", (json.dumps(now),)
+                    )
                     self._last_beat = now
                 db.execute("COMMIT")
             except BaseException:
@@ -285,7 +314,9 @@ class RunStore:
                 sids = self._sids.get(key)
                 if sids is None:
                     sids = self._sids[key] = [self._series_id(db, n, phase) for n in values]
-                scalar_rows.extend(zip(sids, repeat(step), repeat(epoch), repeat(wall), values.values()))
+                scalar_rows.extend(
+                    zip(sids, repeat(step), repeat(epoch), repeat(wall), values.values())
+                )
             elif kind == "truncate":
                 self._flush_scalars(db, scalar_rows)
                 scalar_rows = []
@@ -308,10 +339,15 @@ class RunStore:
         for level in range(2, wire.ROLLUP_LEVELS + 1):
             child_w, w = wire.ROLLUP_BASE ** (level - 1), wire.ROLLUP_BASE**level
             for sid, first, last in spans:  # children of every touched bucket at this level
-                db.execute(_ROLLUP_FROM_CHILDREN, {
-                    "series": sid, "level": level,
-                    "lo": first // w * wire.ROLLUP_BASE, "hi": last // child_w,
-                })  # fmt: skip
+                db.execute(
+                    _ROLLUP_FROM_CHILDREN,
+                    {
+                        "series": sid,
+                        "level": level,
+                        "lo": first // w * wire.ROLLUP_BASE,
+                        "hi": last // child_w,
+                    },
+                )
 
     def _truncate(self, db: sqlite3.Connection, step: int) -> None:
         db.execute("DELETE FROM scalars WHERE step > ?", (step,))
@@ -353,13 +389,22 @@ class RunStore:
 
     def _w_system(self, db: sqlite3.Connection, payload: tuple) -> None:
         wall, values = payload
-        db.executemany("INSERT INTO system VALUES (?, ?, ?)", [(wall, k, v) for k, v in values.items()])
+        db.executemany(
+            "INSERT INTO system VALUES (?, ?, ?)", [(wall, k, v) for k, v in values.items()]
+        )
 
     def _w_event(self, db: sqlite3.Connection, payload: tuple) -> None:
         wall, step, kind, level, message, data = payload
         db.execute(
             "INSERT INTO events (wall, step, kind, level, message, data) VALUES (?, ?, ?, ?, ?, ?)",
-            (wall, step, kind, level, message, None if data is None else json.dumps(data, default=str)),
+            (
+                wall,
+                step,
+                kind,
+                level,
+                message,
+                None if data is None else json.dumps(data, default=str),
+            ),
         )
 
     def _w_console(self, db: sqlite3.Connection, payload: tuple) -> None:

@@ -39,8 +39,13 @@ NOISE = 8
 
 
 def mlp(n_in: int, n_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(n_in, 64), nn.LeakyReLU(0.2), nn.Linear(64, 64), nn.LeakyReLU(0.2),
-                         nn.Linear(64, n_out))  # fmt: skip
+    return nn.Sequential(
+        nn.Linear(n_in, 64),
+        nn.LeakyReLU(0.2),
+        nn.Linear(64, 64),
+        nn.LeakyReLU(0.2),
+        nn.Linear(64, n_out),
+    )
 
 
 model = nn.ModuleDict({"g": mlp(NOISE, 2), "d": mlp(2, 1)})  # both halves: one model to watch

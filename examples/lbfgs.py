@@ -26,7 +26,9 @@ model = nn.Sequential(nn.Linear(1, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
 loss_fn = nn.MSELoss()
 
 # --- optimizer --------------------------------------------------------------------------
-optimizer = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=10, line_search_fn="strong_wolfe")
+optimizer = torch.optim.LBFGS(
+    model.parameters(), lr=0.5, max_iter=10, line_search_fn="strong_wolfe"
+)
 
 epochs = 50
 hparams = {"hidden": 32, "max_iter": 10, "line_search": "strong_wolfe"}

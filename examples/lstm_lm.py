@@ -28,7 +28,11 @@ def corpus(n: int, g: torch.Generator) -> torch.Tensor:
     ids = [0]
     for _ in range(n - 1):
         nxt = successors[ids[-1], torch.randint(0, 3, (), generator=g)]
-        ids.append(int(nxt) if torch.rand((), generator=g) > 0.1 else int(torch.randint(0, VOCAB, (), generator=g)))
+        ids.append(
+            int(nxt)
+            if torch.rand((), generator=g) > 0.1
+            else int(torch.randint(0, VOCAB, (), generator=g))
+        )
     return torch.tensor(ids)
 
 

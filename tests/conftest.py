@@ -50,10 +50,14 @@ def linear_recipe(
     so it can replace any name (`model = ...`) or add one (`scheduler = ...`)."""
     seed_line = f"torch.manual_seed({seed})\n" if seed is not None else ""
     val_lines = (
-        f"xv = torch.randn({val}, 4)\n"
-        "yv = xv @ W + 0.1 * torch.randn(len(xv), 1)\n"
-        "val_loader = DataLoader(TensorDataset(xv, yv), batch_size=50)\n"
-    ) if val else ""  # fmt: skip
+        (
+            f"xv = torch.randn({val}, 4)\n"
+            "yv = xv @ W + 0.1 * torch.randn(len(xv), 1)\n"
+            "val_loader = DataLoader(TensorDataset(xv, yv), batch_size=50)\n"
+        )
+        if val
+        else ""
+    )
     return (
         HEADER
         + seed_line
@@ -94,8 +98,13 @@ def cli_argv(*args: Any) -> list[str]:
 def run_cli(*args: Any, cwd: Path, timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
     """Run `dltui ARGS...` to the end (stdout and stderr are pipes, so never a terminal)."""
     return subprocess.run(
-        cli_argv(*args), cwd=cwd, env=CHILD_ENV, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cli_argv(*args),
+        cwd=cwd,
+        env=CHILD_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 class Started:
@@ -168,7 +177,7 @@ def assert_no_internal_frames(text: str) -> None:
 
 def scalar_table(run_dir: Path) -> dict[tuple[str, str], list[tuple[int, int, float | None]]]:
     """{(name, phase): [(step, epoch, value), ...] in step order}, read through RunReader."""
-    from dltui.engine.reader import RunReader
+    from dltui.run.reader import RunReader
 
     out: dict[tuple[str, str], list[tuple[int, int, float | None]]] = defaultdict(list)
     with RunReader(run_dir) as r:
@@ -190,7 +199,7 @@ def by_step(table: dict, name: str, phase: str = "train") -> dict[int, float | N
 
 
 def events_of(run_dir: Path, kind: str | None = None) -> list[dict]:
-    from dltui.engine.reader import RunReader
+    from dltui.run.reader import RunReader
 
     with RunReader(run_dir) as r:
         return r.events(limit=100_000, kind=kind)
@@ -215,34 +224,48 @@ class Trained:
         return scalar_table(self.run_dir)
 
     def meta(self) -> dict:
-        from dltui.engine.reader import RunReader
+        from dltui.run.reader import RunReader
 
         with RunReader(self.run_dir) as r:
             return r.meta()
 
 
 def train_in_process(
-    recipe_path: Path, run_dir: Path, *, epochs: int | None = None, max_steps: int | None = None,
-    stats_every: int | None = None, hist_every: int | None = None, metric_every: int | None = None,
-    seed: int | None = None, args: list[str] | None = None, resume: dict | None = None,
+    recipe_path: Path,
+    run_dir: Path,
+    *,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    stats_every: int | None = None,
+    hist_every: int | None = None,
+    metric_every: int | None = None,
+    seed: int | None = None,
+    args: list[str] | None = None,
+    resume: dict | None = None,
     callbacks: list[Any] | None = None,
-) -> Trained:  # fmt: skip
+) -> Trained:
     """Context + session -> load_recipe -> RunStore -> Gate -> Probe -> Loop.run() ->
     store.close(status), as in engine/main.py, minus the things that belong to a process
     (signals, stdout capture, sampler). `args` is the recipe's own argv; `callbacks` observe too."""
     import dltui
-    from dltui.engine import wire
     from dltui.engine.gate import Gate
     from dltui.engine.loop import Loop, Settings, seed_everything
     from dltui.engine.probe import Probe
     from dltui.engine.recipe import load_recipe, user_traceback
     from dltui.engine.script import Session
     from dltui.engine.store import RunStore, host_info
+    from dltui.run import wire
 
     if seed is not None:
         seed_everything(seed)  # before the recipe is imported, as `--seed` does
-    ctx = dltui.Context(epochs=epochs, max_steps=max_steps, device="cpu", seed=seed,
-                        args=list(args or []), script=str(recipe_path))  # fmt: skip
+    ctx = dltui.Context(
+        epochs=epochs,
+        max_steps=max_steps,
+        device="cpu",
+        seed=seed,
+        args=list(args or []),
+        script=str(recipe_path),
+    )
     session = Session(ctx)
     dltui._session = session
     try:
@@ -250,19 +273,33 @@ def train_in_process(
         store = RunStore(run_dir / "run.sqlite")
         store.start()
         gate = Gate()
-        probe = Probe(store, stats_every=stats_every, hist_every=hist_every, metric_every=metric_every)
+        probe = Probe(
+            store, stats_every=stats_every, hist_every=hist_every, metric_every=metric_every
+        )
         settings = Settings(
-            epochs=epochs, max_steps=max_steps, seed=seed, device="cpu",
-            checkpoint_dir=run_dir / "checkpoints", resume=resume, context=ctx,
-        )  # fmt: skip
+            epochs=epochs,
+            max_steps=max_steps,
+            seed=seed,
+            device="cpu",
+            checkpoint_dir=run_dir / "checkpoints",
+            resume=resume,
+            context=ctx,
+        )
         loop = Loop(recipe, settings, [probe, *(callbacks or [])], gate)
-        store.set_meta(status=wire.RUNNING, started=time.time(), script=str(recipe_path), **host_info())
+        store.set_meta(
+            status=wire.RUNNING, started=time.time(), script=str(recipe_path), **host_info()
+        )
         session.attach(loop, probe)
         status, error = loop.run()
     finally:
         dltui._session = None
     if error is not None:
-        store.event(wire.EV_ERROR, repr(error), step=loop.step, level="error",
-                    data={"traceback": user_traceback(error)})  # fmt: skip
+        store.event(
+            wire.EV_ERROR,
+            repr(error),
+            step=loop.step,
+            level="error",
+            data={"traceback": user_traceback(error)},
+        )
     store.close(status)
     return Trained(status, error, run_dir, loop, probe)

@@ -24,7 +24,7 @@ from test_app_snapshots import write_finished_run
 from textual.pilot import Pilot
 from textual.widgets import Input, Label, TabbedContent
 
-from dltui.engine.reader import RunReader
+from dltui.run.reader import RunReader
 from dltui.tui.app import DltuiApp, make_app
 from dltui.tui.screens.dialogs import HelpScreen, LrDialog, QuitDialog, parse_lr
 from dltui.tui.widgets.plot import Plot
@@ -71,9 +71,19 @@ class Engine:
         self.run_dir = run_dir
         self.log = open(run_dir.parent / f"{run_dir.name}.log", "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dltui.engine", "--run-dir", str(run_dir), "--detached", str(recipe)],
-            stdout=self.log, stderr=subprocess.STDOUT, env=CHILD_ENV,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "dltui.engine",
+                "--run-dir",
+                str(run_dir),
+                "--detached",
+                str(recipe),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=CHILD_ENV,
+        )
 
     def wait_ready(self, timeout: float = 90.0) -> Engine:
         """Until the socket is up and a few steps are in the store."""
@@ -144,8 +154,16 @@ async def until(pilot: Pilot, cond: Callable[[], object], what: str, timeout: fl
 
 def screen_text(app: DltuiApp) -> str:
     """The screen as plain text, the way the terminal would show it."""
-    console = Console(width=app.size.width, height=app.size.height, file=io.StringIO(), record=True,
-                      force_terminal=True, color_system=None, legacy_windows=False, safe_box=False)  # fmt: skip
+    console = Console(
+        width=app.size.width,
+        height=app.size.height,
+        file=io.StringIO(),
+        record=True,
+        force_terminal=True,
+        color_system=None,
+        legacy_windows=False,
+        safe_box=False,
+    )
     console.print(
         app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
     )
@@ -247,15 +265,23 @@ def test_parse_lr_mirrors_the_engine() -> None:
     assert parse_lr("0.01") == ("set", 0.01)
     assert parse_lr(" *0.5 ") == ("mul", 0.5)
     assert parse_lr("/2") == ("mul", 0.5)
-    for bad, words in (("", "not a number"), ("abc", "not a number"), ("-1", "greater than zero"),
-                       ("*0", "factor"), ("inf", "not finite"), ("nan", "not finite")):  # fmt: skip
+    for bad, words in (
+        ("", "not a number"),
+        ("abc", "not a number"),
+        ("-1", "greater than zero"),
+        ("*0", "factor"),
+        ("inf", "not finite"),
+        ("nan", "not finite"),
+    ):
         with pytest.raises(ValueError, match=words):
             parse_lr(bad)
 
 
 def test_tui_never_imports_torch() -> None:
-    code = ("import sys, dltui.tui.app, dltui.tui.screens.overview, dltui.tui.screens.dialogs; "
-            "bad = [m for m in ('torch', 'numpy') if m in sys.modules]; print(bad); sys.exit(bool(bad))")  # fmt: skip
+    code = (
+        "import sys, dltui.tui.app, dltui.tui.panes.overview, dltui.tui.screens.dialogs; "
+        "bad = [m for m in ('torch', 'numpy') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -337,8 +363,11 @@ def test_lr_dialog_validates_and_halves(steer: Engine) -> None:
             await until(pilot, lambda: not isinstance(app.screen, LrDialog), "the dialog to close")
             await until(pilot, lambda: new_events(steer, before, "lr "), "an lr event")
             assert len(new_events(steer, before, "lr ")) == 1  # the bad inputs sent nothing
-            await until(pilot, lambda: steer.meta()["progress"]["lrs"][0] == pytest.approx(lr0 / 2),
-                        "lr halved in the store")  # fmt: skip
+            await until(
+                pilot,
+                lambda: steer.meta()["progress"]["lrs"][0] == pytest.approx(lr0 / 2),
+                "lr halved in the store",
+            )
             with RunReader(steer.run_dir) as r:
                 await until(
                     pilot, lambda: r.last("lr/0")[1] == pytest.approx(lr0 / 2), "lr/0 halved"
@@ -426,8 +455,11 @@ def test_overview_plot_keys_and_sizes(steer: Engine) -> None:
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: plotted(app), "plots")
             plot = app.query_one("#plot-loss", Plot)
-            for key, check in (("s", lambda: plot.smoothing == 0.6), ("g", lambda: plot.log_y),
-                               ("x", lambda: plot.x_time)):  # fmt: skip
+            for key, check in (
+                ("s", lambda: plot.smoothing == 0.6),
+                ("g", lambda: plot.log_y),
+                ("x", lambda: plot.x_time),
+            ):
                 await pilot.press(key)
                 await until(pilot, check, f"key {key}")
             await until(pilot, lambda: "ema 0.6" in screen_text(app), "the plot settings shown")

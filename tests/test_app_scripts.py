@@ -22,10 +22,10 @@ from textual.pilot import Pilot
 from textual.widgets import Input, OptionList
 from textual.widgets._footer import FooterKey
 
-from dltui.engine import wire
-from dltui.engine.client import ControlClient
-from dltui.engine.reader import RunReader
 from dltui.engine.store import RunStore
+from dltui.run import wire
+from dltui.run.client import ControlClient
+from dltui.run.reader import RunReader
 from dltui.tui.app import DltuiApp, make_app
 from dltui.tui.screens.dialogs import HelpScreen, LrChoice, LrDialog, lr_targets
 
@@ -72,8 +72,17 @@ class ScriptEngine:
         self.run_dir = run_dir
         self.log_path = run_dir.parent / f"{run_dir.name}.log"
         self.log = open(self.log_path, "w")
-        argv = [sys.executable, "-m", "dltui.engine", "--run-dir", str(run_dir), "--detached",
-                "--", str(script), *args]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "dltui.engine",
+            "--run-dir",
+            str(run_dir),
+            "--detached",
+            "--",
+            str(script),
+            *args,
+        ]
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=CHILD_ENV)
 
     def wait_ready(self, timeout: float = 60.0) -> ScriptEngine:
@@ -122,22 +131,58 @@ def write_script_run(run_dir: Path, steps: int = 60) -> Path:
     st.event(wire.EV_RUN, "run started: script gan.py --steps 60", step=0, wall=T0)
     for step in range(1, steps + 1):
         wall = T0 + step * 0.1
-        st.scalars(step, 0, wire.TRAIN, wall, {
-            "loss": 0.7 + 0.1 * math.sin(step / 5), "lr/0": 2e-4, "lr/g/0": 1e-3 if step < 30 else 5e-4,
-            "loss/g": 1.1 - step / 200, "d_x": 0.5 + step / 300, "step_time": 0.01,
-            "samples_per_s": 640.0})  # fmt: skip
+        st.scalars(
+            step,
+            0,
+            wire.TRAIN,
+            wall,
+            {
+                "loss": 0.7 + 0.1 * math.sin(step / 5),
+                "lr/0": 2e-4,
+                "lr/g/0": 1e-3 if step < 30 else 5e-4,
+                "loss/g": 1.1 - step / 200,
+                "d_x": 0.5 + step / 300,
+                "step_time": 0.01,
+                "samples_per_s": 640.0,
+            },
+        )
     st.scalars(steps, 0, wire.VAL, T0 + steps * 0.1, {"d_real": 0.6})
-    progress = {"step": steps, "epoch": 0, "batch": steps, "steps_per_epoch": None,
-                "total_steps": None, "epochs": None, "lrs": [2e-4], "mode": "train",
-                "paused": False, "best_val_loss": None}  # fmt: skip
+    progress = {
+        "step": steps,
+        "epoch": 0,
+        "batch": steps,
+        "steps_per_epoch": None,
+        "total_steps": None,
+        "epochs": None,
+        "lrs": [2e-4],
+        "mode": "train",
+        "paused": False,
+        "best_val_loss": None,
+    }
     steering = {k: k not in ("eval", "resume") for k in wire.STEERING_KEYS}
-    st.set_meta(run_id=run_dir.name, script="/x/gan.py", status=wire.FINISHED, started=T0,
-                ended=T0 + steps * 0.1, model=[], device="cpu", epochs=None, steps_per_epoch=None,
-                total_steps=None, progress=progress, host="elsewhere", pid=1,
-                driver=wire.DRIVER_SCRIPT, steering=steering, file_args=["--steps", "60"],
-                optimizers=[{"name": "d", "type": "Adam", "groups": 1},
-                            {"name": "g", "type": "Adam", "groups": 1}],
-                models=["netD", "netG"])  # fmt: skip
+    st.set_meta(
+        run_id=run_dir.name,
+        script="/x/gan.py",
+        status=wire.FINISHED,
+        started=T0,
+        ended=T0 + steps * 0.1,
+        model=[],
+        device="cpu",
+        epochs=None,
+        steps_per_epoch=None,
+        total_steps=None,
+        progress=progress,
+        host="elsewhere",
+        pid=1,
+        driver=wire.DRIVER_SCRIPT,
+        steering=steering,
+        file_args=["--steps", "60"],
+        optimizers=[
+            {"name": "d", "type": "Adam", "groups": 1},
+            {"name": "g", "type": "Adam", "groups": 1},
+        ],
+        models=["netD", "netG"],
+    )
     st.close()
     return run_dir
 
@@ -240,8 +285,12 @@ def test_unsupported_eval_is_dimmed_and_explained(script_run: Path) -> None:
 def test_lr_dialog_targets() -> None:
     lrs = {"d": [0.1, 0.2], "g": [0.01]}
     targets = lr_targets(lrs, {"d": 2, "g": 1})
-    assert [t for t, _ in targets] == [LrChoice("", "d", None), LrChoice("", "d", 0),
-                                       LrChoice("", "d", 1), LrChoice("", "g", None)]  # fmt: skip
+    assert [t for t, _ in targets] == [
+        LrChoice("", "d", None),
+        LrChoice("", "d", 0),
+        LrChoice("", "d", 1),
+        LrChoice("", "g", None),
+    ]
     assert "0.1, 0.2" in targets[0][1] and "group 1" in targets[2][1] and "0.01" in targets[3][1]
     assert lr_targets({"": [0.05]}, {}) == [(LrChoice("", "", None), "0.05")]  # no list to show
 
@@ -262,13 +311,23 @@ def test_lr_dialog_steers_the_second_optimizer_and_e_explains(engine: ScriptEngi
     async def go() -> None:
         app = make_app(engine.run_dir)
         async with app.run_test(size=(120, 40)) as pilot:
-            await until(pilot, lambda: app.snapshot is not None and app.snapshot.state == "RUNNING"
-                        and len(app.snapshot.optimizer_lrs) == 2, "a running two-optimizer run")  # fmt: skip
+            await until(
+                pilot,
+                lambda: (
+                    app.snapshot is not None
+                    and app.snapshot.state == "RUNNING"
+                    and len(app.snapshot.optimizer_lrs) == 2
+                ),
+                "a running two-optimizer run",
+            )
             assert "script" in header_text(app)
             await until(pilot, lambda: footer_disabled(app, "e"), "e dimmed in the footer")
             await pilot.press("e")
-            await until(pilot, lambda: any("dltui.on_eval" in n for n in notes(app)),
-                        "the engine's reason eval is unavailable")  # fmt: skip
+            await until(
+                pilot,
+                lambda: any("dltui.on_eval" in n for n in notes(app)),
+                "the engine's reason eval is unavailable",
+            )
             assert any(n.startswith("eval: this script has no evaluation") for n in notes(app))
 
             await pilot.press("l")

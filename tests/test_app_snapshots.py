@@ -14,8 +14,8 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
-from dltui.engine import wire
 from dltui.engine.store import RunStore
+from dltui.run import wire
 from dltui.tui.app import make_app
 from dltui.tui.screens.dialogs import LrDialog, QuitDialog
 
@@ -53,8 +53,13 @@ def write_finished_run(
     for step in range(1, steps + 1):
         wall = T0 + step * 0.5
         if step == 150:
-            st.event(wire.EV_COMMAND, f"lr 0.1 -> 0.05 (all groups) at step {step}", step=step,
-                     wall=wall, data={"cmd": "lr"})  # fmt: skip
+            st.event(
+                wire.EV_COMMAND,
+                f"lr 0.1 -> 0.05 (all groups) at step {step}",
+                step=step,
+                wall=wall,
+                data={"cmd": "lr"},
+            )
             lr = 0.05
         if step == 300:
             st.event(
@@ -65,13 +70,29 @@ def write_finished_run(
                 data={"cmd": "pause"},
             )
         if step == 320:
-            st.event(wire.EV_ALERT, "gradient norm spike in 0.weight at step 320: 12.5 (11x its recent "
-                     "mean 1.1)", step=step, level="warning", wall=wall)  # fmt: skip
+            st.event(
+                wire.EV_ALERT,
+                "gradient norm spike in 0.weight at step 320: 12.5 (11x its recent mean 1.1)",
+                step=step,
+                level="warning",
+                wall=wall,
+            )
         loss = 2.3 * math.exp(-step / 120) + 0.1 + 0.08 * math.sin(step * 1.7)
         acc = 1 - loss / 2.5
-        st.scalars(step, (step - 1) // steps_per_epoch, wire.TRAIN, wall, {
-            "loss": loss, "acc": acc, "lr/0": lr, "step_time": 0.01, "data_time": 0.002,
-            "samples_per_s": 2048.0 + step % 7})  # fmt: skip
+        st.scalars(
+            step,
+            (step - 1) // steps_per_epoch,
+            wire.TRAIN,
+            wall,
+            {
+                "loss": loss,
+                "acc": acc,
+                "lr/0": lr,
+                "step_time": 0.01,
+                "data_time": 0.002,
+                "samples_per_s": 2048.0 + step % 7,
+            },
+        )
         if step % steps_per_epoch == 0:
             st.scalars(
                 step,
@@ -87,20 +108,54 @@ def write_finished_run(
                 wall=wall,
             )
     for i in range(60):
-        sample = {"cpu_percent": 40 + 30 * math.sin(i / 5), "ram_used": 4e9 + 1e7 * i, "ram_total": 16e9,
-                  "ram_percent": 25.0, "proc_rss": 5e8 + 1e6 * i, "proc_cpu": 95.0}  # fmt: skip
+        sample = {
+            "cpu_percent": 40 + 30 * math.sin(i / 5),
+            "ram_used": 4e9 + 1e7 * i,
+            "ram_total": 16e9,
+            "ram_percent": 25.0,
+            "proc_rss": 5e8 + 1e6 * i,
+            "proc_cpu": 95.0,
+        }
         for g in range(gpus):
-            sample.update({f"gpu{g}.util": 60 + 35 * math.sin(i / 4 + g), f"gpu{g}.mem_used": 3e10 + 2e8 * i,
-                           f"gpu{g}.mem_total": 8.5e10, f"gpu{g}.temp": 55 + i / 6, f"gpu{g}.power": 300 + 2 * i})  # fmt: skip
+            sample.update(
+                {
+                    f"gpu{g}.util": 60 + 35 * math.sin(i / 4 + g),
+                    f"gpu{g}.mem_used": 3e10 + 2e8 * i,
+                    f"gpu{g}.mem_total": 8.5e10,
+                    f"gpu{g}.temp": 55 + i / 6,
+                    f"gpu{g}.power": 300 + 2 * i,
+                }
+            )
         st.system(T0 + steps * 0.5 - 60 + i, sample)
     st.event(wire.EV_STATUS, f"run finished at step {steps}", step=steps, wall=T0 + steps * 0.5)
-    progress = {"step": steps, "epoch": epochs, "batch": 0, "steps_per_epoch": steps_per_epoch,
-                "total_steps": steps, "epochs": epochs, "lrs": [lr], "mode": "train", "paused": False,
-                "best_val_loss": 0.2}  # fmt: skip
-    st.set_meta(run_id=run_dir.name, script="/x/tiny.py", status=wire.FINISHED, started=T0,
-                ended=T0 + steps * 0.5, hparams={"lr": 0.1}, model=[], device="cpu", epochs=epochs,
-                steps_per_epoch=steps_per_epoch, total_steps=steps, progress=progress,
-                host="elsewhere", pid=1)  # fmt: skip
+    progress = {
+        "step": steps,
+        "epoch": epochs,
+        "batch": 0,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": steps,
+        "epochs": epochs,
+        "lrs": [lr],
+        "mode": "train",
+        "paused": False,
+        "best_val_loss": 0.2,
+    }
+    st.set_meta(
+        run_id=run_dir.name,
+        script="/x/tiny.py",
+        status=wire.FINISHED,
+        started=T0,
+        ended=T0 + steps * 0.5,
+        hparams={"lr": 0.1},
+        model=[],
+        device="cpu",
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps,
+        progress=progress,
+        host="elsewhere",
+        pid=1,
+    )
     st.close()
     return run_dir
 

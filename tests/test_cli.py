@@ -21,7 +21,7 @@ from conftest import (
     steps_of,
 )
 
-from dltui.engine.reader import RunReader
+from dltui.run.reader import RunReader
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.py"))
 MAX_STEPS = 40
@@ -43,9 +43,15 @@ class Batch:
         # No --headless: stdout is a file, not a terminal, so headless must be the default.
         self.default_runs = root / "default-runs"
         self.default = start_cli(
-            "train", "--max-steps", 10, "--runs-dir", self.default_runs, EXAMPLES / "regression.py",
-            cwd=root, tag="default",
-        )  # fmt: skip
+            "train",
+            "--max-steps",
+            10,
+            "--runs-dir",
+            self.default_runs,
+            EXAMPLES / "regression.py",
+            cwd=root,
+            tag="default",
+        )
 
     def all(self) -> list:
         return [*self.examples.values(), self.default]
@@ -74,8 +80,10 @@ def test_example_runs_headless(batch, example):
     assert res.returncode == 0, res.stderr[-3000:]
     run_dir = batch.run_dir(example.stem)
     lines = res.stdout.splitlines()
-    assert re.fullmatch(rf"\[dltui\] run {run_dir.name}: .*{example.name} on \w+, \d+ epochs, {MAX_STEPS} steps",
-                        lines[0]), lines[0]  # fmt: skip
+    assert re.fullmatch(
+        rf"\[dltui\] run {run_dir.name}: .*{example.name} on \w+, \d+ epochs, {MAX_STEPS} steps",
+        lines[0],
+    ), lines[0]
     status_lines = [
         ln for ln in lines if re.match(r"\[dltui\] epoch \d+/\d+  step \d+/40  loss \S+", ln)
     ]
@@ -162,7 +170,13 @@ def test_export_csv_matches_the_store(batch):
     with open(out, newline="") as f:
         header, *rows = list(csv.reader(f))
     assert header[:4] == ["step", "epoch", "phase", "wall"]
-    assert header[4] == "loss" and set(header[4:]) >= {"loss", "mae", "lr/0", "step_time", "samples_per_s"}
+    assert header[4] == "loss" and set(header[4:]) >= {
+        "loss",
+        "mae",
+        "lr/0",
+        "step_time",
+        "samples_per_s",
+    }
     with RunReader(run_dir) as r:
         stored = r.db.execute(
             "SELECT s.step, s.epoch, r.phase, r.name, s.value FROM scalars s"
@@ -170,7 +184,9 @@ def test_export_csv_matches_the_store(batch):
         ).fetchall()
     keys = {(step, phase) for step, _, phase, _, _ in stored}
     assert f"wrote {len(keys)} rows" in res.stderr and len(rows) == len(keys)
-    cells = {(int(row[0]), row[2], name): row[4 + i] for row in rows for i, name in enumerate(header[4:])}
+    cells = {
+        (int(row[0]), row[2], name): row[4 + i] for row in rows for i, name in enumerate(header[4:])
+    }
     for step, _, phase, name, value in stored:
         got = cells[(step, phase, name)]
         assert (got == "" and value is None) or float(got) == value, (step, phase, name)
@@ -235,7 +251,7 @@ def twins(tmp_path_factory) -> list[Twin]:
             recipe,
             cwd=root,
             tag=f"seed{seed}",
-        )  # fmt: skip
+        )
         for seed in (1, 2)
     ]
     results = [p.wait() for p in procs]

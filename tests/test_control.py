@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dltui.engine import wire
-from dltui.engine.client import ControlClient, ControlError, EngineGone, short_path
-from dltui.engine.reader import RunReader
 from dltui.engine.store import FLUSH_EVERY_S
+from dltui.run import wire
+from dltui.run.client import ControlClient, ControlError, EngineGone, short_path
+from dltui.run.reader import RunReader
 
 sys.path.append(str(Path(__file__).parent / "recipes"))
 from ctl_harness import (  # noqa: E402  (tests/recipes holds the shared harness)
@@ -82,12 +82,15 @@ def pool(request, tmp_path_factory):
     """Every engine this module's selected tests need, started together (see ctl_harness)."""
     base = tmp_path_factory.mktemp("ctl")
     runs = base / "runs"
-    engines = prestart(request, {
-        "main": lambda: Engine("ctl_main.py", runs / "main"),
-        "noval": lambda: Engine("ctl_noval.py", runs / "noval"),
-        "long_run": lambda: Engine("ctl_main.py", base / LONG_RUN_DIR),
-        "stale": lambda: Engine("ctl_main.py", runs / "stale"),
-    })  # fmt: skip
+    engines = prestart(
+        request,
+        {
+            "main": lambda: Engine("ctl_main.py", runs / "main"),
+            "noval": lambda: Engine("ctl_noval.py", runs / "noval"),
+            "long_run": lambda: Engine("ctl_main.py", base / LONG_RUN_DIR),
+            "stale": lambda: Engine("ctl_main.py", runs / "stale"),
+        },
+    )
     yield engines
     for eng in list(engines.values()):
         eng.kill()
@@ -154,8 +157,11 @@ def test_pause_step_resume_are_exact_acked_and_recorded(main):
     r = c.call("step", n=5)
     assert r.data == {"until_step": s + 5}
     assert r.state["paused"] is True and r.state["step"] == s and r.state["steps_left"] == 5
-    wait_for(lambda: (st := main.state())["step"] == s + 5 and st["steps_left"] == 0, 20,
-             "5 single steps")  # fmt: skip
+    wait_for(
+        lambda: (st := main.state())["step"] == s + 5 and st["steps_left"] == 0,
+        20,
+        "5 single steps",
+    )
     time.sleep(0.3)
     st = main.state()
     assert st["step"] == s + 5 and st["paused"] is True, "the run did not hold after `step 5`"
@@ -204,8 +210,10 @@ def test_two_controllers_at_once_see_the_same_state(main):
             except BaseException as e:  # reported below
                 errors.append(e)
 
-        threads = [threading.Thread(target=hammer, args=(cl, tag))
-                   for cl, tag in ((a, "a"), (b, "b"), (a, "a2"))]  # fmt: skip
+        threads = [
+            threading.Thread(target=hammer, args=(cl, tag))
+            for cl, tag in ((a, "a"), (b, "b"), (a, "a2"))
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -322,10 +330,12 @@ def test_bad_requests_change_nothing_and_say_what_was_wrong(main):
         (b'["status"]\n', 'expected an object like {"cmd": "status"}'),
         (b'{"args": {}}\n', "expected an object"),
         (b'{"cmd": "lr", "args": ["0.1"]}\n', "'args' must be an object"),
-        (b'{"cmd": "lr", "args": {"value": "' + b"1" * (wire.MAX_REQUEST_BYTES + 10) + b'"}}\n',
-         "too large"),
+        (
+            b'{"cmd": "lr", "args": {"value": "' + b"1" * (wire.MAX_REQUEST_BYTES + 10) + b'"}}\n',
+            "too large",
+        ),
         (b"{" * (3 * wire.MAX_REQUEST_BYTES), "too large"),  # never ends: the engine hangs up
-    ]  # fmt: skip
+    ]
     for payload, words in raw:
         reply = raw_exchange(run_dir, payload)
         assert reply["ok"] is False, f"{payload[:40]!r} was accepted"
@@ -367,9 +377,15 @@ def test_eval_mode_records_val_and_holds_training_until_train(main, runs_dir):
     st = c.call("mode", mode="eval").state
     assert st["mode"] == "eval"
     held = st["step"]
-    wait_for(lambda: len(stored_points(run_dir, "loss", wire.VAL)) > len(val_before), 30, "an eval pass")
-    assert held in stored_points(run_dir, "loss", wire.VAL), "the pass is not recorded at the held step"
-    assert "acc" in {n for n, ph in reader_value(run_dir, lambda r: r.series_names()) if ph == wire.VAL}
+    wait_for(
+        lambda: len(stored_points(run_dir, "loss", wire.VAL)) > len(val_before), 30, "an eval pass"
+    )
+    assert held in stored_points(run_dir, "loss", wire.VAL), (
+        "the pass is not recorded at the held step"
+    )
+    assert "acc" in {
+        n for n, ph in reader_value(run_dir, lambda r: r.series_names()) if ph == wire.VAL
+    }
     time.sleep(0.5)
     assert main.state()["step"] == held, "training went on in eval mode"
     out = cli("--runs-dir", str(runs_dir), "status", run_dir.name, "--json")
@@ -705,15 +721,21 @@ def test_stale_socket_after_kill_then_resume_cleans_it(stale):
             client.close()
         # The new engine's pid reaches the store a flush (~0.25 s) after it starts stepping; until
         # then readers see the dead engine's pid and say 'crashed' (reported as a race).
-        wait_for(lambda: reader_value(run_dir, lambda r: r.meta()).get("pid") == resumed_pid, 10,
-                 "the resumed engine's pid in the store")  # fmt: skip
+        wait_for(
+            lambda: reader_value(run_dir, lambda r: r.meta()).get("pid") == resumed_pid,
+            10,
+            "the resumed engine's pid in the store",
+        )
         out = cli("--runs-dir", str(runs), "status", "stale", "--json")
         assert json.loads(out.stdout)["status"] == "live"
         msgs = [e["message"] for e in events_after(run_dir, 0)]
         assert "removed a stale control socket left by a dead engine" in msgs
         assert f"resumed from checkpoint at step {c0}" in msgs
-        pts = wait_for(lambda: (p := stored_points(run_dir, "loss")) and max(p) >= c0 + 3 and p, 10,
-                       "the resumed steps in the store")  # fmt: skip
+        pts = wait_for(
+            lambda: (p := stored_points(run_dir, "loss")) and max(p) >= c0 + 3 and p,
+            10,
+            "the resumed steps in the store",
+        )
         assert all(pts[k] is not None for k in range(c0 + 1, c0 + 3))
     finally:
         eng.kill()
@@ -733,11 +755,21 @@ def test_detach_resume_over_a_stale_socket_reports_an_engine_that_fails(tmp_path
     leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     leftover.bind(str(run_dir / wire.CONTROL_SOCKET))  # what a killed engine leaves behind
     leftover.close()
-    out = cli("--runs-dir", str(runs), "train", "--detach", "--resume", "crashed",
-              str(RECIPES / "ctl_main.py"))  # fmt: skip
+    out = cli(
+        "--runs-dir",
+        str(runs),
+        "train",
+        "--detach",
+        "--resume",
+        "crashed",
+        str(RECIPES / "ctl_main.py"),
+    )
     log = run_dir / "engine.log"
-    wait_for(lambda: log.exists() and "no checkpoint" in log.read_text(), START_TIMEOUT,
-             "the engine to refuse the resume")  # fmt: skip
+    wait_for(
+        lambda: log.exists() and "no checkpoint" in log.read_text(),
+        START_TIMEOUT,
+        "the engine to refuse the resume",
+    )
     assert out.returncode == 2, out.stdout
     assert "no checkpoint to resume from" in out.stderr
     assert "started in the background" not in out.stdout

@@ -6,9 +6,9 @@ import torch
 from dltui.engine.gate import Gate
 from dltui.engine.loop import Callback, Loop, Settings
 from dltui.engine.probe import Probe
-from dltui.engine.reader import RunReader
 from dltui.engine.recipe import Recipe
 from dltui.engine.store import RunStore
+from dltui.run.reader import RunReader
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 
@@ -27,11 +27,20 @@ class SyncGuard(Callback):
 def test_no_host_sync_per_step(tmp_path):
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)).to(dev)
-    batches = [(torch.randn(16, 32, device=dev), torch.randint(0, 10, (16,), device=dev)) for _ in range(20)]
+    model = torch.nn.Sequential(
+        torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)
+    ).to(dev)
+    batches = [
+        (torch.randn(16, 32, device=dev), torch.randint(0, 10, (16,), device=dev))
+        for _ in range(20)
+    ]
     recipe = Recipe(
-        path=tmp_path / "r.py", model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        loss_fn=torch.nn.CrossEntropyLoss(), train_loader=batches, epochs=5,
+        path=tmp_path / "r.py",
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_fn=torch.nn.CrossEntropyLoss(),
+        train_loader=batches,
+        epochs=5,
     )
     store = RunStore(tmp_path / "run" / "run.sqlite")
     store.start()

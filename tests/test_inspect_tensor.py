@@ -370,8 +370,12 @@ def test_transposed_slice_positions() -> None:
     assert reply["storage_window"]["touched"] == [1, 2, 9, 10]
     assert reply["shares_storage"] and not reply["is_contiguous"] and not reply["truncated"]
     assert reply["base"] == {
-        "shape": [3, 4], "stride": [4, 1], "storage_offset": 0, "numel": 12, "is_contiguous": True,
-    }  # fmt: skip
+        "shape": [3, 4],
+        "stride": [4, 1],
+        "storage_offset": 0,
+        "numel": 12,
+        "is_contiguous": True,
+    }
     assert (reply["storage_numel"], reply["storage_nbytes"], reply["element_size"]) == (12, 48, 4)
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dltui.engine import wire
-from dltui.engine.client import ControlClient, EngineGone
-from dltui.engine.reader import RunReader, pid_alive
+from dltui.run import wire
+from dltui.run.client import ControlClient, EngineGone
+from dltui.run.reader import RunReader, pid_alive
 
 sys.path.append(str(Path(__file__).parent / "recipes"))
 from ctl_harness import (  # noqa: E402  (tests/recipes holds the shared harness)
@@ -80,16 +80,21 @@ class DetachedCli:
 def pool(request, tmp_path_factory):
     """Every engine this module's selected tests need, started together (see ctl_harness)."""
     runs = tmp_path_factory.mktemp("life") / "runs"
-    engines = prestart(request, {
-        "hup": lambda: Engine("ctl_main.py", runs / "hup"),
-        "int_once": lambda: Engine("ctl_main.py", runs / "int-once", env=SLOW),
-        "int_twice": lambda: Engine("ctl_main.py", runs / "int-twice", env=SLOW),
-        "int_late": lambda: Engine("ctl_main.py", runs / "int-late",
-                                   env={**SLOW, "CTL_SLOW_PRINTS": "20000"}),
-        "detached": lambda: DetachedCli(runs.parent / "detach-runs"),
-        "anomaly": lambda: Engine("ctl_anomaly.py", runs / "anomaly", "--pause-on-anomaly",
-                                  "--stats-every", "1"),
-    })  # fmt: skip
+    engines = prestart(
+        request,
+        {
+            "hup": lambda: Engine("ctl_main.py", runs / "hup"),
+            "int_once": lambda: Engine("ctl_main.py", runs / "int-once", env=SLOW),
+            "int_twice": lambda: Engine("ctl_main.py", runs / "int-twice", env=SLOW),
+            "int_late": lambda: Engine(
+                "ctl_main.py", runs / "int-late", env={**SLOW, "CTL_SLOW_PRINTS": "20000"}
+            ),
+            "detached": lambda: DetachedCli(runs.parent / "detach-runs"),
+            "anomaly": lambda: Engine(
+                "ctl_anomaly.py", runs / "anomaly", "--pause-on-anomaly", "--stats-every", "1"
+            ),
+        },
+    )
     yield engines
     for eng in engines.values():
         eng.kill()
@@ -234,8 +239,11 @@ def test_train_detach_returns_at_once_in_its_own_session_and_sigkill_leaves_a_so
         run_dir = runs / run_id
         assert pid_alive(pid), "the engine did not outlive `dltui train --detach`"
         assert os.getsid(pid) == pid != os.getsid(0), "the engine is not in a session of its own"
-        meta = wait_for(lambda: (m := reader_value(run_dir, lambda r: r.meta())).get("pid") and m, 10,
-                        "the engine's meta")  # fmt: skip
+        meta = wait_for(
+            lambda: (m := reader_value(run_dir, lambda r: r.meta())).get("pid") and m,
+            10,
+            "the engine's meta",
+        )
         assert meta["detached"] is True and meta["pid"] == pid
 
         client = ControlClient(run_dir, timeout=60)

@@ -25,7 +25,7 @@ from conftest import (
     values_of,
 )
 
-from dltui.engine.reader import RunReader
+from dltui.run.reader import RunReader
 
 # -- step arithmetic -----------------------------------------------------------------------
 
@@ -228,8 +228,12 @@ def test_per_step_scalars_with_two_param_groups(write_recipe, tmp_path):
         assert steps_of(table, name) == list(range(1, 16)), name
     assert values_of(table, "lr/0") == [0.1] * 15
     assert values_of(table, "lr/1") == [0.01] * 15
-    for st, dt, sps in zip(values_of(table, "step_time"), values_of(table, "data_time"),
-                           values_of(table, "samples_per_s"), strict=True):  # fmt: skip
+    for st, dt, sps in zip(
+        values_of(table, "step_time"),
+        values_of(table, "data_time"),
+        values_of(table, "samples_per_s"),
+        strict=True,
+    ):
         assert 0 <= dt <= st
         assert sps == pytest.approx(20 / st)
     assert all(math.isfinite(v) and v > 0 for v in values_of(table, "loss"))
@@ -468,8 +472,20 @@ def test_seed_epochs_and_stats_flags(write_recipe, tmp_path):
     """--seed makes an unseeded, shuffled recipe repeat exactly; --epochs overrides the recipe's;
     --stats-every fixes the layer-stats interval."""
     path = write_recipe(UNSEEDED)
-    res = run_cli("train", "--headless", "--seed", 7, "--epochs", 2, "--stats-every", 4,
-                  "--runs-dir", tmp_path / "runs", path, cwd=tmp_path)  # fmt: skip
+    res = run_cli(
+        "train",
+        "--headless",
+        "--seed",
+        7,
+        "--epochs",
+        2,
+        "--stats-every",
+        4,
+        "--runs-dir",
+        tmp_path / "runs",
+        path,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     run_dir = only_run(tmp_path / "runs")
     losses = values_of(scalar_table(run_dir), "loss")

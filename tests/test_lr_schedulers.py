@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler as S
 
-from dltui.engine import wire
 from dltui.engine.commands import CommandError, apply_lr
+from dltui.run import wire
 
 sys.path.append(str(Path(__file__).parent / "recipes"))
 from ctl_harness import Engine, prestart, stored_points, wait_for  # noqa: E402
@@ -57,14 +57,20 @@ SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer], Any]] = {
     "CosineAnnealingLR-eta_min": lambda o: S.CosineAnnealingLR(o, T_max=12, eta_min=1e-3),
     "OneCycleLR": lambda o: S.OneCycleLR(o, max_lr=[0.5, 0.1], total_steps=STEPS + 1),
     "LambdaLR": lambda o: S.LambdaLR(o, lr_lambda=lambda e: 0.9**e),
-    "ReduceLROnPlateau": lambda o: S.ReduceLROnPlateau(o, factor=0.5, patience=1, min_lr=[0.004, 0.001]),
+    "ReduceLROnPlateau": lambda o: S.ReduceLROnPlateau(
+        o, factor=0.5, patience=1, min_lr=[0.004, 0.001]
+    ),
     "ExponentialLR": lambda o: S.ExponentialLR(o, gamma=0.9),
-    "CyclicLR": lambda o: S.CyclicLR(o, base_lr=[0.01, 0.002], max_lr=[0.1, 0.02], step_size_up=5, cycle_momentum=False),
+    "CyclicLR": lambda o: S.CyclicLR(
+        o, base_lr=[0.01, 0.002], max_lr=[0.1, 0.02], step_size_up=5, cycle_momentum=False
+    ),
     "CosineAnnealingWarmRestarts": lambda o: S.CosineAnnealingWarmRestarts(o, T_0=7, eta_min=1e-3),
     "SequentialLR": lambda o: S.SequentialLR(
-        o, [S.LinearLR(o, start_factor=0.1, total_iters=5), S.CosineAnnealingLR(o, T_max=20)], milestones=[5]
+        o,
+        [S.LinearLR(o, start_factor=0.1, total_iters=5), S.CosineAnnealingLR(o, T_max=20)],
+        milestones=[5],
     ),
-}  # fmt: skip
+}
 # A group-only change cannot scale a minimum shared by all groups (eta_min is one number).
 SHARED_MINIMUM = {"CosineAnnealingLR-eta_min", "CosineAnnealingWarmRestarts"}
 
@@ -168,12 +174,16 @@ def test_an_absolute_lr_rescales_the_curve_by_new_over_old():
 def test_bad_values_change_nothing_in_the_optimizer_or_scheduler(spec):
     opt, sched = make("OneCycleLR")
     advance(opt, sched, 1)
-    before = ([dict((k, v) for k, v in g.items() if k != "params") for g in opt.param_groups],
-              sched.state_dict())  # fmt: skip
+    before = (
+        [dict((k, v) for k, v in g.items() if k != "params") for g in opt.param_groups],
+        sched.state_dict(),
+    )
     with pytest.raises(CommandError):
         apply_lr(LoopLike(opt, sched), spec, None)
-    after = ([dict((k, v) for k, v in g.items() if k != "params") for g in opt.param_groups],
-             sched.state_dict())  # fmt: skip
+    after = (
+        [dict((k, v) for k, v in g.items() if k != "params") for g in opt.param_groups],
+        sched.state_dict(),
+    )
     assert after == before
 
 
@@ -210,8 +220,11 @@ def test_end_to_end_per_step_steplr_keeps_the_halved_curve(steplr):
         n = 2 * size + 2  # at least two scheduler decays after the change
         eng.client.call("step", n=n)
         wait_for(lambda: eng.state()["step"] == s + n, 30, f"{n} steps")
-        pts = wait_for(lambda: (p := stored_points(eng.run_dir, wire.lr_name(0))) and max(p) >= s + n and p,
-                       10, "the lr scalars")  # fmt: skip
+        pts = wait_for(
+            lambda: (p := stored_points(eng.run_dir, wire.lr_name(0))) and max(p) >= s + n and p,
+            10,
+            "the lr scalars",
+        )
         # lr/0 at step t is the rate step t used: the one after t - 1 scheduler steps.
         for t in range(1, s + 1):
             assert pts[t] == pytest.approx(scheduled(t - 1), rel=1e-9), (

@@ -21,12 +21,12 @@ import torch
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Input, RichLog, Static, Tree
 
-from dltui.engine.client import ControlClient
 from dltui.engine.store import RunStore
-from dltui.tui.screens.console import ConsolePane
-from dltui.tui.screens.layers import LayersPane
-from dltui.tui.screens.model import ModelPane
-from dltui.tui.screens.tensors import READ_ONLY, TensorsPane
+from dltui.run.client import ControlClient
+from dltui.tui.panes.console import ConsolePane
+from dltui.tui.panes.layers import LayersPane
+from dltui.tui.panes.model import ModelPane
+from dltui.tui.panes.tensors import READ_ONLY, TensorsPane
 from dltui.tui.widgets.pane_histogram import PaneHistogram
 from dltui.tui.widgets.pane_sparkline import PaneSparkline
 from dltui.tui.widgets.pane_storage import PaneStorage, element_positions
@@ -94,12 +94,15 @@ def finished_run(tmp_path_factory) -> Path:
     store.params([(n, s, int(torch.Size(s).numel()), True) for n, s in PARAMS])
     for step in range(5, 35, 5):
         last = step == 30
-        store.layer_stats(step, [
-            stats_row("fc1.weight", 4.0 + step / 100),
-            stats_row("fc1.bias", 1.0, nonfinite=3 if last else 0),
-            stats_row("fc2.weight", 2.0, ratio=0.5 if last else 1e-3),
-            stats_row("fc2.bias", 25.0 if last else 0.5),
-        ])  # fmt: skip
+        store.layer_stats(
+            step,
+            [
+                stats_row("fc1.weight", 4.0 + step / 100),
+                stats_row("fc1.bias", 1.0, nonfinite=3 if last else 0),
+                stats_row("fc2.weight", 2.0, ratio=0.5 if last else 1e-3),
+                stats_row("fc2.bias", 25.0 if last else 0.5),
+            ],
+        )
     for name, _ in PARAMS:
         store.histogram(30, name, "weight", -1.0, 1.0, [1, 4, 9, 4, 1])
         store.histogram(30, name, "grad", -0.1, 0.1, [0, 2, 8, 2, 0])
@@ -340,9 +343,11 @@ async def test_tensors_inspect_view_and_bad_expression(engine):
         # The first list may come from before the first step (no gradients yet): the pane
         # refreshes it, so wait for one taken after a backward pass.
         await until(
-            pilot, lambda: any("gradients" in str(g.label) for g in tree.root.children),
-            timeout=20, what="gradients in the tensor list",
-        )  # fmt: skip
+            pilot,
+            lambda: any("gradients" in str(g.label) for g in tree.root.children),
+            timeout=20,
+            what="gradients in the tensor list",
+        )
         groups = [str(g.label) for g in tree.root.children]
         assert groups[0].startswith("parameters") and any("gradients" in g for g in groups)
 

@@ -98,8 +98,15 @@ def cli_cases(tmp_path_factory) -> dict[str, Case]:
             recipe.write_text(source)
         runs_dir = folder / "runs"
         started = start_cli(
-            "train", "--headless", *extra_args, "--runs-dir", runs_dir, recipe, cwd=folder, tag=name,
-        )  # fmt: skip
+            "train",
+            "--headless",
+            *extra_args,
+            "--runs-dir",
+            runs_dir,
+            recipe,
+            cwd=folder,
+            tag=name,
+        )
         cases[name] = Case(recipe, runs_dir, started)
     yield cases
     for case in cases.values():
@@ -145,17 +152,21 @@ def test_syntax_error_shows_the_line_and_its_number(cli_cases):
 def test_import_error_in_user_code_shows_the_users_line(cli_cases):
     case = cli_cases["import_error"]
     err = check_usage_error(
-        case, "ModuleNotFoundError", "nonexistent_pkg_for_dltui_tests", "line 2",
+        case,
+        "ModuleNotFoundError",
+        "nonexistent_pkg_for_dltui_tests",
+        "line 2",
         user_traceback=True,
-    )  # fmt: skip
+    )
     assert "import nonexistent_pkg_for_dltui_tests" in err
 
 
 def test_exception_at_import_shows_the_users_traceback(cli_cases):
     err = check_usage_error(
-        cli_cases["raises_at_import"], "FileNotFoundError: no such table: train.csv",
+        cli_cases["raises_at_import"],
+        "FileNotFoundError: no such table: train.csv",
         user_traceback=True,
-    )  # fmt: skip
+    )
     # Both user frames, outermost first: the module line, then the function that raised.
     assert err.index("line 8") < err.index("line 5"), err
 
@@ -171,9 +182,11 @@ def test_model_class_not_instantiated(cli_cases):
 
 def test_recipe_function_raising(cli_cases):
     check_usage_error(
-        cli_cases["recipe_raises"], "recipe()", "ValueError: the dataset is not there",
+        cli_cases["recipe_raises"],
+        "recipe()",
+        "ValueError: the dataset is not there",
         user_traceback=True,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -25,8 +25,8 @@ from conftest import (
 
 from dltui.engine.commands import apply_lr
 from dltui.engine.loop import Callback, EngineError
-from dltui.engine.reader import RunReader
 from dltui.engine.recipe import RecipeError, load_recipe
+from dltui.run.reader import RunReader
 
 
 def messages(run_dir, kind: str | None = None) -> list[str]:
@@ -42,7 +42,9 @@ def fresh(source: str) -> dict:
 
 # -- a GAN: two optimizers -------------------------------------------------------------------
 
-GAN = HEADER + """
+GAN = (
+    HEADER
+    + """
 torch.manual_seed(0)
 real = torch.randn(40, 2) * 0.5 + 2.0
 train_loader = DataLoader(TensorDataset(real), batch_size=10)
@@ -73,6 +75,7 @@ def train_step(batch, ctx):
     ctx.step("g")
     return {"loss": (d_loss + g_loss).detach(), "d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 """
+)
 
 GAN_EVAL = """
 def eval_step(batch, ctx):
@@ -117,7 +120,9 @@ class Steer(Callback):
             apply_lr(loop, "*0.5", None, optimizer="d")
 
 
-def test_gan_two_optimizers_steered_checkpointed_resumed_and_eval_steps_nothing(write_recipe, tmp_path):
+def test_gan_two_optimizers_steered_checkpointed_resumed_and_eval_steps_nothing(
+    write_recipe, tmp_path
+):
     path = write_recipe(GAN + GAN_EVAL)
     steer = Steer()
     t = train_in_process(path, tmp_path / "run", callbacks=[steer])
@@ -152,11 +157,15 @@ def test_a_train_step_that_steps_must_define_eval_step(write_recipe):
     with pytest.raises(RecipeError) as info:
         load_recipe(path)
     msg = str(info.value)
-    assert msg.startswith(f"{path}: `train_step` steps the optimizers itself") and "eval_step" in msg
+    assert (
+        msg.startswith(f"{path}: `train_step` steps the optimizers itself") and "eval_step" in msg
+    )
 
 
 def test_eval_never_steps_an_optimizer_and_the_run_goes_on(write_recipe, tmp_path):
-    sneaky = GAN + """
+    sneaky = (
+        GAN
+        + """
 val_loader = DataLoader(TensorDataset(real[:20]), batch_size=10)
 
 
@@ -168,10 +177,13 @@ def eval_step(batch, ctx):
         optimizer["g"].step()  # refused too: this pass is abandoned
     return d_loss
 """
+    )
     t = train_in_process(write_recipe(sneaky), tmp_path / "run")
     assert t.status == "finished", t.error
     alerts = messages(t.run_dir, "alert")
-    assert sum("ctx.step('d') during evaluation: refused" in m for m in alerts) == 2  # once per pass
+    assert (
+        sum("ctx.step('d') during evaluation: refused" in m for m in alerts) == 2
+    )  # once per pass
     assert any("stepped optimizer 'g' during evaluation" in m for m in alerts), alerts
     assert steps_of(t.table(), "loss", "val") == [4]  # the second pass was abandoned
     assert steps_of(t.table(), "loss") == list(range(1, 9))
@@ -179,7 +191,9 @@ def eval_step(batch, ctx):
 
 # -- a character-level LM: [B, T, V] logits, no metrics --------------------------------------
 
-CHAR_LM = HEADER + """
+CHAR_LM = (
+    HEADER
+    + """
 import torch.nn.functional as F
 
 torch.manual_seed(0)
@@ -202,6 +216,7 @@ amp = "bf16"
 grad_clip = 1.0
 epochs = 2
 """
+)
 
 
 def test_char_lm_logits_btv_get_token_accuracy_and_perplexity(write_recipe, tmp_path):
@@ -213,17 +228,23 @@ def test_char_lm_logits_btv_get_token_accuracy_and_perplexity(write_recipe, tmp_
     assert steps_of(table, "acc", "val") == [3, 6] and steps_of(table, "ppl", "val") == [3, 6]
     assert all(0 <= v <= 1 for v in values_of(table, "acc", "val"))
     # Perplexity is exp(the mean cross-entropy): the val loss says the same thing.
-    assert values_of(table, "ppl", "val")[-1] == pytest.approx(math.exp(values_of(table, "loss", "val")[-1]), rel=1e-3)
+    assert values_of(table, "ppl", "val")[-1] == pytest.approx(
+        math.exp(values_of(table, "loss", "val")[-1]), rel=1e-3
+    )
     assert any("token accuracy over 7 classes" in m for m in messages(t.run_dir, "info"))
     # Token inputs: tokens/s counts B x T per micro-batch, samples/s the leading dimension.
-    for sps, tps in zip(values_of(table, "samples_per_s"), values_of(table, "tokens_per_s"), strict=True):
+    for sps, tps in zip(
+        values_of(table, "samples_per_s"), values_of(table, "tokens_per_s"), strict=True
+    ):
         assert tps == pytest.approx(sps * 6, rel=1e-6)
     assert all(v is not None and v > 0 for v in values_of(table, "grad_norm"))
 
 
 # -- ctx: epochs, args ------------------------------------------------------------------------
 
-SIZED_FROM_CTX = HEADER + """
+SIZED_FROM_CTX = (
+    HEADER
+    + """
 def recipe(ctx):
     torch.manual_seed(0)
     x = torch.randn(40, 4)
@@ -235,6 +256,7 @@ def recipe(ctx):
     return {"model": model, "optimizer": optimizer, "loss_fn": nn.MSELoss(), "train_loader": loader,
             "scheduler": sched, "scheduler_interval": "step", "epochs": epochs}
 """
+)
 
 
 def test_onecycle_sized_from_ctx_epochs_runs_with_epochs_3(write_recipe, tmp_path):
@@ -253,7 +275,8 @@ def test_onecycle_sized_from_ctx_epochs_runs_with_epochs_3(write_recipe, tmp_pat
     assert any("OneCycleLR" in m and "ctx.epochs" in m for m in messages(t.run_dir, "alert"))
 
 
-ARGV_MODULE = linear_recipe(extra="""
+ARGV_MODULE = linear_recipe(
+    extra="""
 import argparse
 import dltui
 
@@ -263,14 +286,25 @@ opts = p.parse_args(dltui.context().args)
 model = nn.Sequential(nn.Linear(4, opts.hidden), nn.Tanh(), nn.Linear(opts.hidden, 1))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
 hparams = {"hidden": opts.hidden}
-""")
+"""
+)
 
 
 def test_module_level_recipe_reads_its_argv_through_the_cli(write_recipe, tmp_path):
     path = write_recipe(ARGV_MODULE)
     runs = tmp_path / "runs"
-    res = run_cli("train", "--headless", "--max-steps", 2, "--runs-dir", runs, path, "--hidden", 32,
-                  cwd=tmp_path)  # fmt: skip
+    res = run_cli(
+        "train",
+        "--headless",
+        "--max-steps",
+        2,
+        "--runs-dir",
+        runs,
+        path,
+        "--hidden",
+        32,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     with RunReader(only_run(runs)) as r:
         meta = r.meta()
@@ -281,7 +315,9 @@ def test_module_level_recipe_reads_its_argv_through_the_cli(write_recipe, tmp_pa
 def test_recipe_function_gets_ctx_with_args(write_recipe):
     import dltui
 
-    source = HEADER + """
+    source = (
+        HEADER
+        + """
 def recipe(ctx):
     hidden = int(ctx.args[ctx.args.index("--hidden") + 1])
     model = nn.Sequential(nn.Linear(4, hidden), nn.Linear(hidden, 1))
@@ -289,6 +325,7 @@ def recipe(ctx):
             "loss_fn": nn.MSELoss(), "train_loader": [(torch.zeros(2, 4), torch.zeros(2, 1))],
             "epochs": ctx.epochs or 5}
 """
+    )
     r = load_recipe(write_recipe(source), dltui.Context(args=["--hidden", "32"], epochs=3))
     assert r.model[0].out_features == 32 and r.epochs == 3
     assert r.context.args == ["--hidden", "32"]
@@ -296,14 +333,20 @@ def recipe(ctx):
 
 # -- dict returns: any number of scalars ------------------------------------------------------
 
-THREE_LOSSES = linear_recipe(n=60, batch=10, epochs=1, val=20, extra="""
+THREE_LOSSES = linear_recipe(
+    n=60,
+    batch=10,
+    epochs=1,
+    val=20,
+    extra="""
 def train_step(batch, ctx):
     x, y = batch
     out = model(x)
     mse, l1 = loss_fn(out, y), (out - y).abs().mean()
     reg = 1e-3 * model.weight.pow(2).sum()
     return {"loss": mse + reg, "mse": mse, "l1": l1, "reg": reg}
-""")
+""",
+)
 
 
 def test_dict_of_three_losses_charted_and_exported(write_recipe, tmp_path):
@@ -355,11 +398,16 @@ def test_accumulate_4_micro_batches_is_one_big_batch(write_recipe, tmp_path, n):
     for k, v in b.loop.model.state_dict().items():
         assert torch.allclose(a.loop.model.state_dict()[k], v, atol=1e-6), k
     assert values_of(a.table(), "loss") == pytest.approx(values_of(b.table(), "loss"), rel=1e-5)
-    assert values_of(a.table(), "samples_per_s")[0] == pytest.approx(20 / values_of(a.table(), "step_time")[0])
+    assert values_of(a.table(), "samples_per_s")[0] == pytest.approx(
+        20 / values_of(a.table(), "step_time")[0]
+    )
 
 
 def test_fp16_overflow_skips_the_step_as_an_event(write_recipe, tmp_path):
-    source = linear_recipe(n=60, batch=10, extra="""
+    source = linear_recipe(
+        n=60,
+        batch=10,
+        extra="""
 amp = "fp16"
 # Small targets: at GradScaler's first scale (65536) no gradient overflows by itself.
 train_loader = DataLoader(TensorDataset(x * 0.05, y * 0.05), batch_size=10)
@@ -373,7 +421,8 @@ def train_step(model, batch):
     out = model(x)
     loss = loss_fn(out.float(), y)
     return (loss * float("inf") if calls == 3 else loss), out, y
-""")
+""",
+    )
     t = train_in_process(write_recipe(source), tmp_path / "run")
     assert t.status == "finished", t.error
     assert steps_of(t.table(), "loss") == [1, 2, 3, 4, 5]  # 6 batches, one update skipped
@@ -385,9 +434,14 @@ def train_step(model, batch):
 
 
 def test_lbfgs_gets_a_closure(write_recipe, tmp_path):
-    source = linear_recipe(n=50, batch=50, epochs=3, extra="""
+    source = linear_recipe(
+        n=50,
+        batch=50,
+        epochs=3,
+        extra="""
 optimizer = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=5)
-""")
+""",
+    )
     t = train_in_process(write_recipe(source), tmp_path / "run")
     assert t.status == "finished", t.error
     losses = values_of(t.table(), "loss")
@@ -399,7 +453,12 @@ optimizer = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=5)
 
 
 def test_a_metric_that_raises_is_dropped_with_a_warning(write_recipe, tmp_path):
-    source = linear_recipe(n=60, batch=10, epochs=2, val=20, extra="""
+    source = linear_recipe(
+        n=60,
+        batch=10,
+        epochs=2,
+        val=20,
+        extra="""
 from torchmetrics.regression import MeanAbsoluteError
 
 
@@ -411,7 +470,8 @@ class Fragile(MeanAbsoluteError):
 
 
 metrics = {"fragile": Fragile(), "mae": MeanAbsoluteError()}
-""")
+""",
+    )
     t = train_in_process(write_recipe(source), tmp_path / "run", metric_every=1)
     assert t.status == "finished", t.error
     alerts = [m for m in messages(t.run_dir, "alert") if "'fragile'" in m]
@@ -422,7 +482,9 @@ metrics = {"fragile": Fragile(), "mae": MeanAbsoluteError()}
 
 # -- any iterable of batches ------------------------------------------------------------------
 
-STREAMS = HEADER + """
+STREAMS = (
+    HEADER
+    + """
 torch.manual_seed(0)
 x = torch.randn(30, 4)
 y = x.sum(1, keepdim=True)
@@ -441,6 +503,7 @@ loss_fn = lambda out, t: (out - t.float()).pow(2).mean()
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 epochs = 2
 """
+)
 
 
 def test_generator_with_steps_per_epoch(write_recipe, tmp_path):
@@ -451,14 +514,19 @@ def test_generator_with_steps_per_epoch(write_recipe, tmp_path):
 
 
 def test_iterable_without_length_has_unknown_progress(write_recipe, tmp_path):
-    source = linear_recipe(n=30, batch=10, epochs=2, extra="""
+    source = linear_recipe(
+        n=30,
+        batch=10,
+        epochs=2,
+        extra="""
 class Batches:  # iterable again and again, but with no __len__
     def __iter__(self):
         return iter([(x[i:i + 10], y[i:i + 10]) for i in range(0, 30, 10)])
 
 
 train_loader = Batches()
-""")
+""",
+    )
     t = train_in_process(write_recipe(source), tmp_path / "run")
     assert t.status == "finished", t.error
     assert t.loop.steps_per_epoch is None and t.loop.total_steps is None
@@ -476,7 +544,12 @@ def test_a_one_shot_generator_needs_a_bound(write_recipe):
 
 
 def test_epoch_hooks_get_ctx(write_recipe, tmp_path):
-    source = linear_recipe(n=40, batch=10, epochs=3, val=20, extra="""
+    source = linear_recipe(
+        n=40,
+        batch=10,
+        epochs=3,
+        val=20,
+        extra="""
 seen = []
 
 
@@ -486,13 +559,16 @@ def on_epoch_start(ctx):
 
 def on_epoch_end(ctx):
     seen.append(("end", ctx.epoch, ctx.global_step, round(ctx.last_val["loss"], 6)))
-""")
+""",
+    )
     t = train_in_process(write_recipe(source), tmp_path / "run")
     import sys
 
     seen = vars(sys.modules["dltui_recipe"])["seen"]
     val = [round(v, 6) for v in values_of(t.table(), "loss", "val")]
-    assert seen == [x for e in range(3) for x in (("start", e, 4 * e), ("end", e, 4 * e + 4, val[e]))]
+    assert seen == [
+        x for e in range(3) for x in (("start", e, 4 * e), ("end", e, 4 * e + 4, val[e]))
+    ]
 
 
 def test_a_checkpoint_that_cannot_be_written_names_dltui_not_the_recipe(write_recipe, tmp_path):
@@ -506,8 +582,11 @@ def test_a_checkpoint_that_cannot_be_written_names_dltui_not_the_recipe(write_re
 
 
 def test_final_validation_of_a_max_steps_run_counts_for_best(write_recipe, tmp_path):
-    t = train_in_process(write_recipe(linear_recipe(n=100, batch=10, epochs=5, val=20)),
-                         tmp_path / "run", max_steps=7)  # fmt: skip
+    t = train_in_process(
+        write_recipe(linear_recipe(n=100, batch=10, epochs=5, val=20)),
+        tmp_path / "run",
+        max_steps=7,
+    )
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)
     assert best["step"] == 7 and steps_of(t.table(), "loss", "val") == [7]
     assert best["best_val_loss"] == pytest.approx(values_of(t.table(), "loss", "val")[0])

@@ -74,8 +74,13 @@ class FakeGpus:
     def read(self, handle):
         self.reads += 1
         i = handle.index
-        values = {"util": 50.0 + i, "mem_used": 1e9 * (i + 1), "mem_total": 8e10,
-                  "temp": 40.0 + i, "power": 300.0 + i}  # fmt: skip
+        values = {
+            "util": 50.0 + i,
+            "mem_used": 1e9 * (i + 1),
+            "mem_total": 8e10,
+            "temp": 40.0 + i,
+            "power": 300.0 + i,
+        }
         return {k: (None if k in self.fail else v) for k, v in values.items()}
 
 
@@ -176,8 +181,12 @@ def test_nvml_error_on_one_field_gives_none_and_handles_are_cached(monkeypatch):
     handles, reason = nvml.gpus()
     assert reason is None and [h.index for h in handles] == [0, 1]
     assert nvml.read(handles[1]) == {
-        "util": 71.0, "mem_used": 2.0**30, "mem_total": 2.0**34, "temp": None, "power": 250.0,
-    }  # fmt: skip
+        "util": 71.0,
+        "mem_used": 2.0**30,
+        "mem_total": 2.0**34,
+        "temp": None,
+        "power": 250.0,
+    }
     rec = Recorder()
     values = Sampler(rec.record, rec.note).sample_once()  # default source: the nvml module
     assert values["gpu0.power"] == 250.0 and values["gpu1.util"] == 71.0
@@ -192,10 +201,13 @@ def test_nvml_error_on_one_field_gives_none_and_handles_are_cached(monkeypatch):
 
 @pytest.mark.parametrize(
     "n, init_error, expected",
-    [(2, "lib", "NVML library not found"), (2, "driver", "no NVIDIA driver"),
-     (2, "Insufficient Permissions", "NVML error: Insufficient Permissions"),
-     (0, None, "no NVIDIA GPU")],
-)  # fmt: skip
+    [
+        (2, "lib", "NVML library not found"),
+        (2, "driver", "no NVIDIA driver"),
+        (2, "Insufficient Permissions", "NVML error: Insufficient Permissions"),
+        (0, None, "no NVIDIA GPU"),
+    ],
+)
 def test_nvml_unavailable_reasons(monkeypatch, n, init_error, expected):
     fake = fake_pynvml(n, init_error=init_error)
     monkeypatch.setitem(sys.modules, "pynvml", fake)

@@ -52,8 +52,8 @@ from conftest import (
     run_dirs,
 )
 
-from dltui.engine import wire
-from dltui.engine.reader import RunReader, pid_alive
+from dltui.run import wire
+from dltui.run.reader import RunReader, pid_alive
 
 pytestmark = pytest.mark.timeout(400)  # the first test waits for the whole batch of processes
 
@@ -96,12 +96,22 @@ SHAPES = {
     "tutorial": Shape("mnist_tutorial.py", "optimizer"),
     # In the LR run the GradScaler is on (float32 grads, a huge initial scale): iterations 8 and 59
     # overflow and are skipped, which must not count as steps.
-    "nanogpt": Shape("nanogpt_train.py", "optimizer", logged=("grad_norm",), divides_by_accumulation=True,
-                     lr_run_args=("--grad-scaler", "--init-scale", "3.4e38")),
-    "gan": Shape("dcgan_toy.py", "optimizerD", other_opts=("optimizerG",), logged=("d_x", "d_g_z"),
-                 on_eval=True),
+    "nanogpt": Shape(
+        "nanogpt_train.py",
+        "optimizer",
+        logged=("grad_norm",),
+        divides_by_accumulation=True,
+        lr_run_args=("--grad-scaler", "--init-scale", "3.4e38"),
+    ),
+    "gan": Shape(
+        "dcgan_toy.py",
+        "optimizerD",
+        other_opts=("optimizerG",),
+        logged=("d_x", "d_g_z"),
+        on_eval=True,
+    ),
     "lstm": Shape("word_lm.py", "optimizer", logged=("ppl",), val_logged=("val_ppl",)),
-}  # fmt: skip
+}
 NAMES = list(SHAPES)
 
 
@@ -604,8 +614,26 @@ def world(tmp_path_factory) -> World:
     w.pool.shutdown(wait=False, cancel_futures=True)
 
 
-PROBE_ARGS = ("out.json", "a", "--epochs", "2", "--seed", "5", "--max-steps", "1", "--headless",
-              "--runs-dir", "nowhere", "--recipe", "--help", "--", "--lr", "x", "--exit-status", "3")  # fmt: skip
+PROBE_ARGS = (
+    "out.json",
+    "a",
+    "--epochs",
+    "2",
+    "--seed",
+    "5",
+    "--max-steps",
+    "1",
+    "--headless",
+    "--runs-dir",
+    "nowhere",
+    "--recipe",
+    "--help",
+    "--",
+    "--lr",
+    "x",
+    "--exit-status",
+    "3",
+)
 
 
 def finished(run: Run) -> subprocess.CompletedProcess:
@@ -704,7 +732,8 @@ def test_export_csv_has_one_train_row_per_step_with_loss_lr_and_logged_scalars(w
     train = [r for r in rows if r["phase"] == "train"]
     assert [int(r["step"]) for r in train] == list(range(1, len(steps) + 1)), (
         f"expected train rows for steps 1..{len(steps)} (one per optimizer step of the run's optimizer), "
-        f"got steps {[int(r['step']) for r in train][:10]}... ({len(train)} rows)")  # fmt: skip
+        f"got steps {[int(r['step']) for r in train][:10]}... ({len(train)} rows)"
+    )
     groups = len(steps[0]["opt"][shape.run_opt]["lr"])
     for col in ["loss", *(wire.lr_name(g) for g in range(groups)), *shape.logged]:
         assert col in names, f"no column {col!r} in the CSV (columns: {names})"
@@ -716,7 +745,8 @@ def test_export_csv_has_one_train_row_per_step_with_loss_lr_and_logged_scalars(w
         )
         assert close(got, want_loss), (
             f"step {k}: loss should be the mean of the tensors backward() was called on since the last "
-            f"step{undone}, {rec['losses']} -> {want_loss}; CSV has {row['loss']!r}")  # fmt: skip
+            f"step{undone}, {rec['losses']} -> {want_loss}; CSV has {row['loss']!r}"
+        )
         for g, lr in enumerate(rec["opt"][shape.run_opt]["lr"]):
             cell = row[wire.lr_name(g)]
             assert cell and close(float(cell), lr, 1e-9), (
@@ -751,8 +781,12 @@ def test_layer_stats_for_every_model_console_events_and_system(world, name):
     trace = read_trace(run.trace, shape.run_opt)
     run_dir = run.run_dir()
     with RunReader(run_dir) as r:
-        with_stats = [n for (n,) in r.db.execute(
-            "SELECT DISTINCT p.name FROM layer_stats l JOIN params p ON p.id = l.param")]  # fmt: skip
+        with_stats = [
+            n
+            for (n,) in r.db.execute(
+                "SELECT DISTINCT p.name FROM layer_stats l JOIN params p ON p.id = l.param"
+            )
+        ]
         console = [line for *_, line in r.console(limit=10**6)]
         n_system = r.db.execute("SELECT count(*) FROM system").fetchone()[0]
         meta = r.meta()
@@ -761,7 +795,8 @@ def test_layer_stats_for_every_model_console_events_and_system(world, name):
         for p in info["params"]:
             total += 1
             assert any(s == p or re.search(r"[./:]" + re.escape(p) + "$", s) for s in with_stats), (
-                f"no layer stats for {model}'s parameter {p!r}; parameters with stats: {with_stats}")  # fmt: skip
+                f"no layer stats for {model}'s parameter {p!r}; parameters with stats: {with_stats}"
+            )
     assert len(with_stats) >= total, (
         f"expected layer stats for all {total} parameters of {list(trace.models)}, got {len(with_stats)}"
     )
@@ -772,7 +807,8 @@ def test_layer_stats_for_every_model_console_events_and_system(world, name):
     )
     steering = meta.get("steering") or {}
     assert steering.get("eval") is shape.on_eval and steering.get("pause") is True, (
-        f"meta['steering'] should offer eval only to a script with dltui.on_eval ({shape.on_eval}): {steering}")  # fmt: skip
+        f"meta['steering'] should offer eval only to a script with dltui.on_eval ({shape.on_eval}): {steering}"
+    )
     status = events_of(run_dir, wire.EV_STATUS)
     assert status and "finished" in status[-1]["message"], (
         f"expected a final 'finished' status event, got {status[-1:]}"
@@ -821,7 +857,8 @@ def test_pause_holds_step_3_is_exact_and_checkpoint_has_the_state_dicts(world, n
     assert st["step3"].ok, f"`ctl step 3` failed: {st['step3']}"
     after = st["status_after_step"].data
     assert after["step"] == s + 3 and after["status"] == "paused", (
-        f"`ctl step 3` from step {s} should leave the run paused at step {s + 3}; status says {after['status']} at {after['step']}")  # fmt: skip
+        f"`ctl step 3` from step {s} should leave the run paused at step {s + 3}; status says {after['status']} at {after['step']}"
+    )
     assert st["checkpoint"].ok, f"`ctl checkpoint` failed: {st['checkpoint']}"
     assert "checkpoint_copy" in st, (
         f"`ctl checkpoint` wrote nothing under {run.run_dir() / 'checkpoints'}"
@@ -834,7 +871,8 @@ def test_pause_holds_step_3_is_exact_and_checkpoint_has_the_state_dicts(world, n
     for model, info in trace.models.items():
         assert any(set(m) == set(info["state"]) for m in models), (
             f"the checkpoint has no state_dict of {model} (keys {info['state'][:4]}...); it holds {len(models)} "
-            f"tensor dicts with keys {[list(m)[:3] for m in models]}")  # fmt: skip
+            f"tensor dicts with keys {[list(m)[:3] for m in models]}"
+        )
     n_opts = 1 + len(shape.other_opts)
     assert len(optims) >= n_opts, (
         f"expected {n_opts} optimizer state_dicts in the checkpoint, found {len(optims)}"
@@ -880,10 +918,12 @@ def test_gan_other_optimizer_is_recorded(world):
     )
     recorded = series_by_step(run.run_dir(), g_loss[0])
     assert sorted(recorded) == list(range(1, len(g_steps) + 1)), (
-        f"{g_loss[0]}: expected one point per step 1..{len(g_steps)}, got steps {sorted(recorded)[:8]}...")  # fmt: skip
+        f"{g_loss[0]}: expected one point per step 1..{len(g_steps)}, got steps {sorted(recorded)[:8]}..."
+    )
     for k, rec in enumerate(g_steps, start=1):
         assert close(recorded[k], mean(rec["g_losses"])), (
-            f"{g_loss[0]} at step {k} should be errG {rec['g_losses']}, is {recorded[k]}")  # fmt: skip
+            f"{g_loss[0]} at step {k} should be errG {rec['g_losses']}, is {recorded[k]}"
+        )
 
 
 def test_gan_eval_calls_on_eval_under_eval_and_no_grad_and_returns_to_training(world):
@@ -909,7 +949,8 @@ def test_gan_eval_calls_on_eval_under_eval_and_no_grad_and_returns_to_training(w
     evals = [line for line in console if line.startswith("eval: ")]
     assert len(evals) == 1, f"expected one line printed by on_eval's function, got {evals}"
     assert "netD.training=False netG.training=False grad_enabled=False" in evals[0], (
-        f"on_eval's function should run with both models in eval mode and grad off: {evals[0]}")  # fmt: skip
+        f"on_eval's function should run with both models in eval mode and grad off: {evals[0]}"
+    )
     trace = read_trace(run.trace, "optimizerD")
     assert all(r["training"] for r in trace.iters), "a model stayed in eval mode after on_eval"
 
@@ -926,7 +967,8 @@ def test_eval_without_on_eval_is_a_clear_error(world):
     assert "on_eval" in text, f"the error should tell the user to register dltui.on_eval: {r}"
     after = st["status_after_refused_eval"].data
     assert after["status"] == "paused" and after["step"] == st["status_after_step"].data["step"], (
-        f"a refused eval must change nothing: {after}")  # fmt: skip
+        f"a refused eval must change nothing: {after}"
+    )
 
 
 # ==================================================================================================
@@ -955,7 +997,8 @@ def test_lr_factor_holds_on_what_the_script_sets(world, name):
             used = rec["opt"][shape.run_opt]["lr"][g]
             assert close(used, factor * meant, 1e-9), (
                 f"step {k} (paused at {s}, then lr *0.5): the optimizer should use {factor} x the script's "
-                f"LR {meant} = {factor * meant}, it used {used}")  # fmt: skip
+                f"LR {meant} = {factor * meant}, it used {used}"
+            )
             got = recorded[g].get(k)
             assert close(got, factor * meant, 1e-9), (
                 f"step {k}: recorded {wire.lr_name(g)} should be {factor * meant}, is {got}"
@@ -1000,7 +1043,8 @@ def test_stop_ends_the_script_at_a_boundary_with_a_final_checkpoint(world, name)
     )
     assert len(models) >= len(trace.models) and len(optims) >= 1 + len(shape.other_opts), (
         f"the final checkpoint should hold {len(trace.models)} model and {1 + len(shape.other_opts)} optimizer "
-        f"state_dicts, found {len(models)} and {len(optims)}")  # fmt: skip
+        f"state_dicts, found {len(models)} and {len(optims)}"
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -1010,7 +1054,8 @@ def test_detached_after_double_dash_runs_in_the_callers_directory_with_histogram
     assert run.trace.exists(), (
         f"`dltui train --detach ... -- FILE ARGS`: the script's --trace trace.jsonl (a relative path) "
         f"should be written in the caller's working "
-        f"directory {run.root}; detach said: {st.get('detach') and st['detach'].stdout}")  # fmt: skip
+        f"directory {run.root}; detach said: {st.get('detach') and st['detach'].stdout}"
+    )
     with RunReader(run.run_dir()) as r:
         hists = r.db.execute("SELECT count(DISTINCT param) FROM histograms").fetchone()[0]
         n_system = r.db.execute("SELECT count(*) FROM system").fetchone()[0]
@@ -1029,7 +1074,8 @@ def test_gradscaler_skipped_step_is_not_a_step_and_its_loss_is_not_mixed_in(worl
     steps = trace.stepped()
     assert sorted(losses) == list(range(1, len(steps) + 1)), (
         f"{len(trace.iters)} iterations, {len(trace.skipped())} skipped by the GradScaler: expected loss at steps "
-        f"1..{len(steps)}, got {sorted(losses)[:12]}...")  # fmt: skip
+        f"1..{len(steps)}, got {sorted(losses)[:12]}..."
+    )
     for k, rec in enumerate(steps, start=1):
         # unscaled, and only this iteration's: the skipped iteration's losses are dropped
         want = shape.expected_loss(rec)
@@ -1128,8 +1174,11 @@ def test_a_script_that_never_steps_gets_one_clear_message(world):
     assert "every parameter gets a gradient" in lines and "ok" in lines, (
         f"the script's own output is missing: {res.stdout[-1000:]}"
     )
-    said = [ln for ln in (res.stdout + res.stderr).lower().splitlines()
-            if "optimizer" in ln and "step" in ln and re.search(r"never|without|\bno\b|not", ln)]  # fmt: skip
+    said = [
+        ln
+        for ln in (res.stdout + res.stderr).lower().splitlines()
+        if "optimizer" in ln and "step" in ln and re.search(r"never|without|\bno\b|not", ln)
+    ]
     assert len(said) == 1, (
         f"expected one message saying that the script never stepped an optimizer, got {said}:\nstdout {res.stdout[-1500:]}\nstderr {res.stderr[-1500:]}"
     )

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from conftest import linear_recipe, run_cli, scalar_table, start_cli, steps_of
 
-from dltui.engine import wire
-from dltui.engine.reader import RunReader, engine_gone
 from dltui.engine.store import RunStore, filesystem_type
+from dltui.run import wire
+from dltui.run.reader import RunReader, engine_gone
 
 
 def open_store(path: Path, **kw) -> RunStore:
@@ -237,12 +237,15 @@ def brute_force(
     out = []
     for i, j in zip(cuts, cuts[1:], strict=False):
         vals = v[i:j][~np.isnan(v[i:j])]
-        out.append({
-            "step": int(s[j - 1]), "n": len(vals),
-            "min": float(vals.min()) if len(vals) else None,
-            "max": float(vals.max()) if len(vals) else None,
-            "mean": float(vals.mean()) if len(vals) else None,
-        })  # fmt: skip
+        out.append(
+            {
+                "step": int(s[j - 1]),
+                "n": len(vals),
+                "min": float(vals.min()) if len(vals) else None,
+                "max": float(vals.max()) if len(vals) else None,
+                "mean": float(vals.mean()) if len(vals) else None,
+            }
+        )
     return out
 
 
@@ -250,9 +253,10 @@ def assert_series_matches(series, expected: list[dict]) -> None:
     assert len(series) == len(expected)
     got = [
         {"step": st, "n": n, "min": mn, "max": mx, "mean": me}
-        for st, n, mn, mx, me in zip(series.steps, series.counts, series.mins, series.maxs,
-                                     series.means, strict=True)
-    ]  # fmt: skip
+        for st, n, mn, mx, me in zip(
+            series.steps, series.counts, series.mins, series.maxs, series.means, strict=True
+        )
+    ]
     for i, (g, e) in enumerate(zip(got, expected, strict=True)):
         assert (g["step"], g["n"], g["min"], g["max"]) == (e["step"], e["n"], e["min"], e["max"]), (
             i,
@@ -415,9 +419,10 @@ def test_truncate_after_rebuilds_the_rollups(tmp_path):
                 row[0]: row[1:]
                 for row in r.db.execute(
                     "SELECT bucket, n, vmin, vmax, vsum, vlast, step_last FROM rollup"
-                    " WHERE level = ? ORDER BY bucket", (level,),
+                    " WHERE level = ? ORDER BY bucket",
+                    (level,),
                 )
-            }  # fmt: skip
+            }
             want = expected_rollup(steps, values, w)
             assert set(got) == set(want), level
             for k in want:

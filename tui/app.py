@@ -17,25 +17,35 @@ from textual.scrollbar import ScrollBar, ScrollBarRender
 from textual.widgets import Footer, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
-from dltui.engine.client import ControlClient, ControlError, EngineGone
-from dltui.engine.reader import pid_alive
+from dltui.run.client import ControlClient, ControlError, EngineGone
+from dltui.run.reader import pid_alive
 
 from .messages import CommandReplied, RunUpdated, acknowledgement
+from .panes.overview import OverviewPane
 from .poller import EVAL, PAUSED, STARTING, RunPoller, RunSnapshot
 from .screens.dialogs import HelpScreen, LrChoice, LrDialog, QuitDialog, about_run
-from .screens.overview import OverviewPane
 from .widgets.deferred import DeferredPane, focus_first
 from .widgets.header import RunHeader
 
 POLL_S, POLL_ENDED_S = 0.5, 2.0  # live runs publish progress every 0.5 s; ended ones may resume
 FRAME_S = 0.5  # the repaint clock: header, plots and panels change together, twice a second at most
 # tab id, label, module and class of the pane (tabs 2-5 may not be installed yet)
-TABS = (("overview", "Overview", None, None), ("layers", "Layers", "layers", "LayersPane"),
-        ("tensors", "Tensors", "tensors", "TensorsPane"), ("model", "Model", "model", "ModelPane"),
-        ("console", "Console", "console", "ConsolePane"))  # fmt: skip
+TABS = (
+    ("overview", "Overview", None, None),
+    ("layers", "Layers", "layers", "LayersPane"),
+    ("tensors", "Tensors", "tensors", "TensorsPane"),
+    ("model", "Model", "model", "ModelPane"),
+    ("console", "Console", "console", "ConsolePane"),
+)
 # The steering actions and the control each needs (meta['steering'], wire.STEERING_KEYS).
-STEERING = {"pause_resume": "pause", "step": "step", "set_lr": "lr", "scale_lr": "lr",
-            "toggle_mode": "eval", "checkpoint": "checkpoint"}  # fmt: skip
+STEERING = {
+    "pause_resume": "pause",
+    "step": "step",
+    "set_lr": "lr",
+    "scale_lr": "lr",
+    "toggle_mode": "eval",
+    "checkpoint": "checkpoint",
+}
 
 
 class AsciiScrollBarRender(ScrollBarRender):
@@ -53,22 +63,51 @@ class DltuiApp(App[int]):
     HORIZONTAL_BREAKPOINTS = [(0, "-w-tiny"), (60, "-w-narrow"), (100, "-w-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-h-tiny"), (20, "-h-short"), (34, "-h-tall")]
     BINDINGS = [
-        Binding("q", "request_quit", "Quit", tooltip="Stop the run, detach, or cancel", id="app.quit"),
+        Binding(
+            "q", "request_quit", "Quit", tooltip="Stop the run, detach, or cancel", id="app.quit"
+        ),
         Binding("question_mark", "help", "Help", key_display="?", id="app.help"),
-        Binding("space", "pause_resume", "Pause", tooltip="Pause or resume the run", id="run.pause_resume"),
+        Binding(
+            "space",
+            "pause_resume",
+            "Pause",
+            tooltip="Pause or resume the run",
+            id="run.pause_resume",
+        ),
         Binding("n", "step", "Step", tooltip="One optimizer step while paused", id="run.step"),
         Binding("l", "set_lr", "LR", tooltip="Set the learning rate (0.01, *0.5, /2)", id="run.lr"),
-        Binding("plus,equals_sign", "scale_lr('*2')", "LR*2", key_display="+", tooltip="Double the LR (every optimizer)",
-                id="run.lr_double"),
-        Binding("minus", "scale_lr('/2')", "LR/2", key_display="-", tooltip="Halve the LR (every optimizer)", id="run.lr_halve"),
+        Binding(
+            "plus,equals_sign",
+            "scale_lr('*2')",
+            "LR*2",
+            key_display="+",
+            tooltip="Double the LR (every optimizer)",
+            id="run.lr_double",
+        ),
+        Binding(
+            "minus",
+            "scale_lr('/2')",
+            "LR/2",
+            key_display="-",
+            tooltip="Halve the LR (every optimizer)",
+            id="run.lr_halve",
+        ),
         Binding("e", "toggle_mode", "Eval", tooltip="Switch between train and eval", id="run.mode"),
         Binding("c", "checkpoint", "Ckpt", tooltip="Save a checkpoint now", id="run.checkpoint"),
-        *(Binding(str(i), f"show_tab('{tab}')", label, show=False, id=f"tab.{tab}")
-          for i, (tab, label, _, _) in enumerate(TABS, 1)),
-    ]  # fmt: skip
+        *(
+            Binding(str(i), f"show_tab('{tab}')", label, show=False, id=f"tab.{tab}")
+            for i, (tab, label, _, _) in enumerate(TABS, 1)
+        ),
+    ]
 
-    def __init__(self, run_dir: Path, *, engine_pid: int | None = None, ascii: bool = False,
-                 owns_engine: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        engine_pid: int | None = None,
+        ascii: bool = False,
+        owns_engine: bool = False,
+    ) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
         self.engine_pid = engine_pid
@@ -165,14 +204,18 @@ class DltuiApp(App[int]):
             pane.post_message(RunUpdated(snap))
         if old is not None and old.live and not snap.live:
             detail = f": {snap.detail}" if snap.detail else ""
-            self.notify(f"run {snap.state}{detail}", severity="warning" if snap.state != "FINISHED"
-                        else "information", timeout=8)  # fmt: skip
+            self.notify(
+                f"run {snap.state}{detail}",
+                severity="warning" if snap.state != "FINISHED" else "information",
+                timeout=8,
+            )
 
     # -- steering ------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # Keys under a dialog do nothing: 'c' in the quit dialog must not take a checkpoint.
-        if isinstance(self.screen, ModalScreen) and (action in STEERING or action in
-                                                      ("request_quit", "help", "show_tab")):  # fmt: skip
+        if isinstance(self.screen, ModalScreen) and (
+            action in STEERING or action in ("request_quit", "help", "show_tab")
+        ):
             return False
         if self.unsupported(action):
             return None  # shown dimmed; on_key says why when it is pressed anyway
@@ -205,8 +248,12 @@ class DltuiApp(App[int]):
             self._outbox.put(("mode", {"mode": "eval"}, None))
             return
         kind = "script" if self.snapshot and self.snapshot.is_script else "run"
-        self.notify(f"{need}: this {kind}'s engine does not offer it", severity="warning",
-                    timeout=6, markup=False)  # fmt: skip
+        self.notify(
+            f"{need}: this {kind}'s engine does not offer it",
+            severity="warning",
+            timeout=6,
+            markup=False,
+        )
 
     def _steerable(self) -> bool:
         snap = self.snapshot
@@ -333,9 +380,12 @@ class DltuiApp(App[int]):
         if message.state:
             self._reply_state, self._reply_at = message.state, time.monotonic()
         # markup off: the engine's words may hold brackets (`x[1:3]`, {'loss': 0.3})
-        self.notify(message.message, severity="information" if message.ok else "error",
-                    timeout=3 if message.ok else min(12, 6 + len(message.message) // 40),
-                    markup=False)  # fmt: skip
+        self.notify(
+            message.message,
+            severity="information" if message.ok else "error",
+            timeout=3 if message.ok else min(12, 6 + len(message.message) // 40),
+            markup=False,
+        )
         if message.then == "exit":
             self.exit(0)
 
@@ -358,8 +408,11 @@ class DltuiApp(App[int]):
 
     def action_help(self) -> None:
         def keys(bindings: Iterable) -> list[tuple[str, str]]:
-            return [(b.key_display or b.key, b.tooltip or b.description) for b in bindings
-                    if isinstance(b, Binding) and b.description]  # fmt: skip
+            return [
+                (b.key_display or b.key, b.tooltip or b.description)
+                for b in bindings
+                if isinstance(b, Binding) and b.description
+            ]
 
         def run_keys() -> list[tuple[str, str]]:
             out = []
@@ -373,20 +426,27 @@ class DltuiApp(App[int]):
                     out.append((b.key_display or b.key, what))
             return out
 
-        self.push_screen(HelpScreen([
-            ("This run", about_run(self.snapshot)),
-            ("Run (any tab)", run_keys()),
-            ("Tabs", [("1-5", "Overview, Layers, Tensors, Model, Console")]),
-            ("Overview plots", keys(OverviewPane.BINDINGS)),
-        ]))  # fmt: skip
+        self.push_screen(
+            HelpScreen(
+                [
+                    ("This run", about_run(self.snapshot)),
+                    ("Run (any tab)", run_keys()),
+                    ("Tabs", [("1-5", "Overview, Layers, Tensors, Model, Console")]),
+                    ("Overview plots", keys(OverviewPane.BINDINGS)),
+                ]
+            )
+        )
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The palette lists every key of the dashboard too (ctrl+p), with what it does."""
         yield from super().get_system_commands(screen)
         for b in self.BINDINGS:
             if isinstance(b, Binding) and b.description:
-                yield SystemCommand(f"{b.description} ({b.key_display or b.key})",
-                                    b.tooltip or b.description, lambda a=b.action: self._palette(a))  # fmt: skip
+                yield SystemCommand(
+                    f"{b.description} ({b.key_display or b.key})",
+                    b.tooltip or b.description,
+                    lambda a=b.action: self._palette(a),
+                )
 
     async def _palette(self, action: str) -> None:
         if self.unsupported(action.split("(")[0]):
@@ -395,14 +455,16 @@ class DltuiApp(App[int]):
             await self.run_action(action)
 
 
-def make_app(run_dir: Path, *, engine_pid: int | None = None, ascii: bool = False,
-             owns_engine: bool = False) -> DltuiApp:  # fmt: skip
+def make_app(
+    run_dir: Path, *, engine_pid: int | None = None, ascii: bool = False, owns_engine: bool = False
+) -> DltuiApp:
     """The dashboard for one run directory (shared by the CLI and the tests)."""
     return DltuiApp(Path(run_dir), engine_pid=engine_pid, ascii=ascii, owns_engine=owns_engine)
 
 
-def run_app(run_dir: Path, *, engine_pid: int | None = None, ascii: bool = False,
-            owns_engine: bool = False) -> int:  # fmt: skip
+def run_app(
+    run_dir: Path, *, engine_pid: int | None = None, ascii: bool = False, owns_engine: bool = False
+) -> int:
     """Run the dashboard until the user quits; returns the process exit code."""
     app = make_app(run_dir, engine_pid=engine_pid, ascii=ascii, owns_engine=owns_engine)
     app.run()

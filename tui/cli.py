@@ -11,14 +11,23 @@ import sys
 import time
 from pathlib import Path
 
-from dltui.engine import wire
-from dltui.engine.main import add_kind_options, add_run_options, hint_misplaced, split_file_argv
-from dltui.engine.reader import RunNotFound, RunReader
-from dltui.engine.runs import DEFAULT_RUNS_DIR, LIVE, list_runs, new_run_dir, resolve_run, run_info
-from dltui.engine.scriptfile import detect_kind
+from dltui.run import wire
+from dltui.run.options import add_kind_options, add_run_options, hint_misplaced, split_file_argv
+from dltui.run.reader import RunNotFound, RunReader
+from dltui.run.runs import DEFAULT_RUNS_DIR, LIVE, list_runs, new_run_dir, resolve_run, run_info
+from dltui.run.scriptfile import detect_kind
 
 EXIT_USAGE = 2
-PASS_THROUGH = ("epochs", "max_steps", "seed", "device", "stats_every", "hist_every", "metric_every", "log_every")
+PASS_THROUGH = (
+    "epochs",
+    "max_steps",
+    "seed",
+    "device",
+    "stats_every",
+    "hist_every",
+    "metric_every",
+    "log_every",
+)
 
 
 def die(msg: str, code: int = EXIT_USAGE) -> int:
@@ -38,13 +47,17 @@ def engine_argv(args: argparse.Namespace, run_dir: Path, resume: bool, *flags: s
         argv.append("--pause-on-anomaly")
     if args.force_kind:
         argv.append("--" + args.force_kind)
-    return argv + list(flags) + ["--", args.recipe, *args.file_args]  # what follows the file is the file's own
+    return (
+        argv + list(flags) + ["--", args.recipe, *args.file_args]
+    )  # what follows the file is the file's own
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs_dir)
     if not Path(args.recipe).exists():
-        return die(f"{args.recipe}: file not found (looked for {Path(args.recipe).resolve()}). Check the path.")
+        return die(
+            f"{args.recipe}: file not found (looked for {Path(args.recipe).resolve()}). Check the path."
+        )
     resume = args.resume is not None
     if resume:
         try:
@@ -59,7 +72,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if headless:
         argv = engine_argv(args, run_dir, resume, "--headless")
         sys.stdout.flush()
-        os.execv(sys.executable, argv)  # the engine takes over this process: signals go straight to it
+        os.execv(
+            sys.executable, argv
+        )  # the engine takes over this process: signals go straight to it
     from dltui.tui.launch import start_engine
 
     return start_engine(args, run_dir, engine_argv(args, run_dir, resume, "--detached"))
@@ -68,7 +83,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     runs = list_runs(Path(args.runs_dir))
     if args.json:
-        print(json.dumps([{**r.as_json(), "status": shown_status(r.status)} for r in runs], indent=2))
+        print(
+            json.dumps([{**r.as_json(), "status": shown_status(r.status)} for r in runs], indent=2)
+        )
         return 0
     if not runs:
         print(f"no runs in {args.runs_dir}/")
@@ -76,14 +93,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
     print(f"{'RUN':<40} {'STATUS':<10} {'STEPS':>14}  BEST")
     for r in runs:
         steps = f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step)
-        best = "  ".join(f"{k} {v:.4g}" for k, v in r.best.items() if k.startswith("val_") and isinstance(v, float))
+        best = "  ".join(
+            f"{k} {v:.4g}"
+            for k, v in r.best.items()
+            if k.startswith("val_") and isinstance(v, float)
+        )
         print(f"{r.id:<40} {shown_status(r.status):<10} {steps:>14}  {best}")
     return 0
 
 
 def live_state(run_dir: Path) -> dict | None:
     """The engine's own view of a live run (fresher than the store's 0.5 s progress)."""
-    from dltui.engine.client import ControlClient, ControlError
+    from dltui.run.client import ControlClient, ControlError
 
     client = ControlClient(run_dir, timeout=5)
     try:
@@ -108,23 +129,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = shown_status(info.status)
     live = live_state(run_dir) if info.status in LIVE else None
     if live:
-        progress = {**progress, **{k: live[k] for k in ("step", "epoch", "batch", "lrs", "mode", "paused")}}
+        progress = {
+            **progress,
+            **{k: live[k] for k in ("step", "epoch", "batch", "lrs", "mode", "paused")},
+        }
         status = "eval" if live["mode"] == "eval" else ("paused" if live["paused"] else "live")
-    out = {**info.as_json(), "status": status, "step": progress.get("step", info.step), "progress": progress,
-           "driver": meta.get("driver", wire.DRIVER_RECIPE), "steering": meta.get("steering"),
-           "optimizers": meta.get("optimizers"), "scalars": scalars,
-           "intervals": meta.get("intervals"), "heartbeat_age_s": round(time.time() - meta.get("heartbeat", 0), 1),
-           "last_events": events}  # fmt: skip
+    out = {
+        **info.as_json(),
+        "status": status,
+        "step": progress.get("step", info.step),
+        "progress": progress,
+        "driver": meta.get("driver", wire.DRIVER_RECIPE),
+        "steering": meta.get("steering"),
+        "optimizers": meta.get("optimizers"),
+        "scalars": scalars,
+        "intervals": meta.get("intervals"),
+        "heartbeat_age_s": round(time.time() - meta.get("heartbeat", 0), 1),
+        "last_events": events,
+    }
     if args.json:
         print(json.dumps(out, indent=2, default=str))
         return 0
     lrs = ", ".join(f"{x:.4g}" for x in progress.get("lrs") or [])
-    print(f"{info.id}: {status.upper()}  step {out['step']}/{info.total_steps or '?'}  "
-          + (f"epoch {progress.get('epoch', 0)}/{progress['epochs']}  " if progress.get("epochs") else "")
-          + f"lr {lrs}")
+    print(
+        f"{info.id}: {status.upper()}  step {out['step']}/{info.total_steps or '?'}  "
+        + (
+            f"epoch {progress.get('epoch', 0)}/{progress['epochs']}  "
+            if progress.get("epochs")
+            else ""
+        )
+        + f"lr {lrs}"
+    )
     for phase, vals in scalars.items():
-        shown = "  ".join(f"{k} {v:.4g}" for k, v in vals.items() if isinstance(v, float)
-                          and k not in wire.TIMING_SCALARS and not k.startswith("lr/"))
+        shown = "  ".join(
+            f"{k} {v:.4g}"
+            for k, v in vals.items()
+            if isinstance(v, float) and k not in wire.TIMING_SCALARS and not k.startswith("lr/")
+        )
         if shown:
             print(f"  {phase}: {shown}")
     for ev in events:
@@ -167,8 +208,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _column_order(name: str) -> tuple:
     """loss first, then metrics and logged scalars, then LRs, then timings."""
-    rank = 0 if name == "loss" else 3 if name in wire.TIMING_SCALARS else (
-        2 if name.startswith("lr/") else 1)  # fmt: skip
+    rank = (
+        0
+        if name == "loss"
+        else 3
+        if name in wire.TIMING_SCALARS
+        else (2 if name.startswith("lr/") else 1)
+    )
     return rank, name
 
 
@@ -182,7 +228,6 @@ def _wide_rows(long_rows, names: list[str]) -> list[list]:
             row = rows[(step, phase)] = [step, epoch, phase, wall] + [""] * len(names)
         row[4 + col[name]] = value
     return sorted(rows.values(), key=lambda r: (r[0], r[2] != "train"))
-
 
 
 def shown_status(status: str) -> str:
@@ -208,8 +253,11 @@ def ctl_request(cmd: str, rest: list[str], args: argparse.Namespace) -> dict:
     if cmd == "lr":
         if len(rest) != 1:
             raise ValueError("lr takes one value: 0.01, '*0.5' or /2 (quote * for the shell)")
-        return {"value": rest[0], **({"group": args.group} if args.group is not None else {}),
-                **({"optimizer": args.optimizer} if args.optimizer else {})}
+        return {
+            "value": rest[0],
+            **({"group": args.group} if args.group is not None else {}),
+            **({"optimizer": args.optimizer} if args.optimizer else {}),
+        }
     if cmd == "mode":
         if len(rest) != 1:
             raise ValueError("mode takes train or eval")
@@ -228,13 +276,16 @@ def describe_state(st: dict) -> str:
     lrs = ", ".join(f"{x:.4g}" for x in st.get("lrs") or [])
     total = st.get("total_steps") or "?"
     epoch = f"  epoch {st.get('epoch')}/{st.get('epochs')}" if st.get("epochs") else ""
-    others = "".join(f"  lr[{n}] " + ", ".join(f"{x:.4g}" for x in v)
-                     for i, (n, v) in enumerate((st.get("optimizers") or {}).items()) if i)  # fmt: skip
+    others = "".join(
+        f"  lr[{n}] " + ", ".join(f"{x:.4g}" for x in v)
+        for i, (n, v) in enumerate((st.get("optimizers") or {}).items())
+        if i
+    )
     return f"{mode}  step {st.get('step')}/{total}{epoch}  lr {lrs}{others}"
 
 
 def cmd_ctl(args: argparse.Namespace) -> int:
-    from dltui.engine.client import ControlClient, ControlError
+    from dltui.run.client import ControlClient, ControlError
 
     try:
         run, cmd, rest = split_ctl_words(args.words)
@@ -250,7 +301,12 @@ def cmd_ctl(args: argparse.Namespace) -> int:
         reply = client.request(cmd, **req)
         if reply.ok and cmd == "step":  # wait for the N steps, so scripts see them done
             deadline = time.monotonic() + 600
-            while reply.ok and reply.state and reply.state.get("steps_left") and time.monotonic() < deadline:
+            while (
+                reply.ok
+                and reply.state
+                and reply.state.get("steps_left")
+                and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
                 reply = client.request("status")
     except ControlError as e:
@@ -261,7 +317,13 @@ def cmd_ctl(args: argparse.Namespace) -> int:
     if cmd == "stop" and reply.ok:
         wait_for_end(run_dir)
     if args.json:
-        print(json.dumps({"ok": reply.ok, "error": reply.error, "state": reply.state, "data": reply.data}, indent=2, default=str))
+        print(
+            json.dumps(
+                {"ok": reply.ok, "error": reply.error, "state": reply.state, "data": reply.data},
+                indent=2,
+                default=str,
+            )
+        )
         return 0 if reply.ok else 1
     if not reply.ok:
         return die(reply.error or "error", code=1)
@@ -283,15 +345,31 @@ def print_reply(cmd: str, reply, run_dir: Path) -> None:
             print(f"{t['name']:<48} {t['kind']:<16} {str(t['shape']):<20} {t['dtype']}")
         return
     if cmd == "tensor":
-        keys = ("name", "expr", "dtype", "device", "shape", "stride", "storage_offset", "storage_numel",
-                "storage_nbytes", "is_contiguous", "shares_storage", "numel")
+        keys = (
+            "name",
+            "expr",
+            "dtype",
+            "device",
+            "shape",
+            "stride",
+            "storage_offset",
+            "storage_numel",
+            "storage_nbytes",
+            "is_contiguous",
+            "shares_storage",
+            "numel",
+        )
         for k in keys:
             print(f"{k:>15}: {data.get(k)}")
         st = data.get("stats") or {}
         print(f"{'stats':>15}: " + "  ".join(f"{k} {v}" for k, v in st.items()))
         vals = data.get("values") or []
-        shown = "  ".join(f"{tuple(v['index'])}@{v['storage']}={v['value']:.4g}" if isinstance(v["value"], float)
-                          else f"{tuple(v['index'])}@{v['storage']}={v['value']}" for v in vals[:16])
+        shown = "  ".join(
+            f"{tuple(v['index'])}@{v['storage']}={v['value']:.4g}"
+            if isinstance(v["value"], float)
+            else f"{tuple(v['index'])}@{v['storage']}={v['value']}"
+            for v in vals[:16]
+        )
         print(f"{'values':>15}: {shown}{' ...' if len(vals) > 16 or data.get('truncated') else ''}")
         return
     if cmd == "lr":
@@ -300,7 +378,9 @@ def print_reply(cmd: str, reply, run_dir: Path) -> None:
         print(f"ok: checkpoint written to {data['path']}")
     elif cmd == "stop":
         info = run_info(run_dir)
-        print(f"ok: run {shown_status(info.status)} at step {info.step} (final checkpoint in {run_dir / 'checkpoints'})")
+        print(
+            f"ok: run {shown_status(info.status)} at step {info.step} (final checkpoint in {run_dir / 'checkpoints'})"
+        )
         return
     elif cmd != "status":
         print(f"ok: {cmd}")
@@ -326,25 +406,32 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dltui", description="Run and steer PyTorch training in the terminal.")
+    p = argparse.ArgumentParser(
+        prog="dltui", description="Run and steer PyTorch training in the terminal."
+    )
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="where runs live (default ./runs)")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser(
-        "train", help="train: your own script, or a recipe",
+        "train",
+        help="train: your own script, or a recipe",
         usage="dltui train [OPTIONS] FILE [FILE ARGS ...]",
         description="Run FILE and watch it. Everything after FILE is FILE's own argv "
         "(`dltui train train.py --lr 3e-4` gives --lr to train.py); `--` also ends dltui's options. "
         "A file that defines model, optimizer, loss_fn and train_loader (or recipe()) is a recipe, "
         "trained by dltui's loop; any other file is a script with its own loop, run as __main__.",
-    )  # fmt: skip
+    )
     t.add_argument("recipe", metavar="FILE", help="a training script, or a recipe .py file")
     add_kind_options(t)
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--headless", action="store_true", help="no dashboard: plain status lines")
-    mode.add_argument("--detach", action="store_true", help="start in the background and print the run id")
+    mode.add_argument(
+        "--detach", action="store_true", help="start in the background and print the run id"
+    )
     t.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
-    t.add_argument("--ascii", action="store_true", help="dashboard without Braille or box characters")
+    t.add_argument(
+        "--ascii", action="store_true", help="dashboard without Braille or box characters"
+    )
     add_run_options(t)
     t.set_defaults(func=cmd_train)
 
@@ -357,10 +444,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
 
-    c = sub.add_parser("ctl", help="steer a live run: pause, resume, step N, lr V, mode M, checkpoint, stop, tensors, tensor NAME")
-    c.add_argument("words", nargs="+", metavar="[RUN] CMD [ARGS]", help="e.g. `pause`, `RUN lr '*0.5'`, `step 10`")
+    c = sub.add_parser(
+        "ctl",
+        help="steer a live run: pause, resume, step N, lr V, mode M, checkpoint, stop, tensors, tensor NAME",
+    )
+    c.add_argument(
+        "words",
+        nargs="+",
+        metavar="[RUN] CMD [ARGS]",
+        help="e.g. `pause`, `RUN lr '*0.5'`, `step 10`",
+    )
     c.add_argument("--group", type=int, help="lr: only this param group")
-    c.add_argument("--optimizer", help="lr: this optimizer (by name, see `dltui status`; default: the run's first)")
+    c.add_argument(
+        "--optimizer",
+        help="lr: this optimizer (by name, see `dltui status`; default: the run's first)",
+    )
     c.add_argument("--expr", help="tensor: a view expression on x, e.g. 'x.t()[1:3]'")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_ctl)
@@ -379,7 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _subcommand_index(argv: list[str], p: argparse.ArgumentParser) -> int | None:
     head, word, _ = split_file_argv(argv, p)
-    return len(head) if word is not None and len(head) < len(argv) and argv[len(head)] == word else None
+    return (
+        len(head)
+        if word is not None and len(head) < len(argv) and argv[len(head)] == word
+        else None
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     for action in p._subparsers._group_actions:
         for sp in action.choices.values():
             # `--runs-dir` is accepted after the subcommand too (`dltui train --runs-dir x ex.py`).
-            sp.add_argument("--runs-dir", dest="sub_runs_dir", metavar="DIR", help="where runs live")
+            sp.add_argument(
+                "--runs-dir", dest="sub_runs_dir", metavar="DIR", help="where runs live"
+            )
     argv = list(sys.argv[1:] if argv is None else argv)
     file_args: list[str] = []
     at = _subcommand_index(argv, p)

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from dltui.engine.client import ControlClient, ControlError, socket_path
-from dltui.engine.reader import DB_NAME
-from dltui.engine.runs import make_run_dir
+from dltui.run.client import ControlClient, ControlError, socket_path
+from dltui.run.reader import DB_NAME
+from dltui.run.runs import make_run_dir
 
 START_TIMEOUT_S = 120.0  # importing torch and a big recipe can take a while on a cold disk
 LOG_NAME = "engine.log"
@@ -23,14 +23,20 @@ def spawn(argv: list[str], run_dir: Path) -> subprocess.Popen:
     log = open(run_dir / LOG_NAME, "ab")
     try:
         return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
             close_fds=True,
-        )  # fmt: skip
+        )
     finally:
         log.close()
 
 
-def wait_until_up(proc: subprocess.Popen, run_dir: Path, timeout: float = START_TIMEOUT_S) -> int | None:
+def wait_until_up(
+    proc: subprocess.Popen, run_dir: Path, timeout: float = START_TIMEOUT_S
+) -> int | None:
     """None once the engine serves its socket; else the engine's exit code (it failed to start)."""
     deadline = time.monotonic() + timeout
     sock = socket_path(run_dir)
@@ -83,4 +89,3 @@ def start_engine(args: argparse.Namespace, run_dir: Path, argv: list[str]) -> in
         print(f"  its log:   {run_dir / LOG_NAME}")
         return 0
     return run_app(run_dir, engine_pid=proc.pid, ascii=args.ascii, owns_engine=True)
-

@@ -58,8 +58,9 @@ class CommandReplied(Message):
     then: str | None = None  # what the app does after the reply ("exit" after a stop)
 
 
-def acknowledgement(cmd: str, ok: bool, error: str | None, state: dict | None, data: object,
-                    script: bool = False) -> str:  # fmt: skip
+def acknowledgement(
+    cmd: str, ok: bool, error: str | None, state: dict | None, data: object, script: bool = False
+) -> str:
     """What a reply means, in words for a notification."""
     if not ok:
         error = error or "failed"
@@ -72,8 +73,9 @@ def acknowledgement(cmd: str, ok: bool, error: str | None, state: dict | None, d
     if cmd == "checkpoint" and isinstance(data, dict):
         return f"checkpoint saved at step {step}: {data.get('path')}"
     return {
-        "pause": f"paused at step {step}", "resume": f"resumed at step {step}",
+        "pause": f"paused at step {step}",
+        "resume": f"resumed at step {step}",
         "step": f"stepping once from step {step}",
         "mode": f"{(state or {}).get('mode', '?')} mode at step {step}",
         "stop": f"stop requested at step {step}: the run ends after this step, with a checkpoint",
-    }.get(cmd, f"{cmd}: ok")  # fmt: skip
+    }.get(cmd, f"{cmd}: ok")

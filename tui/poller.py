@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dltui.engine import wire
-from dltui.engine.reader import RunNotFound, RunReader, pid_alive
+from dltui.run import wire
+from dltui.run.reader import RunNotFound, RunReader, pid_alive
 
 # Display states. The word is always shown next to its colour (NO_COLOR terminals see the word).
 RUNNING, PAUSED, EVAL, STARTING = "RUNNING", "PAUSED", "EVAL", "STARTING"
@@ -115,8 +115,12 @@ def display_state(status: str, progress: dict[str, Any]) -> str:
         return EVAL if progress.get("mode") == "eval" else PAUSED
     if status == wire.RUNNING:
         return EVAL if progress.get("mode") == "eval" else RUNNING
-    return {wire.FINISHED: FINISHED, wire.FAILED: FAILED, wire.STOPPED: STOPPED,
-            wire.CRASHED: CRASHED}.get(status, status.upper())  # fmt: skip
+    return {
+        wire.FINISHED: FINISHED,
+        wire.FAILED: FAILED,
+        wire.STOPPED: STOPPED,
+        wire.CRASHED: CRASHED,
+    }.get(status, status.upper())
 
 
 class RunPoller:
@@ -188,8 +192,15 @@ class RunPoller:
             ended = meta.get("heartbeat")
         # max(rowid) is O(1) in SQLite: the cheapest way to know a plot has something new to show.
         scalars = r.db.execute("SELECT coalesce(max(rowid), 0) FROM scalars").fetchone()[0]
-        sig = (state, json.dumps(progress, sort_keys=True), self._last_event, self._sys_wall,
-               ended, scalars, json.dumps(late, sort_keys=True))  # fmt: skip
+        sig = (
+            state,
+            json.dumps(progress, sort_keys=True),
+            self._last_event,
+            self._sys_wall,
+            ended,
+            scalars,
+            json.dumps(late, sort_keys=True),
+        )
         if sig == self._sig:
             return None
         self._sig = sig

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dltui.engine import wire
-from dltui.engine.client import ControlClient
-from dltui.engine.reader import RunReader
+from dltui.run import wire
+from dltui.run.client import ControlClient
+from dltui.run.reader import RunReader
 
 RECIPES = Path(__file__).parent
 # One intra-op thread per engine: several may run at once on a 2-core box.
@@ -46,13 +46,25 @@ class Engine:
         self.run_dir = Path(run_dir)
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = self.run_dir.parent / f"{self.run_dir.name[:40]}.engine.log"
-        argv = [sys.executable, "-m", "dltui.engine", "--run-dir", str(self.run_dir), "--detached",
-                *args, str(RECIPES / recipe)]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "dltui.engine",
+            "--run-dir",
+            str(self.run_dir),
+            "--detached",
+            *args,
+            str(RECIPES / recipe),
+        ]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, env={**ENV, **(env or {})},
-            )  # fmt: skip
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**ENV, **(env or {})},
+            )
         self.client: ControlClient | None = None
 
     @property
@@ -81,8 +93,9 @@ class Engine:
         return self.client.call("status").state
 
     def wait_step(self, at_least: int, timeout: float = 30.0) -> int:
-        return wait_for(lambda: (s := self.state()["step"]) >= at_least and s, timeout,
-                        f"step {at_least}")  # fmt: skip
+        return wait_for(
+            lambda: (s := self.state()["step"]) >= at_least and s, timeout, f"step {at_least}"
+        )
 
     def running(self) -> dict:
         """Put the run in train mode, not paused."""
@@ -136,8 +149,10 @@ def stored_max_step(run_dir: Path, name: str = "loss", phase: str = wire.TRAIN) 
 
 def stored_points(run_dir: Path, name: str, phase: str = wire.TRAIN) -> dict[int, float]:
     """{step: value} of one series, straight from the scalars table."""
-    q = ("SELECT s.step, s.value FROM scalars s JOIN series r ON r.id = s.series"
-         " WHERE r.name = ? AND r.phase = ? ORDER BY s.step, s.rowid")  # fmt: skip
+    q = (
+        "SELECT s.step, s.value FROM scalars s JOIN series r ON r.id = s.series"
+        " WHERE r.name = ? AND r.phase = ? ORDER BY s.step, s.rowid"
+    )
     return dict(reader_value(run_dir, lambda r: r.db.execute(q, (name, phase)).fetchall()))
 
 
@@ -146,9 +161,13 @@ def events_after(run_dir: Path, after: int, kind: str | None = None) -> list[dic
 
 
 def wait_events(
-    run_dir: Path, after: int, kind: str, n: int, timeout: float = 10.0,
+    run_dir: Path,
+    after: int,
+    kind: str,
+    n: int,
+    timeout: float = 10.0,
     match: Callable[[dict], bool] | None = None,
-) -> list[dict]:  # fmt: skip
+) -> list[dict]:
     """Wait for n events of `kind` after id `after` (that satisfy `match`); returns them all."""
 
     def found() -> list[dict]:

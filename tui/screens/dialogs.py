@@ -13,7 +13,7 @@ from textual.screen import ModalScreen
 from textual.validation import ValidationResult, Validator
 from textual.widgets import Button, Input, Label, OptionList, Static
 
-from dltui.engine.wire import STEERING_KEYS, parse_lr
+from dltui.run.wire import STEERING_KEYS, parse_lr
 
 from ..poller import FINISHED, PAUSED, RUNNING, RunSnapshot
 from ..widgets.format import fmt_num
@@ -66,8 +66,9 @@ class LrDialog(ModalScreen[LrChoice | None]):
         Binding("down", "move(1)", "Next optimizer", show=False, id="dialog.lr_down"),
     ]
 
-    def __init__(self, lrs: list[float] | dict[str, list[float]],
-                 groups: dict[str, int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, lrs: list[float] | dict[str, list[float]], groups: dict[str, int] | None = None
+    ) -> None:
         """`lrs`: the run's one optimizer's LRs, or {name: LRs} for each optimizer, the run's
         own first; `groups`: each optimizer's group count, where its LRs are not known yet."""
         super().__init__()
@@ -80,8 +81,10 @@ class LrDialog(ModalScreen[LrChoice | None]):
             box.border_title = "Set learning rate"
             if len(self.targets) > 1:
                 what = "optimizer" if self.several else "param group"
-                yield Static(f"Choose the {what} (up/down), then type a value (0.01), a factor "
-                             "(*0.5) or a divisor (/2); it applies at the next step.")  # fmt: skip
+                yield Static(
+                    f"Choose the {what} (up/down), then type a value (0.01), a factor "
+                    "(*0.5) or a divisor (/2); it applies at the next step."
+                )
                 options = OptionList(*(Text(label) for _, label in self.targets), id="lr-target")
                 options.can_focus = False  # the input keeps the keys; up/down move the choice
                 yield options
@@ -89,10 +92,16 @@ class LrDialog(ModalScreen[LrChoice | None]):
                 (values,) = self.lrs.values()
                 now = ", ".join(fmt_num(x) for x in values) or "unknown"
                 groups = "all param groups" if len(values) != 1 else "the param group"
-                yield Static(f"Now: {now}. Type a value (0.01), a factor (*0.5) or a divisor (/2); "
-                             f"it applies to {groups} at the next step.")  # fmt: skip
-            yield Input(placeholder="0.01, *0.5 or /2", validators=[LrValidator()], id="lr-input",
-                        validate_on=["changed", "submitted"])  # fmt: skip
+                yield Static(
+                    f"Now: {now}. Type a value (0.01), a factor (*0.5) or a divisor (/2); "
+                    f"it applies to {groups} at the next step."
+                )
+            yield Input(
+                placeholder="0.01, *0.5 or /2",
+                validators=[LrValidator()],
+                id="lr-input",
+                validate_on=["changed", "submitted"],
+            )
             yield Label("", id="lr-error")
             with Horizontal(classes="buttons"):
                 yield Button("Apply", variant="primary", id="apply")
@@ -165,9 +174,11 @@ class QuitDialog(ModalScreen[str]):
         started = "You started this run here. " if self.owns_engine else ""
         with Vertical(classes="dialog", id="quit-dialog") as box:
             box.border_title = "Quit"
-            yield Static(f"{started}Run {self.run_name} is still going. Stop it (a final checkpoint "
-                         f"is saved), or detach and leave it training? Re-attach later with "
-                         f"`dltui attach {self.run_name}`.")  # fmt: skip
+            yield Static(
+                f"{started}Run {self.run_name} is still going. Stop it (a final checkpoint "
+                f"is saved), or detach and leave it training? Re-attach later with "
+                f"`dltui attach {self.run_name}`."
+            )
             with Horizontal(classes="buttons"):
                 yield Button("Stop the run (s)", variant="error", id="stop")
                 yield Button("Detach (d)", variant="primary", id="detach")
@@ -185,11 +196,12 @@ class QuitDialog(ModalScreen[str]):
 
 
 STATES_HELP = (
-    (RUNNING, "training"), (PAUSED, "held at a step boundary (space resumes, n steps once)"),
+    (RUNNING, "training"),
+    (PAUSED, "held at a step boundary (space resumes, n steps once)"),
     ("EVAL", "training held, validation passes run (e switches back)"),
     (FINISHED, "ended normally; FAILED: the recipe or script raised; STOPPED: stopped by request"),
     ("CRASHED", "the engine vanished (killed, lost host); all data recorded so far is shown"),
-)  # fmt: skip
+)
 
 
 # How to get a control a run lacks, for the help screen (the engine's refusal, shown when the
@@ -208,8 +220,11 @@ def about_run(snap: RunSnapshot | None) -> list[tuple[str, str]]:
         out = [("script", f"{shown} (its own loop; steered at its optimizer steps)")]
     else:
         out = [("recipe", f"{shown} (dltui's loop)")]
-    opts = [f"{o['name']} ({o.get('type', '?')}, {o.get('groups', '?')} group"
-            f"{'' if o.get('groups') == 1 else 's'})" for o in snap.optimizers]  # fmt: skip
+    opts = [
+        f"{o['name']} ({o.get('type', '?')}, {o.get('groups', '?')} group"
+        f"{'' if o.get('groups') == 1 else 's'})"
+        for o in snap.optimizers
+    ]
     if opts:
         out.append(("optimizers", ", ".join(opts)))
     elif snap.is_script:
@@ -243,8 +258,11 @@ class HelpScreen(ModalScreen[None]):
         for word, meaning in STATES_HELP:
             text.append(f"  {word:<12}", "bold")
             text.append(f"{meaning}\n")
-        text.append("\nSteering keys act at the next step boundary; every command is recorded as an "
-                    "event and marked on the plots. Press escape to close.", "dim")  # fmt: skip
+        text.append(
+            "\nSteering keys act at the next step boundary; every command is recorded as an "
+            "event and marked on the plots. Press escape to close.",
+            "dim",
+        )
         with VerticalScroll(classes="dialog", id="help-dialog") as box:
             box.border_title = "dltui keys"
             yield Static(text)

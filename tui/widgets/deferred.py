@@ -8,7 +8,7 @@ from pathlib import Path
 from textual.widget import Widget
 from textual.widgets import Static
 
-from dltui.engine.client import ControlClient
+from dltui.run.client import ControlClient
 
 LOAD_AFTER_S = 1.5  # tabs 2-5 load after the Overview's first paint, unless shown earlier
 
@@ -23,8 +23,15 @@ class DeferredPane(Widget):
 
     DEFAULT_CSS = "DeferredPane { height: 1fr; width: 1fr; }"
 
-    def __init__(self, module: str, cls_name: str, label: str, run_dir: Path,
-                 client: ControlClient, **kwargs: object) -> None:  # fmt: skip
+    def __init__(
+        self,
+        module: str,
+        cls_name: str,
+        label: str,
+        run_dir: Path,
+        client: ControlClient,
+        **kwargs: object,
+    ) -> None:
         super().__init__(**kwargs)
         self.spec = (module, cls_name, label)
         self.run_dir, self.client = run_dir, client

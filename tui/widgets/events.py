@@ -5,15 +5,20 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from dltui.engine import wire
+from dltui.run import wire
 
 from ..poller import RunSnapshot
 from .format import fmt_duration, join_lines
 
 KIND_STYLES = {
-    wire.EV_COMMAND: "magenta", wire.EV_CHECKPOINT: "cyan", wire.EV_ALERT: "bold yellow",
-    wire.EV_ERROR: "bold red", wire.EV_STATUS: "bold", wire.EV_RUN: "bold", wire.EV_INFO: "dim",
-}  # fmt: skip
+    wire.EV_COMMAND: "magenta",
+    wire.EV_CHECKPOINT: "cyan",
+    wire.EV_ALERT: "bold yellow",
+    wire.EV_ERROR: "bold red",
+    wire.EV_STATUS: "bold",
+    wire.EV_RUN: "bold",
+    wire.EV_INFO: "dim",
+}
 LEVEL_STYLES = {"warning": "yellow", "error": "red"}
 
 
@@ -50,7 +55,9 @@ class EventList(Widget):
             text.append(f"{'+' + fmt_duration(ev['wall'] - t0):>8} ", "dim")
             kind = ev["kind"]
             text.append(f"{kind:<10} ", KIND_STYLES.get(kind, ""))
-            text.append(ev["message"].splitlines()[0] if ev["message"] else "",
-                        LEVEL_STYLES.get(ev["level"], ""))  # fmt: skip
+            text.append(
+                ev["message"].splitlines()[0] if ev["message"] else "",
+                LEVEL_STYLES.get(ev["level"], ""),
+            )
             lines.append(text)
         return join_lines(lines)

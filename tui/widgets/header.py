@@ -22,10 +22,15 @@ from .format import fmt_duration, fmt_num, join_lines
 
 # The word is always drawn; the colour only repeats it (NO_COLOR terminals see the word alone).
 STATE_STYLES = {
-    RUNNING: "bold black on green", PAUSED: "bold black on yellow", EVAL: "bold white on blue",
-    STARTING: "bold black on white", FINISHED: "bold black on cyan", STOPPED: "bold black on white",
-    FAILED: "bold white on red", CRASHED: "bold white on red",
-}  # fmt: skip
+    RUNNING: "bold black on green",
+    PAUSED: "bold black on yellow",
+    EVAL: "bold white on blue",
+    STARTING: "bold black on white",
+    FINISHED: "bold black on cyan",
+    STOPPED: "bold black on white",
+    FAILED: "bold white on red",
+    CRASHED: "bold white on red",
+}
 
 
 class RunHeader(Widget):

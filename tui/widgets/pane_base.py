@@ -9,8 +9,8 @@ from typing import Any
 from textual.message import Message
 from textual.widget import Widget
 
-from dltui.engine.client import ControlClient
-from dltui.engine.reader import RunNotFound, RunReader
+from dltui.run.client import ControlClient
+from dltui.run.reader import RunNotFound, RunReader
 
 
 class PollingPane(Widget):

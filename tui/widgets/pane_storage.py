@@ -132,9 +132,13 @@ class PaneStorage(Widget):
         self.min_w = 0  # set by the pane to line up with a partner drawing
 
     def set_tensor(
-        self, title: str, info: dict[str, Any] | None, window: tuple[int, int] | None = None,
-        accent: str = "green", fold_by: dict[int, Any] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        title: str,
+        info: dict[str, Any] | None,
+        window: tuple[int, int] | None = None,
+        accent: str = "green",
+        fold_by: dict[int, Any] | None = None,
+    ) -> None:
         """Draw `info` (a `tensor` reply) over `window` (default: the reply's storage_window)."""
         self.title, self.info, self.accent, self.min_w = title, info, accent, 0
         sw = (info or {}).get("storage_window") or {}

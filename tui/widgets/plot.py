@@ -86,8 +86,15 @@ class Plot(Widget):
             self.traces, self.markers = traces, markers
             self.refresh()
 
-    def set_options(self, *, smoothing: float, log_y: bool, x_time: bool, t0: float,
-                    spans: tuple[tuple[float, float], tuple[float, float]] | None = None) -> None:  # fmt: skip
+    def set_options(
+        self,
+        *,
+        smoothing: float,
+        log_y: bool,
+        x_time: bool,
+        t0: float,
+        spans: tuple[tuple[float, float], tuple[float, float]] | None = None,
+    ) -> None:
         """Plot settings; `spans` (step range, wall range) lines up the x axes of sibling plots."""
         new = (smoothing, log_y, x_time, t0, spans)
         if new != (self.smoothing, self.log_y, self.x_time, self.t0, self.spans):

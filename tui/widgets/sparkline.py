@@ -10,9 +10,14 @@ ASCII_LEVELS = "_.-=+*#@"
 
 
 def sparkline(
-    values: Sequence[float], width: int, *, ascii: bool = False,
-    lo: float | None = None, hi: float | None = None, min_span: float = 0.2,
-) -> str:  # fmt: skip
+    values: Sequence[float],
+    width: int,
+    *,
+    ascii: bool = False,
+    lo: float | None = None,
+    hi: float | None = None,
+    min_span: float = 0.2,
+) -> str:
     """The newest `width` values as one character each, scaled to [lo, hi] (default: their range).
 
     Fixed bounds (0..100 for a percentage) keep a flat 50% from looking like a full bar; without

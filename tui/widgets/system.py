@@ -53,8 +53,12 @@ class SystemPanel(Widget):
         s = self.snap
         w, h = self.size.width, self.size.height
         if s is None or not s.system:
-            return Text("waiting for the first system sample…" if s is None or s.live
-                        else "no system samples recorded", "dim")  # fmt: skip
+            return Text(
+                "waiting for the first system sample…"
+                if s is None or s.live
+                else "no system samples recorded",
+                "dim",
+            )
         v = s.system
         gpus = sorted({int(m.group(1)) for k in v if (m := GPU_KEY.match(k))})
         spark_w = max(0, w - LABEL_W - VALUE_W - 1)

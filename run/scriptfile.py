@@ -68,7 +68,9 @@ def run_as_main(path: Path) -> None:
         source = f.read()
     code = compile(source, full, "exec", dont_inherit=True)
     main = types.ModuleType("__main__")
-    main.__dict__.update(__file__=full, __cached__=None, __loader__=None, __package__=None, __spec__=None)
+    main.__dict__.update(
+        __file__=full, __cached__=None, __loader__=None, __package__=None, __spec__=None
+    )
     saved = sys.modules.get("__main__")
     sys.modules["__main__"] = main  # pickling classes defined in the script (DataLoader workers)
     try:
@@ -82,8 +84,15 @@ def script_traceback(exc: BaseException) -> str:
     """The traceback as Python would print it for the script, without dltui's or runpy's frames."""
     import traceback
 
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not (f.filename.startswith(ENGINE_DIR) or "runpy" in f.filename or f.filename.startswith("<frozen"))]  # fmt: skip
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not (
+            f.filename.startswith(ENGINE_DIR)
+            or "runpy" in f.filename
+            or f.filename.startswith("<frozen")
+        )
+    ]
     lines = ["Traceback (most recent call last):\n"] if frames else []
     lines += traceback.format_list(frames)
     lines += traceback.format_exception_only(type(exc), exc)

@@ -15,7 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from dltui.engine.client import ControlClient
+from dltui.run.client import ControlClient
 
 from ..widgets.pane_base import PollingPane
 from ..widgets.pane_histogram import PaneHistogram
@@ -23,10 +23,17 @@ from ..widgets.pane_sparkline import PaneSparkline, fmt
 
 # (column key, header); the key is also the sort key into a row's values.
 COLUMNS = (
-    ("flag", "!"), ("name", "name"), ("shape", "shape"), ("numel", "params"),
-    ("w_norm", "w norm"), ("g_norm", "grad norm"), ("gw", "grad/w"),
-    ("update_ratio", "upd ratio"), ("zero_frac", "zero %"), ("nonfinite", "non-fin"),
-)  # fmt: skip
+    ("flag", "!"),
+    ("name", "name"),
+    ("shape", "shape"),
+    ("numel", "params"),
+    ("w_norm", "w norm"),
+    ("g_norm", "grad norm"),
+    ("gw", "grad/w"),
+    ("update_ratio", "upd ratio"),
+    ("zero_frac", "zero %"),
+    ("nonfinite", "non-fin"),
+)
 SORTABLE = [key for key, _ in COLUMNS]
 # The update/weight ratio is healthy around 1e-3 (Karpathy's rule of thumb); flag two decades off.
 RATIO_HIGH, RATIO_LOW = 1e-1, 1e-5
@@ -170,10 +177,15 @@ class LayersPane(PollingPane):
             s = data["stats"].get(p["name"], {})
             w, g = s.get("w_norm"), s.get("g_norm")
             rows[p["name"]] = {
-                **s, "order": order, "name": p["name"], "shape": p["shape"], "numel": p["numel"],
-                "trainable": p["trainable"], "gw": g / w if g is not None and w else None,
+                **s,
+                "order": order,
+                "name": p["name"],
+                "shape": p["shape"],
+                "numel": p["numel"],
+                "trainable": p["trainable"],
+                "gw": g / w if g is not None and w else None,
                 "spike": p["name"] in self.spikes,
-            }  # fmt: skip
+            }
         same_rows = list(rows) == list(self.rows)
         self.rows = rows
         table = self.query_one(DataTable)

@@ -12,6 +12,7 @@ SCHEMA_VERSION = 1
 # Run status as stored in meta['status']. "crashed" is never written: readers derive it from a
 # stale heartbeat or a dead pid while the stored status still says "running".
 RUNNING, FINISHED, FAILED, STOPPED, CRASHED = "running", "finished", "failed", "stopped", "crashed"
+STARTING = "starting"  # the engine process exists; the run has not begun training yet
 TERMINAL_STATUSES = (FINISHED, FAILED, STOPPED)
 
 TRAIN, VAL = "train", "val"
@@ -61,14 +62,29 @@ CREATE TABLE IF NOT EXISTS console (
 """
 
 LAYER_STAT_COLUMNS = (
-    "w_norm", "w_mean", "w_std", "w_maxabs", "g_norm", "g_mean", "g_std", "g_maxabs",
-    "zero_frac", "nonfinite", "update_ratio",
-)  # fmt: skip
+    "w_norm",
+    "w_mean",
+    "w_std",
+    "w_maxabs",
+    "g_norm",
+    "g_mean",
+    "g_std",
+    "g_maxabs",
+    "zero_frac",
+    "nonfinite",
+    "update_ratio",
+)
 
 # Event kinds (events.kind).
 EV_RUN, EV_STATUS, EV_COMMAND, EV_CHECKPOINT, EV_ALERT, EV_ERROR, EV_INFO = (
-    "run", "status", "command", "checkpoint", "alert", "error", "info",
-)  # fmt: skip
+    "run",
+    "status",
+    "command",
+    "checkpoint",
+    "alert",
+    "error",
+    "info",
+)
 
 
 def lr_name(group: int, optimizer: str | None = None) -> str:
@@ -93,9 +109,17 @@ STEERING_KEYS = ("pause", "step", "lr", "eval", "checkpoint", "stop", "resume")
 MAX_REQUEST_BYTES = 64 * 1024
 CONTROL_SOCKET = "control.sock"
 COMMANDS = (
-    "status", "pause", "resume", "step", "lr", "mode", "checkpoint", "stop",
-    "tensors", "tensor",
-)  # fmt: skip
+    "status",
+    "pause",
+    "resume",
+    "step",
+    "lr",
+    "mode",
+    "checkpoint",
+    "stop",
+    "tensors",
+    "tensor",
+)
 
 
 def parse_lr(value: Any) -> tuple[str, float]:
@@ -110,7 +134,9 @@ def parse_lr(value: Any) -> tuple[str, float]:
     try:
         v = float(text)
     except ValueError:
-        raise ValueError(f"learning rate {value!r} is not a number; use 0.01, *0.5 or /2.") from None
+        raise ValueError(
+            f"learning rate {value!r} is not a number; use 0.01, *0.5 or /2."
+        ) from None
     if not math.isfinite(v):
         raise ValueError(f"learning rate {value!r} is not finite; give a positive number.")
     if op == "div":

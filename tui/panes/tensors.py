@@ -19,7 +19,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Static, Tree
 
-from dltui.engine.client import ControlClient, ControlError, EngineGone
+from dltui.run.client import ControlClient, ControlError, EngineGone
 
 from ..widgets.pane_base import PollingPane
 from ..widgets.pane_sparkline import fmt
@@ -28,9 +28,12 @@ from ..widgets.pane_values import PaneValues
 
 READ_ONLY = "tensors can be inspected only while the engine is running"
 GROUPS = {
-    "parameter": "parameters", "gradient": "gradients", "buffer": "buffers",
-    "optimizer state": "optimizer state", "batch": "last batch / output",
-}  # fmt: skip
+    "parameter": "parameters",
+    "gradient": "gradients",
+    "buffer": "buffers",
+    "optimizer state": "optimizer state",
+    "batch": "last batch / output",
+}
 LIST_EVERY = 3  # re-list tensors every 3rd poll: gradients and optimizer state appear after step 1
 SIDE_BY_SIDE_AT = 76  # inspector width from which base and view are drawn side by side
 

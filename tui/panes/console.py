@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import RichLog, Static
 
-from dltui.engine.client import ControlClient
+from dltui.run.client import ControlClient
 
 from ..widgets.pane_base import PollingPane
 

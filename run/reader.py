@@ -134,9 +134,13 @@ class RunReader:
         return None if row is None else (row[0], row[1])
 
     def series(
-        self, name: str, phase: str = wire.TRAIN, buckets: int = 200,
-        start: int | None = None, end: int | None = None,
-    ) -> Series:  # fmt: skip
+        self,
+        name: str,
+        phase: str = wire.TRAIN,
+        buckets: int = 200,
+        start: int | None = None,
+        end: int | None = None,
+    ) -> Series:
         """The series over [start, end] in at most `buckets` buckets (min/max/mean/last each).
 
         Reads from the coarsest rollup level that still gives >= `buckets` source buckets, so
@@ -258,7 +262,9 @@ class RunReader:
             out[r[0]] = dict(zip(wire.LAYER_STAT_COLUMNS, r[1:], strict=True))
         return row[0], out
 
-    def layer_stat_history(self, param: str, column: str, limit: int = 200) -> list[tuple[int, float]]:
+    def layer_stat_history(
+        self, param: str, column: str, limit: int = 200
+    ) -> list[tuple[int, float]]:
         if column not in wire.LAYER_STAT_COLUMNS:
             raise ValueError(f"unknown layer statistic {column!r}")
         rows = self.db.execute(

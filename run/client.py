@@ -58,7 +58,9 @@ class ControlClient:
 
     def _connect(self) -> socket.socket:
         if not socket_path(self.run_dir).exists():
-            raise EngineGone(f"the engine of run {self.run_dir.name} is not running (no control socket).")
+            raise EngineGone(
+                f"the engine of run {self.run_dir.name} is not running (no control socket)."
+            )
         # A refused or full-backlog connect is retried briefly before the run is called gone: on
         # a loaded box a live engine was seen refusing once (and a burst of dashboards can fill
         # the backlog); a dead engine's socket costs REFUSED_GRACE_S more before the verdict.
@@ -75,11 +77,17 @@ class ControlClient:
                 s.close()
                 if time.monotonic() >= deadline:
                     if isinstance(e, BlockingIOError):
-                        raise ControlError(f"run {self.run_dir.name}'s engine is not accepting connections (too many at once).") from None
-                    raise EngineGone(f"the engine of run {self.run_dir.name} is not running (stale socket).") from None
+                        raise ControlError(
+                            f"run {self.run_dir.name}'s engine is not accepting connections (too many at once)."
+                        ) from None
+                    raise EngineGone(
+                        f"the engine of run {self.run_dir.name} is not running (stale socket)."
+                    ) from None
             except FileNotFoundError:
                 s.close()
-                raise EngineGone(f"the engine of run {self.run_dir.name} is not running (stale socket).") from None
+                raise EngineGone(
+                    f"the engine of run {self.run_dir.name} is not running (stale socket)."
+                ) from None
             except OSError as e:
                 s.close()
                 raise ControlError(f"cannot connect to run {self.run_dir.name}: {e}") from None
@@ -109,7 +117,9 @@ class ControlClient:
                     self._sock.close()
                     self._sock, self._buf = None, b""
                     if attempt:
-                        raise EngineGone(f"the engine of run {self.run_dir.name} went away ({e}).") from None
+                        raise EngineGone(
+                            f"the engine of run {self.run_dir.name} went away ({e})."
+                        ) from None
                 except TimeoutError:
                     self._sock.close()
                     self._sock, self._buf = None, b""

@@ -65,10 +65,15 @@ class RunInfo:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "path": str(self.path), "status": self.status, "script": self.script,
-            "started": self.started, "step": self.step, "total_steps": self.total_steps,
+            "id": self.id,
+            "path": str(self.path),
+            "status": self.status,
+            "script": self.script,
+            "started": self.started,
+            "step": self.step,
+            "total_steps": self.total_steps,
             "best": self.best,
-        }  # fmt: skip
+        }
 
 
 def run_info(path: Path) -> RunInfo:
@@ -80,10 +85,15 @@ def run_info(path: Path) -> RunInfo:
         if meta.get("best"):
             best = meta["best"]
     return RunInfo(
-        id=path.name, path=path, status=status, script=meta.get("script", "?"),
-        started=meta.get("started"), step=progress.get("step", 0),
-        total_steps=progress.get("total_steps"), best=best,
-    )  # fmt: skip
+        id=path.name,
+        path=path,
+        status=status,
+        script=meta.get("script", "?"),
+        started=meta.get("started"),
+        step=progress.get("step", 0),
+        total_steps=progress.get("total_steps"),
+        best=best,
+    )
 
 
 def list_runs(runs_dir: Path) -> list[RunInfo]:
@@ -112,7 +122,11 @@ def resolve_run(runs_dir: Path, spec: str | None, live_only: bool = False) -> Pa
         cand = runs_dir / spec
         if (cand / DB_NAME).exists():
             return cand
-        matches = [d for d in sorted(runs_dir.glob(spec + "*")) if (d / DB_NAME).exists()] if runs_dir.is_dir() else []
+        matches = (
+            [d for d in sorted(runs_dir.glob(spec + "*")) if (d / DB_NAME).exists()]
+            if runs_dir.is_dir()
+            else []
+        )
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:

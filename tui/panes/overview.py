@@ -19,9 +19,9 @@ from textual.containers import Horizontal
 from textual.widget import Widget
 from textual.worker import get_current_worker
 
-from dltui.engine import wire
-from dltui.engine.client import ControlClient
-from dltui.engine.reader import RunReader, Series
+from dltui.run import wire
+from dltui.run.client import ControlClient
+from dltui.run.reader import RunReader, Series
 
 from ..messages import RunUpdated, SeriesFetched
 from ..poller import RunSnapshot
@@ -117,15 +117,34 @@ class OverviewPane(Widget, can_focus=True):
     """Plots, system panel and events of one run; plot keys act on all three plots."""
 
     BINDINGS = [
-        Binding("s", "cycle_smoothing", "Smooth", tooltip="EMA smoothing: off, 0.6, 0.9, 0.99",
-                id="overview.smoothing"),
-        Binding("g", "toggle_log", "Log", tooltip="Logarithmic y axis on the plots", id="overview.log_y"),
+        Binding(
+            "s",
+            "cycle_smoothing",
+            "Smooth",
+            tooltip="EMA smoothing: off, 0.6, 0.9, 0.99",
+            id="overview.smoothing",
+        ),
+        Binding(
+            "g", "toggle_log", "Log", tooltip="Logarithmic y axis on the plots", id="overview.log_y"
+        ),
         Binding("x", "toggle_x", "X", tooltip="x axis: step or elapsed time", id="overview.x_axis"),
-        Binding("m", "next_metric", "Metric", tooltip="Next scalar on the metric plot (each metric, dltui.log value...)", id="overview.metric"),
-    ]  # fmt: skip
+        Binding(
+            "m",
+            "next_metric",
+            "Metric",
+            tooltip="Next scalar on the metric plot (each metric, dltui.log value...)",
+            id="overview.metric",
+        ),
+    ]
 
-    def __init__(self, run_dir: Path, client: ControlClient | None = None, *, ascii: bool = False,
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run_dir: Path,
+        client: ControlClient | None = None,
+        *,
+        ascii: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.run_dir = Path(run_dir)
         self.client = client
@@ -233,8 +252,9 @@ class OverviewPane(Widget, can_focus=True):
         if snap is None:
             return
         loss, metric, lr = self.plots
-        options = dict(smoothing=self.smoothing, log_y=self.log_y, x_time=self.x_time,
-                       t0=snap.started or 0.0)  # fmt: skip
+        options = dict(
+            smoothing=self.smoothing, log_y=self.log_y, x_time=self.x_time, t0=snap.started or 0.0
+        )
         shown = ("log" if self.log_y else "", "time" if self.x_time else "")
         ema = f"ema {self.smoothing:g}" if self.smoothing else ""
         for plot, smoothed in (
@@ -261,10 +281,14 @@ class OverviewPane(Widget, can_focus=True):
         lrs = sorted((k for k in series if lr_key(k) is not None), key=lr_key)
         main = snap.optimizers[0]["name"] if snap.optimizers else None
         labels = lr_labels(lrs, main)
-        lr.set_data([
-            _trace(series[k], labels[k], LR_COLORS[i % len(LR_COLORS)], False)
-            for i, k in enumerate(lrs) if len(series[k])
-        ], markers)  # fmt: skip
+        lr.set_data(
+            [
+                _trace(series[k], labels[k], LR_COLORS[i % len(LR_COLORS)], False)
+                for i, k in enumerate(lrs)
+                if len(series[k])
+            ],
+            markers,
+        )
 
     def _pair(self, series: dict[str, Series], key: str) -> list[Trace]:
         out = []
@@ -297,8 +321,10 @@ class OverviewPane(Widget, can_focus=True):
 
     def action_next_metric(self) -> None:
         if self.metric_count == 1:
-            self.notify(f"{self.metric_name} is the only scalar to show here (besides loss and LR)",
-                        timeout=2)  # fmt: skip
+            self.notify(
+                f"{self.metric_name} is the only scalar to show here (besides loss and LR)",
+                timeout=2,
+            )
         elif not self.metric_count:
             self.notify(
                 "no metric recorded yet (a script can log some: dltui.log(acc=...))", timeout=3

@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import DataTable, Static, Tree
 
-from dltui.engine.client import ControlClient
+from dltui.run.client import ControlClient
 
 from ..widgets.pane_base import PollingPane
 from .layers import fmt_count

@@ -1,0 +1,157 @@
+"""The options `dltui train` and the engine share, and the split of argv between dltui and FILE.
+
+Torch-free: the CLI parses with it before any engine exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import wire
+from .runs import DEFAULT_RUNS_DIR
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be 1 or more")
+    return v
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options `dltui train` and the engine share (the CLI passes them through)."""
+    p.add_argument("--epochs", type=positive_int, help="number of epochs (default: the recipe's)")
+    p.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps")
+    p.add_argument("--seed", type=int, help="seed Python and torch before the recipe is imported")
+    p.add_argument(
+        "--device", help="cpu, cuda, cuda:1 (default: the recipe's, else CUDA if present)"
+    )
+    p.add_argument(
+        "--stats-every",
+        type=positive_int,
+        help="layer stats every N steps (default: auto, ~2%% cost)",
+    )
+    p.add_argument(
+        "--hist-every", type=positive_int, help="histograms every N steps (default: auto)"
+    )
+    p.add_argument(
+        "--metric-every", type=positive_int, help="train metric every N steps (default: auto)"
+    )
+    p.add_argument(
+        "--pause-on-anomaly", action="store_true", help="pause on NaN/Inf loss or a gradient spike"
+    )
+    p.add_argument(
+        "--log-every", type=float, default=5.0, help="seconds between headless status lines"
+    )
+
+
+def add_kind_options(p: argparse.ArgumentParser) -> None:
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument(
+        "--script",
+        dest="force_kind",
+        action="store_const",
+        const=wire.DRIVER_SCRIPT,
+        help="run FILE as a script with its own loop (default: decided from the file)",
+    )
+    kind.add_argument(
+        "--recipe",
+        dest="force_kind",
+        action="store_const",
+        const=wire.DRIVER_RECIPE,
+        help="load FILE as a recipe (model, optimizer, loss_fn, train_loader)",
+    )
+
+
+def split_file_argv(
+    argv: list[str], p: argparse.ArgumentParser
+) -> tuple[list[str], str | None, list[str]]:
+    """(dltui's own options, FILE, FILE's arguments): everything after FILE belongs to FILE, and
+    `--` ends dltui's options. Argparse alone can't do this (it would read the file's --epochs)."""
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            return argv[:i], (argv[i + 1] if i + 1 < len(argv) else None), argv[i + 2 :]
+        if tok.startswith("-") and tok != "-":
+            # An unknown option is left for argparse to refuse; a known one may take its value.
+            i += _option_words(tok, _option_action(tok, p, abbrev=True))
+            continue
+        return argv[:i], tok, argv[i + 1 :]
+    return argv, None, []
+
+
+def _option_action(tok: str, p: argparse.ArgumentParser, abbrev: bool) -> argparse.Action | None:
+    """The action of `p` that option word `tok` names (`--epochs`, `--epochs=3`; with `abbrev`,
+    an unambiguous prefix argparse would also accept: --max for --max-steps), else None."""
+    opts = p._option_string_actions
+    name = tok.split("=", 1)[0]
+    act = opts.get(name)
+    if act is None and abbrev and name.startswith("--"):
+        found = {id(a): a for o, a in opts.items() if o.startswith(name) and o.startswith("--")}
+        act = next(iter(found.values())) if len(found) == 1 else None
+    return act
+
+
+def _option_words(tok: str, act: argparse.Action | None) -> int:
+    """Words of argv the option takes: 2 when its value is the next word, else 1."""
+    return 2 if act is not None and "=" not in tok and act.nargs != 0 else 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m dltui.engine", description="The engine process that owns one run."
+    )
+    p.add_argument(
+        "recipe",
+        metavar="FILE",
+        help="a recipe or a training script; what follows it is its own argv",
+    )
+    add_kind_options(p)
+    p.add_argument(
+        "--run-dir", type=Path, help="the run directory to create (default: runs/<new id>)"
+    )
+    p.add_argument("--runs-dir", type=Path, default=Path(DEFAULT_RUNS_DIR))
+    p.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue this run from its last checkpoint"
+    )
+    p.add_argument("--headless", action="store_true", help="print status lines to stdout")
+    p.add_argument(
+        "--detached", action="store_true", help="running without a terminal: ignore SIGHUP"
+    )
+    add_run_options(p)
+    return p
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = parser()
+    head, file, file_args = split_file_argv(argv, p)
+    args = p.parse_args(head + (["--", file] if file is not None else []))
+    args.file_args = file_args
+    return args
+
+
+def hint_misplaced(file: str, file_args: list[str]) -> None:
+    """`dltui train recipe.py --epochs 3` gives --epochs to the recipe, not to dltui: say so once,
+    in case that was not meant (a recipe that reads its own --epochs can ignore the note)."""
+    p = parser()
+    moved, i = [], 0
+    while i < len(file_args):
+        tok = file_args[i]
+        act = _option_action(tok, p, abbrev=False) if tok.startswith("--") else None
+        width = _option_words(tok, act) if act is not None else 1
+        if act is not None:
+            moved += file_args[i : i + width]
+        i += width
+    if moved:
+        shown = " ".join(moved)
+        print(
+            f"dltui: note: {shown} after {file} went to the file itself (its own argv); dltui's own "
+            f"options go before it: dltui train {shown} {file}",
+            file=sys.stderr,
+        )
