@@ -50,7 +50,7 @@ class DeferredPane(Widget):
         self._loaded = True
         module, cls_name, label = self.spec
         try:
-            cls = getattr(importlib.import_module(f"dltui.tui.screens.{module}"), cls_name)
+            cls = getattr(importlib.import_module(f"dltui.tui.panes.{module}"), cls_name)
         except (ImportError, AttributeError):
             await self.mount(Static(f"{label}: not available in this build", classes="missing"))
             return
