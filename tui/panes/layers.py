@@ -17,9 +17,10 @@ from textual.widgets import DataTable, Static
 
 from dltui.run.client import ControlClient
 
+from ..widgets.format import fmt_count, fmt_num
 from ..widgets.pane_base import PollingPane
 from ..widgets.pane_histogram import PaneHistogram
-from ..widgets.pane_sparkline import PaneSparkline, fmt
+from ..widgets.pane_sparkline import PaneSparkline
 
 # (column key, header); the key is also the sort key into a row's values.
 COLUMNS = (
@@ -44,15 +45,6 @@ HISTORY = 200  # points of gradient-norm history for the sparkline
 # Marker characters make anomalies visible without colour; ascii mode has its own set.
 MARKS = {"nonfinite": ("✖", "X"), "spike": ("↯", "!"), "high": ("▲", "^"), "low": ("▼", "v")}
 SEVERITY = {"nonfinite": "bold red", "spike": "bold red", "high": "yellow", "low": "yellow"}
-
-
-def fmt_count(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if n >= div:
-            return f"{n / div:.3g}{suffix}"
-    return str(n)
 
 
 def anomalies(row: dict[str, Any]) -> list[str]:
@@ -216,12 +208,12 @@ class LayersPane(PollingPane):
             Text(row["name"], style=worst),
             Text("×".join(map(str, row["shape"])) if not a else "x".join(map(str, row["shape"]))),
             num(fmt_count(row["numel"])),
-            num(fmt(row.get("w_norm"))),
-            num(fmt(row.get("g_norm")), "spike" in kinds),
-            num(fmt(row.get("gw"))),
-            num(fmt(ur), "high" in kinds or "low" in kinds),
+            num(fmt_num(row.get("w_norm"))),
+            num(fmt_num(row.get("g_norm")), "spike" in kinds),
+            num(fmt_num(row.get("gw"))),
+            num(fmt_num(ur), "high" in kinds or "low" in kinds),
             num("-" if row.get("zero_frac") is None else f"{100 * row['zero_frac']:.1f}"),
-            num(fmt(row.get("nonfinite")), "nonfinite" in kinds),
+            num(fmt_num(row.get("nonfinite")), "nonfinite" in kinds),
         ]
 
     def _sort_key(self, name: str) -> tuple:

@@ -13,8 +13,8 @@ from textual.widgets import DataTable, Static, Tree
 
 from dltui.run.client import ControlClient
 
+from ..widgets.format import fmt_count
 from ..widgets.pane_base import PollingPane
-from .layers import fmt_count
 
 EXPAND_DEPTH = 2  # modules deeper than this start collapsed: a ResNet has hundreds
 

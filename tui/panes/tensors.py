@@ -21,8 +21,8 @@ from textual.widgets import Input, Static, Tree
 
 from dltui.run.client import ControlClient, ControlError, EngineGone
 
+from ..widgets.format import fmt_num
 from ..widgets.pane_base import PollingPane
-from ..widgets.pane_sparkline import fmt
 from ..widgets.pane_storage import PaneStorage
 from ..widgets.pane_values import PaneValues
 
@@ -328,8 +328,8 @@ class TensorsPane(PollingPane):
         out.append(f"\nstorage {t['storage_numel']:,} × {t['element_size']} B = {size}")
         st = t.get("stats") or {}
         if "min" in st:
-            out.append(f"\nmin {fmt(st['min'])} max {fmt(st['max'])}", style="dim")
-            out.append(f" mean {fmt(st['mean'])} std {fmt(st['std'])}", style="dim")
+            out.append(f"\nmin {fmt_num(st['min'])} max {fmt_num(st['max'])}", style="dim")
+            out.append(f" mean {fmt_num(st['mean'])} std {fmt_num(st['std'])}", style="dim")
             if st.get("nan") or st.get("inf"):
                 out.append(f"  nan {st['nan']}  inf {st['inf']}", style="bold red")
         if self.view_info is not None:

@@ -1,9 +1,16 @@
-"""Number, size and duration formatting shared by the dashboard's widgets (short, fixed width)."""
+"""Every number, count, size and duration the dashboard shows: one module, short fixed widths.
+
+fmt_num: a measured value (loss, norm, LR) in at most 9 characters; fmt_count: a whole count
+(parameters, steps); fmt_value: one element of a tensor; fmt_ticks: axis labels that stay
+distinct however close the values; fmt_duration, fmt_bytes, fmt_percent. Nothing here cuts a
+number: a narrow place drops a column instead (the Layers table), never digits.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from rich.text import Text
 
@@ -12,7 +19,7 @@ def fmt_num(v: float | None, integer: bool = False) -> str:
     """4 significant digits, compact: 2.301, 0.0125, 1.2e-05, 15.8k, 1.2M; '-' for none."""
     if v is None:
         return "-"
-    if not math.isfinite(v):
+    if isinstance(v, float) and not math.isfinite(v):
         return str(v)
     a = abs(v)
     if integer and a < 10_000:
@@ -28,6 +35,50 @@ def fmt_num(v: float | None, integer: bool = False) -> str:
     if a == 0 or a >= 1e-3:
         return f"{v:.4g}"
     return f"{v:.2e}"
+
+
+def fmt_count(n: float | None) -> str:
+    """A whole count: 812, 9999, 15.8k, 1.2M; '-' for none."""
+    return fmt_num(n, integer=True)
+
+
+def fmt_percent(fraction: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage: 0.1234 -> '12.3%'; '-' for none."""
+    if fraction is None or not math.isfinite(fraction):
+        return "-"
+    return f"{100 * fraction:.{digits}f}%"
+
+
+def fmt_value(v: Any) -> str:
+    """One tensor element as the engine sends it: int, bool, float, or [re, im] for complex."""
+    if isinstance(v, bool | int):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list) and len(v) == 2:
+        return f"{v[0]:.3g}{v[1]:+.3g}j"
+    return str(v)
+
+
+def fmt_ticks(values: Sequence[float]) -> list[str]:
+    """Axis labels for `values` (top to bottom), with as many digits as it takes to tell them
+    apart: 0.05 / 0.05 / 0.05 becomes 0.0501 / 0.05005 / 0.05 (at most 7 significant digits)."""
+    for digits in range(3, 8):
+        out = [_sig(v, digits) for v in values]
+        if len(set(out)) == len(set(values)):
+            return out
+    return out
+
+
+def _sig(v: float, digits: int) -> str:
+    if not math.isfinite(v):
+        return str(v)
+    if v == 0:
+        return "0"
+    a = abs(v)
+    if 1e-3 <= a < 1e5:
+        return f"{v:.{digits}g}"
+    return f"{v:.{max(1, digits - 2)}e}"
 
 
 def fmt_duration(seconds: float | None) -> str:

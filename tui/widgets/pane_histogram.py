@@ -5,7 +5,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-from .pane_sparkline import bar_rows, fmt
+from .format import fmt_num
+from .pane_sparkline import bar_rows
 
 
 def fold(counts: list[int], width: int) -> list[int]:
@@ -55,7 +56,7 @@ class PaneHistogram(Widget):
             [c / top for c in cols], height - 2, getattr(self.app, "ascii_mode", False)
         ):
             out.append("\n" + line, style=self.bar_style)
-        lo, hi = fmt(h.get("lo")), fmt(h.get("hi"))
+        lo, hi = fmt_num(h.get("lo")), fmt_num(h.get("hi"))
         gap = max(1, len(cols) - len(lo) - len(hi))
         out.append("\n" + lo + " " * gap + hi, style="dim")
         return out

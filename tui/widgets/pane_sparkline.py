@@ -8,6 +8,8 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from .format import fmt_num
+
 # Eighth blocks give 8 levels per row; ascii mode has 3 ("." low, ":" half, "#" full).
 BLOCKS = " ▁▂▃▄▅▆▇█"
 ASCII_BLOCKS = " ..::::##"
@@ -26,13 +28,6 @@ def bar_rows(heights: list[float], rows: int, ascii_mode: bool = False) -> list[
             line.append(chars[max(0, min(8, eighths))])
         out.append("".join(line))
     return out
-
-
-def fmt(v: float | None) -> str:
-    """A number in at most ~8 characters."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    return f"{v:.3g}"
 
 
 class PaneSparkline(Widget):
@@ -60,8 +55,8 @@ class PaneSparkline(Widget):
         if not vals:
             head.append("  no data yet", style="dim")
             return head
-        head.append(f" {fmt(vals[-1])}", style="bold")
-        head.append(f"  max {fmt(max(vals))}  {len(vals)} pts", style="dim")
+        head.append(f" {fmt_num(vals[-1])}", style="bold")
+        head.append(f"  max {fmt_num(max(vals))}  {len(vals)} pts", style="dim")
         # Newest at the right; a long history folds into columns by max so a spike survives.
         if len(vals) > width:
             per = len(vals) / width

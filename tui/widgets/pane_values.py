@@ -8,17 +8,9 @@ from rich.text import Text
 from textual.geometry import Size
 from textual.widget import Widget
 
+from .format import fmt_value
+
 MAX_ROWS = 8
-
-
-def fmt_value(v: Any) -> str:
-    if isinstance(v, bool) or isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, list) and len(v) == 2:  # complex numbers come as [re, im]
-        return f"{v[0]:.3g}{v[1]:+.3g}j"
-    return str(v)
 
 
 def grid(
