@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -63,13 +63,51 @@ LR_MAX = 3.4e38
 LR_MIN = 1.2e-38
 
 
-def check_lr(new: float, i: int) -> None:
-    """Refuse a resulting learning rate that is not a positive float32-representable number."""
-    if not (math.isfinite(new) and LR_MIN <= new <= LR_MAX):
+def lr_bounds(dtypes: Any = ()) -> tuple[float, float]:
+    """The LR range a step can use on parameters of these dtypes: float32's, narrowed by any
+    smaller float (fp16 params overflow past 65504; their smallest step is a subnormal)."""
+    lo, hi = LR_MIN, LR_MAX
+    for dt in dtypes:
+        if isinstance(dt, torch.dtype) and dt.is_floating_point:
+            fi = torch.finfo(dt)
+            hi = min(hi, fi.max)
+            lo = max(lo, fi.smallest_normal * fi.eps)  # the smallest subnormal
+    return lo, hi
+
+
+def check_lr(new: float, i: int, bounds: tuple[float, float] = (LR_MIN, LR_MAX)) -> None:
+    """Refuse a resulting learning rate that is not a positive number the parameters can use."""
+    lo, hi = bounds
+    if not (math.isfinite(new) and lo <= new <= hi):
         raise CommandError(
             f"that would set group {i}'s learning rate to {new:.4g}; it must be a positive finite "
-            f"number between {LR_MIN:.2g} and {LR_MAX:.2g}. Nothing was changed."
+            f"number between {lo:.2g} and {hi:.2g}. Nothing was changed."
         )
+
+
+def _check_kept(what: str, new: float, bounds: tuple[float, float]) -> None:
+    """A rate the scheduler keeps (base_lrs, max_lr, eta_min, ...) may be 0 (a floor), else it
+    must be one the parameters can use: the scheduler will set it as the LR later."""
+    lo, hi = bounds
+    if not (math.isfinite(new) and (new == 0 or lo <= new <= hi)):
+        raise CommandError(
+            f"that would set the scheduler's {what} to {new:.4g}, outside {lo:.2g}..{hi:.2g}; "
+            "the schedule would later overflow or vanish. Nothing was changed."
+        )
+
+
+class _Change(NamedTuple):
+    """One number an LR change sets: target[key] (a group dict or a list) or target.key."""
+
+    target: Any
+    key: Any
+    new: float
+    what: str
+    bounds: tuple[float, float] | None  # None: already checked as the LR itself
+
+
+def _group_dtypes(group: dict) -> set[torch.dtype]:
+    return {p.dtype for p in group["params"] if isinstance(p, torch.Tensor)}
 
 
 def apply_lr(
@@ -79,7 +117,8 @@ def apply_lr(
 
     Closed-form schedulers (LambdaLR, OneCycleLR, cosine restarts) recompute from base_lrs /
     initial_lr / max_lr / eta_min; chainable ones (StepLR, MultiStepLR) from the current lr.
-    Scaling all of them keeps the scheduled curve's shape at the new height.
+    Scaling all of them keeps the scheduled curve's shape at the new height. Every resulting
+    value is computed and checked first; only if all are usable is anything changed (atomic).
     """
     op, v = parse_lr(spec)
     steer = getattr(loop, "steer_lr", None)
@@ -97,32 +136,45 @@ def apply_lr(
         )
     chosen = range(len(groups)) if group is None else [group]
     before = [float(g["lr"]) for g in groups]
-    for i in chosen:  # check every resulting rate before changing anything
-        check_lr(before[i] * v if op == "mul" else v, i)
+    bounds = {i: lr_bounds(_group_dtypes(groups[i])) for i in range(len(groups))}
+    for i in chosen:  # the new rates themselves first: the clearest message
+        check_lr(before[i] * v if op == "mul" else v, i, bounds[i])
     sched = loop.schedulers.get(name)
+    plan: list[_Change] = []  # every number that changes, checked before any is set
     factors = set()
     for i in chosen:
         g = groups[i]
-        old = float(g["lr"])
+        old = before[i]
         factor = v if op == "mul" else (v / old if old > 0 else None)
-        new = old * v if op == "mul" else v
-        g["lr"] = new if not isinstance(g["lr"], torch.Tensor) else g["lr"].fill_(new)
+        plan.append(_Change(g, "lr", old * v if op == "mul" else v, f"group {i}'s lr", None))
         if factor is None:
             continue
         factors.add(factor)
         for key in ("initial_lr", "max_lr", "min_lr"):  # OneCycleLR / CyclicLR keep these per group
             if isinstance(g.get(key), (int, float)):
-                g[key] = g[key] * factor
+                plan.append(_Change(g, key, g[key] * factor, f"group {i}'s {key}", bounds[i]))
         for s in _schedulers(sched):
             for attr in ("base_lrs", "min_lrs", "_last_lr", "max_lrs"):
                 lst = getattr(s, attr, None)
                 if isinstance(lst, list) and i < len(lst) and isinstance(lst[i], (int, float)):
-                    lst[i] = lst[i] * factor
+                    plan.append(_Change(lst, i, lst[i] * factor, f"{attr}[{i}]", bounds[i]))
     if len(chosen) == len(groups) and len(factors) == 1:  # eta_min is shared by all groups
-        (v,) = factors
+        (f,) = factors
+        lo = max(b[0] for b in bounds.values())
+        hi = min(b[1] for b in bounds.values())
         for s in _schedulers(sched):
             if isinstance(getattr(s, "eta_min", None), (int, float)):
-                s.eta_min *= v
+                plan.append(_Change(s, "eta_min", s.eta_min * f, "eta_min", (lo, hi)))
+    for c in plan:
+        if c.bounds is not None:
+            _check_kept(c.what, c.new, c.bounds)
+    for c in plan:  # all checked: now change them
+        if isinstance(c.target, (dict, list)):
+            old_value = c.target[c.key]
+            is_t = isinstance(old_value, torch.Tensor)
+            c.target[c.key] = old_value.fill_(c.new) if is_t else c.new
+        else:
+            setattr(c.target, c.key, c.new)
     after = [float(g["lr"]) for g in groups]
     which = ("all groups" if group is None else f"group {group}") + (
         f" of '{name}'" if len(opts) > 1 else ""

@@ -256,3 +256,68 @@ def test_group_0_of_a_one_group_optimizer_is_the_same_as_all_groups():
         advance(ref_opt, ref, k)
         advance(opt, sched, k)
         assert lrs(opt)[0] == pytest.approx(0.5 * lrs(ref_opt)[0], rel=1e-9), f"step {k}"
+
+
+# -- issue 13, items 1-2: no accepted LR change can make the run overflow or go NaN later ---------
+
+
+def _snapshot(opt: torch.optim.Optimizer, sched: Any) -> tuple:
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    return groups, sched.state_dict()
+
+
+@pytest.mark.parametrize("name", list(SCHEDULERS))
+def test_review_lr_cases_are_refused_or_harmless_and_the_schedule_stays_finite(name):
+    """The review's inputs: 1e308 and 1e39 (past float32), 1e-320 then 0.05 (a factor that
+    overflows). Each refused one changes nothing; afterwards every LR the run uses is finite."""
+    opt, sched = make(name)
+    loop = LoopLike(opt, sched)
+    for k in range(1, 4):
+        advance(opt, sched, k)
+    for spec in ("1e308", "1e39", "1e-320"):
+        before = _snapshot(opt, sched)
+        with pytest.raises(CommandError, match="Nothing was changed"):
+            apply_lr(loop, spec, None)
+        assert _snapshot(opt, sched) == before, f"{name}: {spec} changed something"
+    apply_lr(loop, "0.05", None)
+    for k in range(4, STEPS + 1):
+        advance(opt, sched, k)
+        for i, lr in enumerate(lrs(opt)):
+            assert math.isfinite(lr) and 0 <= lr <= 3.4e38, f"{name} step {k} group {i}: lr {lr}"
+        for attr in ("base_lrs", "min_lrs", "max_lrs", "eta_min"):
+            val = getattr(sched, attr, None)
+            for x in val if isinstance(val, list) else [val] if val is not None else []:
+                if isinstance(x, float):
+                    assert math.isfinite(x), f"{name}: {attr} became {x}"
+
+
+def test_a_rate_the_scheduler_keeps_past_float32_refuses_the_change_atomically():
+    """OneCycleLR starts at max_lr / 25: an LR of 3e38 is in range now, but max_lr would be
+    7.5e39 and the schedule would overflow a few steps later. Refused; nothing changes."""
+    opt, sched = make("OneCycleLR")
+    advance(opt, sched, 1)
+    before = _snapshot(opt, sched)
+    with pytest.raises(CommandError, match="max_lr"):
+        apply_lr(LoopLike(opt, sched), "3e38", None)
+    assert _snapshot(opt, sched) == before
+
+
+def test_a_shared_eta_min_that_would_vanish_refuses_the_change():
+    opt, sched = make("CosineAnnealingLR-eta_min")  # eta_min 1e-3, lrs 0.1 / 0.02
+    advance(opt, sched, 1)
+    before = _snapshot(opt, sched)
+    with pytest.raises(CommandError, match="eta_min"):
+        apply_lr(LoopLike(opt, sched), "*2e-36", None)  # lrs 2e-37 ok, eta_min 2e-39 is not
+    assert _snapshot(opt, sched) == before
+
+
+def test_half_precision_parameters_bound_the_lr_by_their_own_range():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 3).half()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loop = LoopLike(opt, None)
+    with pytest.raises(CommandError, match="6.6e\\+04|65504|6.5e\\+04"):
+        apply_lr(loop, "1e5", None)  # fp16 overflows past 65504
+    assert lrs(opt) == [0.1]
+    apply_lr(loop, "1e-5", None)  # a small LR is fine in fp16 (a subnormal step)
+    assert lrs(opt) == [1e-5]
