@@ -9,7 +9,6 @@ the quit dialog; the other killed with SIGKILL under the open app.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import signal
 import subprocess
@@ -19,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from rich.console import Console
+from screen import notes, screen_text
 from test_app_snapshots import write_finished_run
 from textual.pilot import Pilot
 from textual.widgets import Input, Label, TabbedContent
@@ -152,30 +151,8 @@ async def until(pilot: Pilot, cond: Callable[[], object], what: str, timeout: fl
         await pilot.pause(0.1)
 
 
-def screen_text(app: DltuiApp) -> str:
-    """The screen as plain text, the way the terminal would show it."""
-    console = Console(
-        width=app.size.width,
-        height=app.size.height,
-        file=io.StringIO(),
-        record=True,
-        force_terminal=True,
-        color_system=None,
-        legacy_windows=False,
-        safe_box=False,
-    )
-    console.print(
-        app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
-    )
-    return console.export_text()
-
-
 def state(app: DltuiApp) -> str | None:
     return app.snapshot.state if app.snapshot else None
-
-
-def notes(app: DltuiApp) -> list[str]:
-    return [str(n.message) for n in app._notifications]
 
 
 def plotted(app: DltuiApp) -> bool:

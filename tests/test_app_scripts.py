@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from screen import notes
 from textual.pilot import Pilot
 from textual.widgets import Input, OptionList
 from textual.widgets._footer import FooterKey
@@ -206,10 +207,6 @@ async def until(pilot: Pilot, cond: Callable[[], object], what: str, timeout: fl
 
 def header_text(app: DltuiApp) -> str:
     return str(app.header.render())
-
-
-def notes(app: DltuiApp) -> list[str]:
-    return [str(n.message) for n in app._notifications]
 
 
 def footer_disabled(app: DltuiApp, key: str) -> bool | None:
