@@ -46,7 +46,7 @@ class TensorsPane(PollingPane):
         Binding("r", "refresh_list", "Refresh", id="tensors.refresh"),
         Binding("slash", "edit_expr", "View expr", key_display="/", id="tensors.expr"),
         Binding("t", "toggle_tree", "Hide/show list", id="tensors.toggle"),
-        Binding("escape", "focus_tree", "Tensor list", show=False, id="tensors.tree"),
+        Binding("escape", "leave", "Leave the view box", show=False, id="tensors.leave"),
     ]
     DEFAULT_CSS = """
     TensorsPane { height: 1fr; }
@@ -274,17 +274,23 @@ class TensorsPane(PollingPane):
     def action_edit_expr(self) -> None:
         self.query_one("#tensor-expr", Input).focus()
 
-    def action_focus_tree(self) -> None:
+    def action_leave(self) -> None:
+        """Esc: out of the view box (to the list, or the drawings while the list is hidden), so
+        keys are commands again; from anywhere else, back to the list."""
         tree = self.query_one(Tree)
+        if self.query_one("#tensor-expr", Input).has_focus and not tree.display:
+            self.query_one("#inspector").focus()
+            return
         tree.display = True
         tree.focus()
 
     def action_toggle_tree(self) -> None:
-        """Hide the list to give the drawings the whole width (side by side from 76 columns)."""
+        """Hide the list to give the drawings the whole width (side by side from 76 columns).
+        Focus goes to the drawings, not the view box: the next keys are still commands."""
         tree = self.query_one(Tree)
         tree.display = not tree.display
         if not tree.display and tree.has_focus:
-            self.query_one("#tensor-expr", Input).focus()
+            self.query_one("#inspector").focus()
         self.call_after_refresh(self._layout_drawings)
 
     # -- drawing -------------------------------------------------------------------------------

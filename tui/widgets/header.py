@@ -7,6 +7,8 @@ import time
 from rich.text import Text
 from textual.widget import Widget
 
+from dltui.run.status import RunStatus
+
 from ..poller import (
     CRASHED,
     EVAL,
@@ -20,17 +22,11 @@ from ..poller import (
 )
 from .format import fmt_duration, fmt_num, join_lines
 
-# The word is always drawn; the colour only repeats it (NO_COLOR terminals see the word alone).
-STATE_STYLES = {
-    RUNNING: "bold black on green",
-    PAUSED: "bold black on yellow",
-    EVAL: "bold white on blue",
-    STARTING: "bold black on white",
-    FINISHED: "bold black on cyan",
-    STOPPED: "bold black on white",
-    FAILED: "bold white on red",
-    CRASHED: "bold white on red",
-}
+
+def state_word(state: str) -> Text:
+    """The state as drawn: the word always, the colour only repeating it (NO_COLOR sees the word)."""
+    st = RunStatus.of(str(state))
+    return Text(f" {st.label} ", st.style)
 
 
 class RunHeader(Widget):
@@ -64,18 +60,19 @@ class RunHeader(Widget):
         s = self.snap
         width = self.size.width or 80
         if s is None:
-            return Text.assemble(
-                (f"{self.run_name} ", "bold"), (" STARTING ", STATE_STYLES[STARTING])
-            )
+            return Text.assemble((f"{self.run_name} ", "bold"), state_word(STARTING))
         return join_lines([self._line1(s, width), self._line2(s, width)])
 
     def _line1(self, s: RunSnapshot, width: int) -> Text:
         p = s.progress
-        parts: list[tuple[str, str]] = []
-        if not s.live:  # before the counters: at 80 columns it must not be the word that is cut
-            parts.append(("read-only", "italic"))
+        # (words, style, rank): what does not fit is dropped by rank, highest first, and the rest
+        # keep their order. At 80 columns the words that say what the run is doing stay (read-
+        # only, the LR, the epoch); the batch and the device go first.
+        parts: list[tuple[str, str, int]] = []
+        if not s.live:
+            parts.append(("read-only", "italic", 0))
         if s.is_script:  # its own loop: dltui sees steps, never its epochs or batches
-            parts.append(("script", "italic"))
+            parts.append(("script", "italic", 1))
         if p:
             total = s.total_steps
             if not s.is_script:
@@ -84,21 +81,32 @@ class RunHeader(Widget):
                     p.get("epoch") or 0
                 ) + 1  # `epoch` counts completed epochs; show the one running
                 current = min(current, epochs) if epochs else current
-                parts.append((f"epoch {current}/{epochs or '?'}", ""))
-                parts.append((f"batch {p.get('batch') or 0}/{p.get('steps_per_epoch') or '?'}", ""))
-            parts.append((f"step {s.step}/{total or '?'}", "dim"))
+                parts.append((f"epoch {current}/{epochs or '?'}", "", 3))
+                parts.append(
+                    (f"batch {p.get('batch') or 0}/{p.get('steps_per_epoch') or '?'}", "", 5)
+                )
+            parts.append((f"step {s.step}/{total or '?'}", "dim", 4))
             lrs = lr_words(s)
             if lrs:
-                parts.append((lrs, ""))
+                parts.append((lrs, "", 2))
+        device = s.meta.get("device")
+        if device and device != "?":
+            parts.append((str(device), "dim", 6))
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(s.run_id, "bold")
         text.append(" ")
-        text.append(f" {s.state} ", STATE_STYLES.get(s.state, "reverse"))
-        for word, style in parts:
-            if len(text) + 2 + len(word) > width:
-                break
-            text.append("  ")
-            text.append(word, style or None)
+        text.append_text(state_word(s.state))
+        room = width - len(text)
+        kept: set[int] = set()
+        for i in sorted(range(len(parts)), key=lambda i: parts[i][2]):
+            need = 2 + len(parts[i][0])
+            if need <= room:
+                kept.add(i)
+                room -= need
+        for i, (word, style, _) in enumerate(parts):
+            if i in kept:
+                text.append("  ")
+                text.append(word, style or None)
         return text
 
     def _line2(self, s: RunSnapshot, width: int) -> Text:
