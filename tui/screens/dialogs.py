@@ -13,9 +13,10 @@ from textual.screen import ModalScreen
 from textual.validation import ValidationResult, Validator
 from textual.widgets import Button, Input, Label, OptionList, Static
 
+from dltui.run.status import RunStatus
 from dltui.run.wire import STEERING_KEYS, parse_lr
 
-from ..poller import FINISHED, PAUSED, RUNNING, RunSnapshot
+from ..poller import RunSnapshot
 from ..widgets.format import fmt_num
 
 
@@ -174,11 +175,10 @@ class QuitDialog(ModalScreen[str]):
         started = "You started this run here. " if self.owns_engine else ""
         with Vertical(classes="dialog", id="quit-dialog") as box:
             box.border_title = "Quit"
-            yield Static(
-                f"{started}Run {self.run_name} is still going. Stop it (a final checkpoint "
-                f"is saved), or detach and leave it training? Re-attach later with "
-                f"`dltui attach {self.run_name}`."
-            )
+            yield Static(f"{started}Run {self.run_name} is still going.")
+            yield Static("Stop it (a final checkpoint is saved), or detach and leave it training?")
+            # the first thing a small terminal drops: the buttons must stay on screen
+            yield Static(f"Re-attach later with `dltui attach {self.run_name}`.", classes="hint")
             with Horizontal(classes="buttons"):
                 yield Button("Stop the run (s)", variant="error", id="stop")
                 yield Button("Detach (d)", variant="primary", id="detach")
@@ -195,13 +195,7 @@ class QuitDialog(ModalScreen[str]):
         self.dismiss(choice)
 
 
-STATES_HELP = (
-    (RUNNING, "training"),
-    (PAUSED, "held at a step boundary (space resumes, n steps once)"),
-    ("EVAL", "training held, validation passes run (e switches back)"),
-    (FINISHED, "ended normally; FAILED: the recipe or script raised; STOPPED: stopped by request"),
-    ("CRASHED", "the engine vanished (killed, lost host); all data recorded so far is shown"),
-)
+STATES_HELP = tuple((state.label, state.help) for state in RunStatus)  # one vocabulary
 
 
 # How to get a control a run lacks, for the help screen (the engine's refusal, shown when the
@@ -248,15 +242,16 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         text = Text()
+        w = max((len(k) for _, keys in self.sections for k, _ in keys), default=10) + 2
         for title, keys in self.sections:
             text.append(f"{title}\n", "bold underline")
             for key, description in keys:
-                text.append(f"  {key:<12}", "bold")
+                text.append(f"  {key:<{w}}", "bold")
                 text.append(f"{description}\n")
             text.append("\n")
         text.append("States\n", "bold underline")
         for word, meaning in STATES_HELP:
-            text.append(f"  {word:<12}", "bold")
+            text.append(f"  {word:<{w}}", "bold")
             text.append(f"{meaning}\n")
         text.append(
             "\nSteering keys act at the next step boundary; every command is recorded as an "
