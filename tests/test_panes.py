@@ -27,6 +27,8 @@ from dltui.tui.panes.console import ConsolePane
 from dltui.tui.panes.layers import LayersPane
 from dltui.tui.panes.model import ModelPane
 from dltui.tui.panes.tensors import READ_ONLY, TensorsPane
+from dltui.tui.poller import RunPoller
+from dltui.tui.widgets.pane_base import PollingPane
 from dltui.tui.widgets.pane_histogram import PaneHistogram
 from dltui.tui.widgets.pane_sparkline import PaneSparkline
 from dltui.tui.widgets.pane_storage import PaneStorage, element_positions
@@ -45,6 +47,23 @@ class PaneApp(App):
 
     def compose(self) -> ComposeResult:
         yield self.make()
+
+    def on_mount(self) -> None:
+        """The dashboard's data path in small: poll the pane's run, hand it the snapshot."""
+        self.snapshot = None
+        self.poller = None
+        self.set_interval(0.1, self._frame)
+
+    def _frame(self) -> None:
+        for pane in self.query(PollingPane):
+            if self.poller is None:
+                self.poller = RunPoller(pane.run_dir)
+            self.snapshot = self.poller.poll() or self.snapshot
+            pane.frame(self.snapshot)
+
+    def on_unmount(self) -> None:
+        if self.poller is not None:
+            self.poller.close()
 
 
 def sync(test):
@@ -103,6 +122,14 @@ def finished_run(tmp_path_factory) -> Path:
                 stats_row("fc2.bias", 25.0 if last else 0.5),
             ],
         )
+    # The engine's probe decides what a spike is and says so in an alert event (as it would).
+    store.event(
+        "alert",
+        "gradient norm spike in fc2.bias at step 30: 25 (50x its recent mean 0.5)",
+        step=30,
+        level="warning",
+        data={"layer": "fc2.bias", "g_norm": 25.0},
+    )
     for name, _ in PARAMS:
         store.histogram(30, name, "weight", -1.0, 1.0, [1, 4, 9, 4, 1])
         store.histogram(30, name, "grad", -0.1, 0.1, [0, 2, 8, 2, 0])

@@ -19,6 +19,7 @@ from textual.worker import get_current_worker
 
 from dltui.run.client import ControlClient, ControlError, EngineGone
 from dltui.run.reader import pid_alive
+from dltui.run.status import RunStatus
 
 from .messages import CommandReplied, RunUpdated, acknowledgement
 from .panes.overview import OverviewPane
@@ -192,7 +193,9 @@ class DltuiApp(App[int]):
         """One clock for every repaint, so a changed run costs one screen update, not several."""
         if self.header.is_attached:
             self.header.tick()
-            self.overview.tick()
+            for pane in self._panes():  # each fetches only if its data moved (pane.data_key)
+                if pane.display and hasattr(pane, "frame"):
+                    pane.frame(self.snapshot)
 
     def on_run_updated(self, message: RunUpdated) -> None:
         snap, old = message.snapshot, self.snapshot
@@ -200,13 +203,13 @@ class DltuiApp(App[int]):
         if old is None or old.meta.get("steering") != snap.meta.get("steering"):
             self.refresh_bindings()  # the footer dims what this run can't do (e without on_eval)
         self.header.show(snap)
-        for pane in self._panes():
-            pane.post_message(RunUpdated(snap))
+        if old is None:
+            self._frame()  # first paint: don't wait for the clock
         if old is not None and old.live and not snap.live:
             detail = f": {snap.detail}" if snap.detail else ""
             self.notify(
-                f"run {snap.state}{detail}",
-                severity="warning" if snap.state != "FINISHED" else "information",
+                f"run {snap.state.label}{detail}",
+                severity="warning" if snap.state is not RunStatus.FINISHED else "information",
                 timeout=8,
             )
 
@@ -258,7 +261,7 @@ class DltuiApp(App[int]):
     def _steerable(self) -> bool:
         snap = self.snapshot
         if snap is not None and not snap.live:
-            why = {"CRASHED": " (the engine is gone)"}.get(snap.state, "")
+            why = " (the engine is gone)" if snap.state is RunStatus.CRASHED else ""
             self.notify(f"run {snap.state.lower()}: read-only{why}", severity="warning", timeout=4)
             return False
         return True

@@ -15,16 +15,16 @@ if TYPE_CHECKING:
 class RunUpdated(Message, bubble=False):
     """The poller saw the run change (progress, status, events or a system sample).
 
-    The app posts a fresh one to each pane; it does not bubble, so a pane that ignores it does
-    not send it back up to the app. `snapshot` is the whole current picture, not a delta, so a
-    newer one can replace an unhandled older one without losing anything.
+    Posted by the poller's thread to the app, which keeps the snapshot and hands it to the panes
+    on its frame clock (no pane receives this message). `snapshot` is the whole current
+    picture, not a delta, so a newer one can replace an unhandled older one without loss.
     """
 
     snapshot: RunSnapshot
 
     @property
     def state(self) -> str:
-        """RUNNING, PAUSED, EVAL, FINISHED, FAILED, STOPPED, CRASHED or STARTING."""
+        """The run's RunStatus."""
         return self.snapshot.state
 
     @property

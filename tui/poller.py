@@ -9,6 +9,7 @@ history, so its cost does not grow with the run.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,11 +18,22 @@ from typing import Any
 
 from dltui.run import wire
 from dltui.run.reader import RunNotFound, RunReader, pid_alive
+from dltui.run.status import RunStatus
 
-# Display states. The word is always shown next to its colour (NO_COLOR terminals see the word).
-RUNNING, PAUSED, EVAL, STARTING = "RUNNING", "PAUSED", "EVAL", "STARTING"
-FINISHED, FAILED, STOPPED, CRASHED = "FINISHED", "FAILED", "STOPPED", "CRASHED"
-LIVE_STATES = (RUNNING, PAUSED, EVAL, STARTING)
+# The display states are RunStatus (run/status.py); these names stay for the modules that import
+# them from here.
+STARTING, RUNNING, PAUSED, EVAL = (
+    RunStatus.STARTING,
+    RunStatus.RUNNING,
+    RunStatus.PAUSED,
+    RunStatus.EVAL,
+)
+FINISHED, FAILED, STOPPED, CRASHED = (
+    RunStatus.FINISHED,
+    RunStatus.FAILED,
+    RunStatus.STOPPED,
+    RunStatus.CRASHED,
+)
 
 # The sampler's note when NVML is missing (dltui.engine.sampler.NOTE_PREFIX; that module imports
 # psutil, which the dashboard does not need, so the prefix is repeated here).
@@ -35,7 +47,9 @@ STEERING_KEYS = ("driver", "steering", "optimizers", "models")
 MAX_EVENTS = 100  # the events list shows the newest few; memory stays flat over a long run
 MAX_MARKERS = 1000  # command events drawn on the plots
 SYSTEM_HISTORY = 120  # samples per system metric kept for the sparklines (~2 minutes at 1 Hz)
-RATE_WINDOW_S = 30.0
+RATE_WINDOW_S = 120.0  # the ETA's rate: steps over the last two minutes of training (not of pauses)
+RATE_MIN_SPAN_S = 10.0  # below this much training watched, the rate comes from the step times
+SAMPLES_TAU_S = 10.0  # samples/s is smoothed with this time constant (one step's is noisy)
 
 
 @dataclass
@@ -44,7 +58,7 @@ class RunSnapshot:
 
     run_dir: Path
     run_id: str
-    state: str = STARTING
+    state: RunStatus = RunStatus.STARTING
     status: str = "starting"  # the reader's word: running, paused, finished, crashed...
     detail: str = ""  # why the state is what it is, when that needs saying
     meta: dict[str, Any] = field(default_factory=dict)  # the slow-changing keys, read once
@@ -58,14 +72,18 @@ class RunSnapshot:
     system: dict[str, float] = field(default_factory=dict)
     system_history: dict[str, tuple[float, ...]] = field(default_factory=dict)
     gpu_note: str | None = None
-    scalars_seen: int = 0  # the store's newest scalar row id: plots refetch when it moves
+    # Change counters: a pane refetches only when the one for its data moves.
+    scalars_seen: int = 0  # the store's newest scalar row id (plots)
+    layer_step: int = 0  # the newest layer-stats step (Layers tab)
+    event_id: int = 0  # the newest event id (events list, Layers' spike alerts)
+    console_id: int = 0  # the newest console line id (Console tab)
     optimizer_lrs: dict[str, list[float]] = field(default_factory=dict)  # name -> LR per group
     version: int = 0
 
     @property
     def live(self) -> bool:
         """True while an engine is there to steer."""
-        return self.state in LIVE_STATES
+        return self.state.live
 
     @property
     def step(self) -> int:
@@ -73,6 +91,15 @@ class RunSnapshot:
 
     @property
     def lrs(self) -> list[float]:
+        """The run's own optimizer's LR per group, as used by the last recorded step."""
+        if self.optimizer_lrs:
+            return list(next(iter(self.optimizer_lrs.values())))
+        return list(self.progress.get("lrs") or [])
+
+    @property
+    def next_lrs(self) -> list[float]:
+        """The LR per group the next step will use (the engine's progress; a scheduler may
+        already have moved it past the last recorded step's, or past its own end)."""
         return list(self.progress.get("lrs") or [])
 
     @property
@@ -104,23 +131,9 @@ class RunSnapshot:
     @property
     def eta_s(self) -> float | None:
         total = self.total_steps
-        if not total or not self.steps_per_s or self.state != RUNNING:
+        if not total or not self.steps_per_s or self.state is not RunStatus.RUNNING:
             return None
         return max(0, total - self.step) / self.steps_per_s
-
-
-def display_state(status: str, progress: dict[str, Any]) -> str:
-    """The reader's status and the progress' mode as one display word."""
-    if status == "paused":
-        return EVAL if progress.get("mode") == "eval" else PAUSED
-    if status == wire.RUNNING:
-        return EVAL if progress.get("mode") == "eval" else RUNNING
-    return {
-        wire.FINISHED: FINISHED,
-        wire.FAILED: FAILED,
-        wire.STOPPED: STOPPED,
-        wire.CRASHED: CRASHED,
-    }.get(status, status.upper())
 
 
 class RunPoller:
@@ -138,6 +151,7 @@ class RunPoller:
         self._sys_rowid = 0
         self._sys_hist: dict[str, deque[float]] = {}
         self._rate: deque[tuple[float, int]] = deque()
+        self._samples: tuple[float, float] | None = None  # (monotonic time, smoothed samples/s)
         self._sig: tuple | None = None
         self._primed = False
 
@@ -182,16 +196,19 @@ class RunPoller:
         late = {k: meta[k] for k in STEERING_KEYS if k in meta}  # a script fills these in late
         status = r.status(meta) if "status" in meta else "starting"
         progress = meta.get("progress") or {}
-        state = display_state(status, progress) if "status" in meta else STARTING
+        state = RunStatus.of(status, progress) if "status" in meta else RunStatus.STARTING
         self._read_events(r)
         self._read_system(r)
         step = int(progress.get("step") or 0)
-        self._note_rate(step)
+        self._note_rate(step, state)
         ended = meta.get("ended")
         if state == CRASHED and ended is None:
             ended = meta.get("heartbeat")
         # max(rowid) is O(1) in SQLite: the cheapest way to know a plot has something new to show.
         scalars = r.db.execute("SELECT coalesce(max(rowid), 0) FROM scalars").fetchone()[0]
+        # max() over an indexed column / the integer key: one B-tree descent each, any run length
+        layer_step = r.db.execute("SELECT coalesce(max(step), 0) FROM layer_stats").fetchone()[0]
+        console_id = r.db.execute("SELECT coalesce(max(id), 0) FROM console").fetchone()[0]
         sig = (
             state,
             json.dumps(progress, sort_keys=True),
@@ -199,6 +216,8 @@ class RunPoller:
             self._sys_wall,
             ended,
             scalars,
+            layer_step,
+            console_id,
             json.dumps(late, sort_keys=True),
         )
         if sig == self._sig:
@@ -209,10 +228,10 @@ class RunPoller:
             s.meta = {**s.meta, **late}
         s.optimizer_lrs = _optimizer_lrs(r, s.optimizers, progress)
         s.state, s.status, s.progress, s.scalars_seen = state, status, progress, scalars
+        s.layer_step, s.console_id, s.event_id = layer_step, console_id, self._last_event
         s.detail = _detail(state, self._events)
         s.started, s.ended = meta.get("started"), ended
-        last = r.last("samples_per_s")
-        s.samples_per_s = last[1] if last else None
+        s.samples_per_s = self._samples_per_s(r, state)
         s.steps_per_s = self._steps_per_s(r)
         s.events = tuple(self._events)
         s.markers = tuple(self._markers)
@@ -278,41 +297,73 @@ class RunPoller:
         self._sys_rowid, self._sys_wall = top, wall or self._sys_wall
         self.snap.system = latest
 
-    def _note_rate(self, step: int) -> None:
+    def _note_rate(self, step: int, state: RunStatus) -> None:
+        """Remember (time, step) while training runs; a pause or eval pass starts the window
+        again, so the rate after a resume is not diluted by the time spent held."""
         now = time.monotonic()
+        if state is not RunStatus.RUNNING:
+            self._rate.clear()
+            return
         if not self._rate or self._rate[-1][1] != step:
             self._rate.append((now, step))
         while len(self._rate) > 2 and now - self._rate[0][0] > RATE_WINDOW_S:
             self._rate.popleft()
 
+    def _samples_per_s(self, r: RunReader, state: RunStatus) -> float | None:
+        """The newest samples/s, smoothed over ~SAMPLES_TAU_S; None while training is held."""
+        if state is not RunStatus.RUNNING:
+            self._samples = None
+            return None
+        last = r.last("samples_per_s")
+        value = last[1] if last else None
+        if value is None or not math.isfinite(value):
+            return self._samples[1] if self._samples else None
+        now = time.monotonic()
+        if self._samples is None:
+            self._samples = (now, value)
+        else:
+            t0, avg = self._samples
+            a = 1.0 - math.exp(-(now - t0) / SAMPLES_TAU_S)
+            self._samples = (now, avg + a * (value - avg))
+        return self._samples[1]
+
     def _steps_per_s(self, r: RunReader) -> float | None:
         """Steps per second over the last half minute watched; before that, from step times."""
         if len(self._rate) >= 3:
             (t0, s0), (t1, s1) = self._rate[0], self._rate[-1]
-            if t1 > t0 and s1 > s0:
+            if t1 - t0 >= RATE_MIN_SPAN_S and s1 > s0:
                 return (s1 - s0) / (t1 - t0)
         st, dt = r.last("step_time"), r.last("data_time")
         total = (st[1] or 0.0 if st else 0.0) + (dt[1] or 0.0 if dt else 0.0)
         return 1.0 / total if total > 0 else None
 
 
+def _recorded_lrs(r: RunReader, groups: int, optimizer: str | None = None) -> list[float]:
+    """The LR per group of the last recorded step (`lr/<i>` or `lr/<optimizer>/<i>` points):
+    what a step used, unlike the progress' LRs, which the next step will use."""
+    lrs = []
+    for g in range(groups):
+        last = r.last(wire.lr_name(g, optimizer))
+        if last is None or last[1] is None:
+            break
+        lrs.append(float(last[1]))
+    return lrs
+
+
 def _optimizer_lrs(
     r: RunReader, optimizers: list[dict[str, Any]], progress: dict[str, Any]
 ) -> dict[str, list[float]]:
-    """Each optimizer's current LR per group: the run's own from the progress, the others from
-    their newest `lr/<name>/<i>` points (a couple of indexed lookups, only when something moved)."""
+    """Each optimizer's LR per group at the last recorded step (a couple of indexed lookups,
+    only when something moved); the progress' LRs until a step has been recorded."""
     out: dict[str, list[float]] = {}
+    own = [float(x) for x in progress.get("lrs") or []]
     for i, opt in enumerate(optimizers):
         if i == 0:
-            out[opt["name"]] = [float(x) for x in progress.get("lrs") or []]
-            continue
-        lrs = []
-        for g in range(int(opt.get("groups") or 0)):
-            last = r.last(wire.lr_name(g, opt["name"]))
-            if last is None or last[1] is None:
-                break
-            lrs.append(float(last[1]))
-        out[opt["name"]] = lrs
+            out[opt["name"]] = _recorded_lrs(r, len(own)) or own
+        else:
+            out[opt["name"]] = _recorded_lrs(r, int(opt.get("groups") or 0), opt["name"])
+    if not optimizers and own:  # a recipe names no optimizers: its own under ""
+        out[""] = _recorded_lrs(r, len(own)) or own
     return out
 
 

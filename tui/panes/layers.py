@@ -3,7 +3,6 @@ parameter's gradient-norm history and weight/gradient histograms beside it."""
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
+from dltui.run import wire
 from dltui.run.client import ControlClient
 
 from ..widgets.format import fmt_count, fmt_num
@@ -32,14 +32,16 @@ COLUMNS = (
     ("g_norm", "grad norm"),
     ("gw", "grad/w"),
     ("update_ratio", "upd ratio"),
-    ("zero_frac", "zero %"),
+    ("zero_frac", "grad=0 %"),
     ("nonfinite", "non-fin"),
 )
 SORTABLE = [key for key, _ in COLUMNS]
+# When the table is too narrow for every column, these go first (numbers are never cut).
+DROP_ORDER = ("shape", "gw", "nonfinite", "numel", "zero_frac", "w_norm")
+CELL_PAD = 2  # DataTable's cell padding, one cell each side
+NAME_MIN = 12  # below this the name column keeps the end of a long name: …layer3.0.conv1.weight
 # The update/weight ratio is healthy around 1e-3 (Karpathy's rule of thumb); flag two decades off.
 RATIO_HIGH, RATIO_LOW = 1e-1, 1e-5
-SPIKE_FACTOR = 10.0  # a gradient norm this many times its recent median is a spike
-SPIKE_WINDOW = 20  # ... over this many previous stats steps
 HISTORY = 200  # points of gradient-norm history for the sparkline
 
 # Marker characters make anomalies visible without colour; ascii mode has its own set.
@@ -61,16 +63,6 @@ def anomalies(row: dict[str, Any]) -> list[str]:
         elif ur < RATIO_LOW:
             out.append("low")
     return out
-
-
-def is_spike(history: list[tuple[int, float | None]]) -> bool:
-    """Is the newest gradient norm SPIKE_FACTOR times the median of the ones before it?"""
-    vals = [v for _, v in history if v is not None]
-    if len(vals) < 4:
-        return False
-    *before, last = vals
-    med = statistics.median(before[-SPIKE_WINDOW:])
-    return med > 0 and last > SPIKE_FACTOR * med
 
 
 class LayersPane(PollingPane):
@@ -104,6 +96,9 @@ class LayersPane(PollingPane):
         self.rows: dict[str, dict[str, Any]] = {}  # param name -> values, in model order
         self.step: int | None = None
         self.spikes: set[str] = set()
+        self._spike_at: dict[str, int] = {}  # layer -> step of its newest gradient-spike alert
+        self._alert_id = 0  # the engine's alert events read so far
+        self._columns: tuple[str, ...] = tuple(k for k, _ in COLUMNS)
         self.sort_col: str | None = None  # None: model order
         self.sort_rev = False
         self.selected: str | None = None
@@ -119,30 +114,65 @@ class LayersPane(PollingPane):
                 yield PaneHistogram("grad", style="magenta", id="layers-hist-g")
         yield Static(self._legend(), id="layers-legend")
 
-    def _legend(self) -> Text:
+    def _legend(self, width: int = 200) -> Text:
+        """The marks, what `grad=0 %` counts, and the keys; shorter wordings when narrow."""
         a = int(self.ascii_mode)
-        out = Text()
-        for kind, why in (("nonfinite", "non-finite"), ("spike", "grad spike")):
-            out.append(MARKS[kind][a], style=SEVERITY[kind])
-            out.append(f" {why}  ")
-        out.append(MARKS["high"][a] + MARKS["low"][a], style="yellow")
-        out.append(f" update ratio >{RATIO_HIGH:g} / <{RATIO_LOW:g}   s sort  S reverse")
+        for words in (
+            (
+                "non-finite",
+                "grad spike (engine alert)",
+                f"update ratio >{RATIO_HIGH:g} / <{RATIO_LOW:g}",
+                "grad=0 %: share of gradient entries exactly 0",
+                "s/S sort",
+            ),
+            (
+                "non-finite",
+                "grad spike",
+                f"upd ratio >{RATIO_HIGH:g}/<{RATIO_LOW:g}",
+                "grad=0 %: zero grad entries",
+                "s/S sort",
+            ),
+            ("non-finite", "spike", "upd ratio", "s/S sort"),
+        ):
+            out = Text(no_wrap=True)
+            for kind, why in zip(("nonfinite", "spike", "high"), words, strict=False):
+                marks = MARKS[kind][a] + (MARKS["low"][a] if kind == "high" else "")
+                out.append(marks, style=SEVERITY[kind])
+                out.append(f" {why}  ")
+            out.append("  ".join(words[3:]))
+            if out.cell_len <= width:
+                return out
         return out
 
+    def on_resize(self) -> None:
+        self.query_one("#layers-legend", Static).update(self._legend(self.size.width))
+        if self.rows:
+            self._rebuild(self.query_one(DataTable))
+
     # -- data (worker thread) ------------------------------------------------------------------
+    def data_key(self, snap: Any) -> object:
+        """New layer stats, or a new event (the engine's spike alerts come as events)."""
+        return (snap.layer_step, snap.event_id)
+
     def fetch(self) -> Any:
         r = self.reader()
         if r is None:
             return None
         params = r.params()
         step, stats = r.layer_stats_latest()
-        spikes = self.spikes
-        if step != self.step:  # only when new stats arrived: one indexed query per parameter
-            spikes = {
-                p["name"]
-                for p in params
-                if is_spike(r.layer_stat_history(p["name"], "g_norm", SPIKE_WINDOW + 1))
-            }
+        # A spike is what the engine's probe says it is (one definition): its gradient-norm
+        # alerts name the layer and the stats step. Read each alert once, as it arrives.
+        while True:
+            alerts = r.events(after_id=self._alert_id, kind=wire.EV_ALERT, limit=500)
+            for ev in alerts:
+                data = ev["data"] if isinstance(ev["data"], dict) else {}
+                if data.get("layer") and "g_norm" in data and ev["step"] is not None:
+                    self._spike_at[str(data["layer"])] = int(ev["step"])
+            if alerts:
+                self._alert_id = alerts[-1]["id"]
+            if len(alerts) < 500:
+                break
+        spikes = {name for name, at in self._spike_at.items() if at == step}
         detail = self._detail(r, self.selected) if self.selected else None
         return {"params": params, "step": step, "stats": stats, "spikes": spikes, "detail": detail}
 
@@ -191,7 +221,7 @@ class LayersPane(PollingPane):
         if data.get("detail"):
             self._show_detail(data["detail"])
 
-    def _cells(self, row: dict[str, Any]) -> list[Text]:
+    def _cells(self, row: dict[str, Any]) -> dict[str, Text]:
         kinds = anomalies(row)
         a = int(self.ascii_mode)
         flag = Text()
@@ -203,18 +233,53 @@ class LayersPane(PollingPane):
             return Text(text, style=worst if bad else "", justify="right")
 
         ur = row.get("update_ratio")
-        return [
+        zf = row.get("zero_frac")
+        cells = [
             flag,
-            Text(row["name"], style=worst),
+            Text(self._name_shown(row["name"]), style=worst),
             Text("×".join(map(str, row["shape"])) if not a else "x".join(map(str, row["shape"]))),
             num(fmt_count(row["numel"])),
             num(fmt_num(row.get("w_norm"))),
             num(fmt_num(row.get("g_norm")), "spike" in kinds),
             num(fmt_num(row.get("gw"))),
             num(fmt_num(ur), "high" in kinds or "low" in kinds),
-            num("-" if row.get("zero_frac") is None else f"{100 * row['zero_frac']:.1f}"),
-            num(fmt_num(row.get("nonfinite")), "nonfinite" in kinds),
+            num("-" if zf is None else f"{100 * zf:.1f}"),
+            num(fmt_count(row.get("nonfinite")), "nonfinite" in kinds),
         ]
+        return {key: cell for (key, _), cell in zip(COLUMNS, cells, strict=True)}
+
+    def _name_shown(self, name: str) -> str:
+        """The name, or its end after a '…' when the name column had to shrink."""
+        room = getattr(self, "_name_width", None)
+        if room is None or len(name) <= room:
+            return name
+        return ("..." if self.ascii_mode else "…") + name[
+            len(name) - room + (3 if self.ascii_mode else 1) :
+        ]
+
+    def _fit(self, table: DataTable) -> tuple[str, ...]:
+        """The columns that fit the table's width whole, dropping by DROP_ORDER; the name
+        column shrinks (keeping the end of each name) only when nothing else can go."""
+        self._name_width = None
+        width = table.size.width - 2  # the vertical scrollbar
+        if width <= 0:
+            return tuple(k for k, _ in COLUMNS)
+        natural: dict[str, int] = {}
+        for key, label in COLUMNS:
+            w = len(label) + 2  # room for the sort arrow
+            for row in self.rows.values():
+                cell = self._cells(row)[key] if key != "name" else Text(row["name"])
+                w = max(w, cell.cell_len)
+            natural[key] = w + CELL_PAD
+        keep = [k for k, _ in COLUMNS]
+        for key in DROP_ORDER:
+            if sum(natural[k] for k in keep) <= width:
+                break
+            keep.remove(key)
+        over = sum(natural[k] for k in keep) - width
+        if over > 0:
+            self._name_width = max(NAME_MIN, natural["name"] - CELL_PAD - over)
+        return tuple(keep)
 
     def _sort_key(self, name: str) -> tuple:
         row = self.rows[name]
@@ -243,21 +308,29 @@ class LayersPane(PollingPane):
     def _rebuild(self, table: DataTable) -> None:
         """Columns (with the sort arrow) and rows from scratch; keeps the cursor on its row."""
         table.clear(columns=True)
-        for key, label in COLUMNS:
-            table.add_column(self._header(key, label), key=key)
+        self._columns = self._fit(table)
+        labels = dict(COLUMNS)
+        for key in self._columns:
+            table.add_column(self._header(key, labels[key]), key=key)
         for name in self._ordered():
-            table.add_row(*self._cells(self.rows[name]), key=name)
+            cells = self._cells(self.rows[name])
+            table.add_row(*(cells[k] for k in self._columns), key=name)
         self._restore_cursor(table)
 
     def _update_cells(self, table: DataTable) -> None:
+        if self._fit(table) != self._columns:  # new values need other widths: columns change
+            self._rebuild(table)
+            return
         for name, row in self.rows.items():
-            for (key, _), cell in zip(COLUMNS, self._cells(row), strict=True):
-                if table.get_cell(name, key) != cell:
-                    table.update_cell(name, key, cell)
+            cells = self._cells(row)
+            for key in self._columns:
+                if table.get_cell(name, key) != cells[key]:
+                    table.update_cell(name, key, cells[key])
         if self.sort_col is not None:
             # New values may change the order; the cursor follows its row (below).
             rank = {name: i for i, name in enumerate(self._ordered())}
-            table.sort("name", key=lambda cell: rank[cell.plain])
+            shown = {self._name_shown(name): name for name in self.rows}
+            table.sort("name", key=lambda cell: rank[shown[cell.plain]])
         self._restore_cursor(table)
 
     def _restore_cursor(self, table: DataTable) -> None:

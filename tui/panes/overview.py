@@ -1,9 +1,9 @@
 """The Overview tab: loss, metric and LR plots with command markers, the system panel, events.
 
-Data flow: the app posts RunUpdated (a snapshot) here; the app's frame clock (2 Hz) calls
-tick(), which applies the newest snapshot and the newest series and, when the store has new
-scalars or a plot changed size, starts one thread worker that reads every plot's series
-downsampled to that plot's width. Its result waits for the next tick, so the plots, the header
+Data flow (one data path): the app's frame clock (2 Hz) calls frame(snapshot), which applies
+the newest snapshot and the newest series and, when the snapshot's scalar counter moved or a
+plot changed size, starts one thread worker that reads every plot's series downsampled to that
+plot's width. Its result waits for the next tick, so the plots, the header
 and the panels repaint together in one frame, at most twice a second, and only what changed.
 """
 
@@ -23,7 +23,7 @@ from dltui.run import wire
 from dltui.run.client import ControlClient
 from dltui.run.reader import RunReader, Series
 
-from ..messages import RunUpdated, SeriesFetched
+from ..messages import SeriesFetched
 from ..poller import RunSnapshot
 from ..widgets.events import EventList
 from ..widgets.plot import Plot, Trace
@@ -186,17 +186,18 @@ class OverviewPane(Widget, can_focus=True):
             widget.border_title = title
 
     def on_show(self) -> None:
-        self.tick()  # back from another tab: catch up now
+        self.frame(getattr(self.app, "snapshot", None))  # back from another tab: catch up now
 
     def on_unmount(self) -> None:
         if self._reader is not None:
             self._reader.close()
 
     # -- incoming ------------------------------------------------------------------------------
-    def on_run_updated(self, message: RunUpdated) -> None:
-        self._snap, self._snap_new = message.snapshot, True
-        if self._series is None:
-            self.tick()  # first paint: don't wait for the clock
+    def frame(self, snap: RunSnapshot | None) -> None:
+        """The app's frame clock: take the newest snapshot, draw what changed, fetch if needed."""
+        if snap is not None and snap is not self._snap:
+            self._snap, self._snap_new = snap, True
+        self.tick()
 
     @on(SeriesFetched)
     def _series_fetched(self, message: SeriesFetched) -> None:

@@ -7,6 +7,7 @@ import time
 from rich.text import Text
 from textual.widget import Widget
 
+from dltui.run.progress import position
 from dltui.run.status import RunStatus
 
 from ..poller import (
@@ -75,16 +76,10 @@ class RunHeader(Widget):
             parts.append(("script", "italic", 1))
         if p:
             total = s.total_steps
-            if not s.is_script:
-                epochs = p.get("epochs")
-                current = (
-                    p.get("epoch") or 0
-                ) + 1  # `epoch` counts completed epochs; show the one running
-                current = min(current, epochs) if epochs else current
-                parts.append((f"epoch {current}/{epochs or '?'}", "", 3))
-                parts.append(
-                    (f"batch {p.get('batch') or 0}/{p.get('steps_per_epoch') or '?'}", "", 5)
-                )
+            if not s.is_script:  # one definition of epoch/batch (run/progress.py), as the CLI's
+                at = position(p)
+                parts.append((at.epoch_text, "", 3))
+                parts.append((at.batch_text, "", 5))
             parts.append((f"step {s.step}/{total or '?'}", "dim", 4))
             lrs = lr_words(s)
             if lrs:
@@ -121,7 +116,9 @@ class RunHeader(Widget):
             tail.append(f"ETA {'paused' if s.state in (PAUSED, EVAL) else fmt_duration(s.eta_s)}")
         if not total and s.live and s.steps_per_s and s.state == RUNNING:
             tail.append(f"{fmt_num(s.steps_per_s)} steps/s")
-        if s.samples_per_s:
+        if s.live and s.state.held:  # no rate is made up while nothing trains
+            tail.append("samples/s paused")
+        elif s.samples_per_s:
             tail.append(f"{fmt_num(s.samples_per_s)} samples/s")
         if s.detail and s.state in (FAILED, CRASHED, STOPPED, FINISHED, STARTING):
             tail.append(s.detail)

@@ -1,8 +1,14 @@
-"""PollingPane: the base of the dashboard's tab panes, which poll the run on a timer in a thread."""
+"""PollingPane: the base of the dashboard's tab panes, which read their data when the run moved.
+
+One data path: the app's frame clock hands each new RunSnapshot to the panes on screen
+(frame()); a pane starts a fetch (in a worker thread) only when the snapshot's change counter
+for its data moved (data_key()), at most once per POLL_S. No pane has a timer of its own.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +18,19 @@ from textual.widget import Widget
 from dltui.run.client import ControlClient
 from dltui.run.reader import RunNotFound, RunReader
 
+from ..poller import RunSnapshot
+
 
 class PollingPane(Widget):
     """A tab pane that reads its own data from the run store (and the engine) off the UI thread.
 
-    Subclasses implement `fetch()` (runs in a worker thread, returns plain data) and `show(data)`
-    (runs on the UI thread). The pane polls every POLL_S seconds, but only while it is displayed:
-    hidden tabs cost nothing, and showing a tab polls at once so it never shows stale data.
+    Subclasses implement `fetch()` (runs in a worker thread, returns plain data), `show(data)`
+    (runs on the UI thread) and, to fetch less, `data_key(snapshot)`. The app calls frame() on
+    the panes that are displayed: hidden tabs cost nothing, and showing a tab fetches at once if
+    its data moved while it was hidden.
     """
 
-    POLL_S = 1.0
+    POLL_S = 0.5  # at most one fetch this often, however fast the run moves
     NARROW_BELOW = 72  # below this width the pane hides (or stacks) its side panel
 
     class Fetched(Message):
@@ -39,6 +48,9 @@ class PollingPane(Widget):
         self.client = client
         self._reader: RunReader | None = None
         self._busy = threading.Lock()  # one fetch at a time: a slow disk must not pile up threads
+        self._key: object = None  # data_key() of the snapshot the last fetch was for
+        self._fetched_at = 0.0
+        self.snapshot: RunSnapshot | None = None
 
     # -- helpers for subclasses ----------------------------------------------------------------
     @property
@@ -76,15 +88,36 @@ class PollingPane(Widget):
             node = node.parent
         return True
 
-    # -- polling -----------------------------------------------------------------------------
+    # -- the data path -------------------------------------------------------------------------
     # Textual calls the handlers of every class in the MRO, so subclasses write their own
     # on_mount / on_resize and must not call these through super() (that would run them twice).
+    def data_key(self, snap: RunSnapshot) -> object:
+        """What must change in the snapshot for this pane's data to have changed (default: any
+        change to the run). A pane that reads one table keys on that table's counter."""
+        return snap.version
+
+    def frame(self, snap: RunSnapshot | None) -> None:
+        """The app's frame clock: fetch if this pane's data moved since its last fetch."""
+        if snap is None:
+            return
+        self.snapshot = snap
+        key = self.data_key(snap)
+        if key == self._key or not self.showing or self._busy.locked():
+            return
+        if time.monotonic() - self._fetched_at < self.POLL_S:
+            return  # the next frame asks again
+        self._key, self._fetched_at = key, time.monotonic()
+        self._start_fetch()
+
     def on_mount(self) -> None:
-        self.set_interval(self.POLL_S, self.poll)
-        self.call_after_refresh(self.poll)
+        self.call_after_refresh(self._first_frame)
 
     def on_show(self) -> None:
-        self.poll()
+        self._first_frame()
+
+    def _first_frame(self) -> None:
+        self._fetched_at = 0.0  # shown (or mounted): read now, not a frame later
+        self.frame(getattr(self.app, "snapshot", None))
 
     def on_unmount(self) -> None:
         if self._reader is not None and self._busy.acquire(timeout=1.0):
@@ -107,8 +140,9 @@ class PollingPane(Widget):
             return
         try:
             data = self.fetch()
-        except Exception as e:  # a locked or half-written store: show it, try again next tick
+        except Exception as e:  # a locked or half-written store: show it, try again next frame
             data = e
+            self._key = None
         finally:
             self._busy.release()
         try:
