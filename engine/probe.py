@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -29,6 +29,26 @@ WARMUP_AT = {"stats": (1, 7, 13, 19), "hist": (1, 10, 19), "metric": (2, 6, 11, 
 SPIKE_FACTOR = 10.0  # a layer's grad norm this far above its running mean is an alert
 SPIKE_HISTORY = 5  # stats samples of a layer before its mean is trusted (early training is wild)
 META_EVERY_S = 0.5
+
+
+class StatRow(NamedTuple):
+    """One parameter's layer_stats row as the store takes it (None: missing or not finite)."""
+
+    name: str
+    w_norm: float | None
+    w_mean: float | None
+    w_std: float | None
+    w_maxabs: float | None
+    g_norm: float | None
+    g_mean: float | None
+    g_std: float | None
+    g_maxabs: float | None
+    zero_frac: float | None
+    nonfinite: float | None
+    update_ratio: float | None
+
+
+assert StatRow._fields[1:] == wire.LAYER_STAT_COLUMNS, "StatRow must follow the store's columns"
 
 
 def nice_ceil(x: float) -> int:
@@ -330,11 +350,14 @@ class Probe(Callback):
         ncol = shape[1]
         rows = []
         for i, name in enumerate(self.stats.names):
-            vals = [None if not math.isfinite(v) else v for v in flat[i * ncol : (i + 1) * ncol]]
-            rows.append((name, *vals))
-            g = vals[4]  # g_norm
+            raw = flat[i * ncol : (i + 1) * ncol]
+            row = StatRow(name, *(v if math.isfinite(v) else None for v in raw))
+            rows.append(row)
+            g = row.g_norm
             mean, seen = self._grad_mean.get(name, (0.0, 0))
-            if g is None and flat[i * ncol + 4] == flat[i * ncol + 4]:  # inf, not a missing grad
+            # An infinite gradient norm is an alert; NaN is a missing gradient, or a NaN loss
+            # the loss alert has already reported (once, not once per layer and interval).
+            if g is None and math.isinf(raw[wire.LAYER_STAT_COLUMNS.index("g_norm")]):
                 self._alert(
                     loop, step, f"gradient of {name} is not finite at step {step}", {"layer": name}
                 )

@@ -1,114 +1,232 @@
-"""Per-parameter statistics in a handful of batched (foreach) kernels, kept on the device."""
+"""Per-parameter statistics in a handful of batched kernels, kept on the device, memory-neutral.
+
+Memory: nothing full-size is copied or allocated. The update-to-weight ratio is computed on a
+bounded strided sample of each weight (the whole tensor when it has at most SAMPLE elements), so
+the probe's extra device memory is at most a few times TOTAL_SAMPLE floats (tens of MiB) whatever
+the model's size; a gradient that is None is skipped, never materialised as zeros.
+
+Cost: per device, one `_foreach_norm`, one max|x| pass and one sum per tensor for weights and
+gradients, then a few kernels over one concatenated sample for zero fractions, update ratios and
+histograms. The histograms read the host once per call (one sync), not once per parameter.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 HIST_BINS = 32
-
-
-SAMPLE = 16_384  # elements a zero fraction looks at per tensor (strided sample)
+SAMPLE = 16_384  # elements per tensor a zero fraction and the update ratio look at
 HIST_SAMPLE = 4_096  # ... and a histogram: ~128 per bin, plenty for its shape
+# Elements all samples of one device may hold together: with thousands of tensors each gets a
+# smaller share, so the update-ratio copy (and each temporary the same size) stays <= 16 MiB fp32.
+TOTAL_SAMPLE = 4 * 2**20
 
 
-def _sample(t: torch.Tensor, n: int = SAMPLE) -> torch.Tensor:
-    """A strided view of at most ~n elements: no copy, statistically fine for fractions/shapes."""
-    flat = t.reshape(-1)
-    return flat if flat.numel() <= n else flat[:: flat.numel() // n]
+def flat_view(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's elements as a 1-D view, without a copy, in storage order.
+
+    A channels_last conv weight is not contiguous, and reshape(-1) would copy it whole; it is
+    dense, though, so its storage span is exactly its elements and a flat as_strided view of the
+    span is free. Only a non-dense tensor (a strided slice, never a registered parameter) falls
+    back to reshape, which copies.
+    """
+    if t.is_contiguous():
+        return t.view(-1)
+    span = 1 + sum((s - 1) * st for s, st in zip(t.shape, t.stride(), strict=True))
+    if t.numel() and span == t.numel() and all(st > 0 for st in t.stride()):
+        return t.as_strided((t.numel(),), (1,), t.storage_offset())
+    return t.reshape(-1)
+
+
+def strided_sample(t: torch.Tensor, n: int) -> torch.Tensor:
+    """A strided view of at most n elements (all of them when the tensor is that small): no copy,
+    statistically fine for fractions, shapes and the update ratio's norms."""
+    flat = flat_view(t)
+    if flat.numel() <= n:
+        return flat
+    return flat[:: -(-flat.numel() // n)]
+
+
+@dataclass
+class _Group:
+    """The parameters of one device: their positions in LayerStats.params and element counts."""
+
+    device: torch.device
+    idx: list[int]
+    numel: torch.Tensor  # [k] float32 on the device
+    per_sample: int  # the sample size each tensor of this group gets
+    sizes: list[int]  # the length of each tensor's sample in the group's concatenated sample
+    sizes_t: torch.Tensor  # the same, [k] float32 on the device
+
+
+def _on(values: list, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """A small host list as a device tensor without a host sync (a plain torch.tensor(...,
+    device='cuda') copies synchronously: a sync the stats interval would pay each time)."""
+    t = torch.tensor(values, dtype=dtype)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
 def _maxabs(ts: list[torch.Tensor]) -> torch.Tensor:
-    # aminmax reads each tensor once without the |x| copy a foreach abs would allocate.
+    """max |x| of each tensor as one [k] tensor, without the |x| copy a foreach abs allocates."""
+    if ts[0].device.type == "cuda":  # one fused kernel over every tensor
+        return torch.stack(torch._foreach_norm(ts, math.inf))
+    # On the CPU the inf-norm foreach is a slow generic path; aminmax is one pass per tensor.
     mm = [torch.aminmax(t) for t in ts]
     return torch.stack([torch.maximum(-lo, hi) for lo, hi in mm])
 
 
-def _moments(ts: list[torch.Tensor], numel: torch.Tensor) -> list[torch.Tensor]:
-    """norm, mean, std, max|x| of each tensor, as four [k] tensors (no host sync)."""
-    norm = torch.stack(torch._foreach_norm(ts))
-    maxabs = _maxabs(ts).to(norm.dtype)
-    # No foreach sum exists; k tiny reduction kernels, run only at the stats interval.
-    mean = torch.stack([t.sum() for t in ts]).to(norm.dtype) / numel
+def _moments(ts: list[torch.Tensor], numel: torch.Tensor) -> torch.Tensor:
+    """[k, 4]: norm, mean, std, max|x| of each tensor (no host sync, nothing full-size)."""
+    norm = torch.stack(torch._foreach_norm(ts, 2, dtype=torch.float32))
+    maxabs = _maxabs(ts).float()
+    # No signed foreach sum exists (powsum sums |x|): one small reduction per tensor, run only at
+    # the stats interval; each reads its tensor once and allocates a scalar.
+    mean = torch.stack([t.sum(dtype=torch.float32) for t in ts]) / numel
     var = (norm * norm / numel - mean * mean) * (numel / (numel - 1).clamp(min=1))
-    return [norm, mean, var.clamp(min=0).sqrt(), maxabs]
+    return torch.stack([norm, mean, var.clamp(min=0).sqrt(), maxabs], dim=1)
 
 
 class LayerStats:
     """Computes the layer_stats rows for a model's trainable parameters.
 
     Call `before_step()` once gradients exist and before optimizer.step(), then `after_step()`;
-    the result is a [k, 11] float tensor in wire.LAYER_STAT_COLUMNS order, still on the device.
+    the result is a [k, 11] float tensor in wire.LAYER_STAT_COLUMNS order, on the first
+    parameter's device. Gradient columns of a parameter without a gradient are NaN.
     """
 
     def __init__(self, model: nn.Module) -> None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
-        self._numel: torch.Tensor | None = None
-        self._pending: tuple | None = None
-        self._before: list[torch.Tensor] | None = None
+        self._groups: list[_Group] | None = None
+        self._pending: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     def __len__(self) -> int:
         return len(self.params)
 
-    def _counts(self, like: torch.Tensor) -> torch.Tensor:
-        if self._numel is None or self._numel.device != like.device:
-            self._numel = torch.tensor(
-                [p.numel() for p in self.params], dtype=torch.float32, device=like.device
-            )
-        return self._numel
+    def groups(self) -> list[_Group]:
+        """The parameters split by device (a model spread over GPUs), built once (or again
+        if the model moved)."""
+        devices = [p.device for p in self.params]
+        if self._groups is None or [g.device for g in self._groups] != list(dict.fromkeys(devices)):
+            self._groups = []
+            for dev in dict.fromkeys(devices):
+                idx = [i for i, d in enumerate(devices) if d == dev]
+                numel = _on([self.params[i].numel() for i in idx], dev, torch.float32)
+                per = max(1, min(SAMPLE, TOTAL_SAMPLE // len(idx)))
+                sizes = [strided_sample(self.params[i].detach(), per).numel() for i in idx]
+                sizes_t = _on(sizes, dev, torch.float32)
+                self._groups.append(_Group(dev, idx, numel, per, sizes, sizes_t))
+        return self._groups
+
+    def extra_bytes_bound(self) -> int:
+        """The most device memory one call can hold beyond the parameters: the kept sample, the
+        new one, their difference and the concatenated gradient samples (float32 each)."""
+        return sum(4 * 3 * sum(g.sizes) for g in self.groups())
+
+    def _weight_sample(self, g: _Group) -> torch.Tensor:
+        views = [strided_sample(self.params[i].detach(), g.per_sample) for i in g.idx]
+        return torch.cat(views).float()  # one kernel; a copy the size of the sample only
 
     def before_step(self) -> None:
         if not self.params:
             return
-        ws = [p.detach() for p in self.params]
-        numel = self._counts(ws[0])
-        w = _moments(ws, numel)
-        missing = [p.grad is None for p in self.params]
-        gs = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        g = _moments(gs, numel)
-        samples = [_sample(x) for x in gs]  # exact for small tensors, sampled for big ones
-        zero_frac = torch.stack([(x == 0).float().mean() for x in samples])
-        nonfinite = (~torch.isfinite(w[0])).float() + (~torch.isfinite(g[0])).float()
-        if any(missing):  # a parameter the loss did not reach: its gradient stats are "none"
-            mask = torch.tensor(missing, device=numel.device)
-            g = [x.masked_fill(mask, float("nan")) for x in g]
-        # Keep a copy of the weights for the update ratio, in buffers reused between calls.
-        if self._before is None or self._before[0].device != ws[0].device:
-            self._before = [torch.empty_like(x) for x in ws]
-        torch._foreach_copy_(self._before, ws)
-        self._pending = (w, g, zero_frac, nonfinite)
+        rows, kept = [], []
+        for g in self.groups():
+            k = len(g.idx)
+            w = _moments([self.params[i].detach() for i in g.idx], g.numel)
+            grad = torch.full((k, 5), math.nan, device=g.device)  # 4 moments and zero fraction
+            have = [j for j, i in enumerate(g.idx) if self.params[i].grad is not None]
+            if have:  # a gradient that is None is skipped: no zeros_like of the parameter
+                gs = [self.params[g.idx[j]].grad.detach() for j in have]
+                part = _on(have, g.device) if len(have) < k else None
+                numel, sizes = (
+                    (g.numel, g.sizes_t) if part is None else (g.numel[part], g.sizes_t[part])
+                )
+                # ord 0 counts the non-zero elements, over a sample (exact for small tensors:
+                # counting is a slow pass, ~8x a norm, so a big tensor's fraction is estimated).
+                samples = [strided_sample(x, g.per_sample) for x in gs]
+                zero_frac = 1 - torch.stack(torch._foreach_norm(samples, 0)).float() / sizes
+                moments = torch.cat([_moments(gs, numel), zero_frac[:, None]], dim=1)
+                if part is None:
+                    grad = moments
+                else:
+                    grad[part] = moments
+            # 0, 1 or 2: the weight's and the gradient's norms not finite (a missing one is not).
+            bad_grad = ~torch.isfinite(grad[:, 0])
+            if len(have) < k:
+                present = set(have)
+                bad_grad &= _on([j in present for j in range(k)], g.device, torch.bool)
+            nonfinite = (~torch.isfinite(w[:, 0])).float() + bad_grad.float()
+            rows.append(torch.cat([w, grad, nonfinite[:, None]], dim=1))
+            kept.append(self._weight_sample(g))
+        self._pending = (self._assemble(rows), kept)
+
+    def _assemble(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        """Per-group rows into one [k, n] tensor in parameter order, on the first device."""
+        groups = self.groups()
+        if len(groups) == 1:
+            return rows[0]
+        dev = groups[0].device
+        out = torch.empty((len(self.params), rows[0].shape[1]), device=dev)
+        for g, r in zip(groups, rows, strict=True):
+            out[_on(g.idx, dev)] = r.to(dev, non_blocking=True)
+        return out
 
     def after_step(self) -> torch.Tensor | None:
-        if self._pending is None:
+        pending, self._pending = self._pending, None
+        if pending is None:
             return None
-        w, g, zero_frac, nonfinite = self._pending
-        self._pending = None
-        torch._foreach_sub_(self._before, [p.detach() for p in self.params])  # -(the update)
-        update = torch.stack(torch._foreach_norm(self._before)) / w[0].clamp(min=1e-12)
-        return torch.stack([*w, *g, zero_frac, nonfinite, update], dim=1).float()
+        rows, kept = pending
+        ratios = []
+        for g, before in zip(self.groups(), kept, strict=True):
+            diff = self._weight_sample(g).sub_(before)  # -(the update), on the sample
+            du = torch._foreach_norm(diff.split(g.sizes))
+            wn = torch._foreach_norm(before.split(g.sizes))
+            ratios.append((torch.stack(du) / torch.stack(wn).clamp(min=1e-12))[:, None])
+        return torch.cat([rows, self._assemble(ratios)], dim=1)
 
     def histograms(self, bins: int = HIST_BINS) -> list[tuple[str, str, float, float, list[int]]]:
         """(name, 'weight'|'grad', lo, hi, counts) per parameter, over a strided sample of at
-        most SAMPLE elements each. Reads min/max on the host, so on CUDA it synchronises:
-        call it only at the (rare) histogram interval."""
+        most HIST_SAMPLE elements each, non-finite values left out. All tensors of a device are
+        binned together in a few kernels and read back with one host copy: on CUDA that is one
+        synchronisation per call, so call it only at the (rare) histogram interval."""
         out = []
-        for name, p in zip(self.names, self.params, strict=True):
-            for kind, t in (("weight", p.detach()), ("grad", p.grad)):
-                if t is None or t.numel() == 0:
-                    continue
-                x = _sample(t.detach(), HIST_SAMPLE).float()
-                lo, hi = torch.stack(torch.aminmax(x)).tolist()
-                if not (math.isfinite(lo) and math.isfinite(hi)):  # rare: drop non-finite values
-                    x = x[torch.isfinite(x)]
-                    if x.numel() == 0:
-                        continue
-                    lo, hi = torch.stack(torch.aminmax(x)).tolist()
-                if lo == hi:
-                    lo, hi = lo - 0.5, hi + 0.5
-                counts = torch.histc(x, bins=bins, min=lo, max=hi)
-                out.append((name, kind, lo, hi, [int(c) for c in counts.tolist()]))
+        for g in self.groups():
+            keys, samples = [], []
+            for i in g.idx:
+                p = self.params[i]
+                for kind, t in (("weight", p.detach()), ("grad", p.grad)):
+                    if t is not None and t.numel():
+                        keys.append((self.names[i], kind))
+                        samples.append(strided_sample(t.detach(), HIST_SAMPLE).float())
+            if not samples:
+                continue
+            n = len(samples)
+            # One [n, <=HIST_SAMPLE] matrix, short rows padded with NaN (left out like any
+            # non-finite value): row-wise min/max and one bincount do every histogram at once.
+            x = nn.utils.rnn.pad_sequence(samples, batch_first=True, padding_value=math.nan)
+            finite = torch.isfinite(x)
+            lo = x.masked_fill(~finite, math.inf).amin(dim=1)
+            hi = x.masked_fill(~finite, -math.inf).amax(dim=1)
+            flat = lo == hi  # one value: a unit-wide range around it
+            lo, hi = torch.where(flat, lo - 0.5, lo), torch.where(flat, hi + 0.5, hi)
+            b = ((x - lo[:, None]) / (hi - lo)[:, None] * bins).floor().clamp_(0, bins - 1)
+            row = torch.arange(n, device=g.device)[:, None] * bins
+            where = torch.where(finite, b.long() + row, n * bins)  # non-finite: an extra bin
+            counts = torch.bincount(where.flatten(), minlength=n * bins + 1)[: n * bins]
+            host = torch.cat([lo, hi, counts.float()]).tolist()  # the one host read
+            los, his, cs = host[:n], host[n : 2 * n], host[2 * n :]
+            for j, (name, kind) in enumerate(keys):
+                if not (math.isfinite(los[j]) and math.isfinite(his[j])):
+                    continue  # nothing finite to bin
+                out.append(
+                    (name, kind, los[j], his[j], [int(c) for c in cs[j * bins : (j + 1) * bins]])
+                )
+        order = {n: i for i, n in enumerate(self.names)}
+        out.sort(key=lambda r: (order[r[0]], r[1] != "weight"))
         return out
