@@ -14,18 +14,20 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.screen import ModalScreen, Screen
 from textual.scrollbar import ScrollBar, ScrollBarRender
-from textual.widgets import Footer, TabbedContent, TabPane
+from textual.widgets import Input, TabbedContent, TabPane, TextArea
 from textual.worker import get_current_worker
 
 from dltui.run.client import ControlClient, ControlError, EngineGone
 from dltui.run.reader import pid_alive
 from dltui.run.status import RunStatus
 
+from .keys import help_sections, palette_commands
 from .messages import CommandReplied, RunUpdated, acknowledgement
 from .panes.overview import OverviewPane
 from .poller import EVAL, PAUSED, STARTING, RunPoller, RunSnapshot
 from .screens.dialogs import HelpScreen, LrChoice, LrDialog, QuitDialog, about_run
 from .widgets.deferred import DeferredPane, focus_first
+from .widgets.footer import RunFooter
 from .widgets.header import RunHeader
 
 POLL_S, POLL_ENDED_S = 0.5, 2.0  # live runs publish progress every 0.5 s; ended ones may resume
@@ -47,6 +49,8 @@ STEERING = {
     "toggle_mode": "eval",
     "checkpoint": "checkpoint",
 }
+# The app's own keys: they act from any tab, but never under a dialog or while typing.
+GLOBAL_ACTIONS = {*STEERING, "request_quit", "help", "show_tab"}
 
 
 class AsciiScrollBarRender(ScrollBarRender):
@@ -63,26 +67,49 @@ class DltuiApp(App[int]):
     TITLE = "dltui"
     HORIZONTAL_BREAKPOINTS = [(0, "-w-tiny"), (60, "-w-narrow"), (100, "-w-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-h-tiny"), (20, "-h-short"), (34, "-h-tall")]
+    # Run keys are priority bindings: they work on every tab, before a focused tree or table sees
+    # them (a Tree takes space to fold a node). check_action() lets them through to a text box
+    # while one has focus, and hides them under dialogs and, for steering, on read-only runs.
     BINDINGS = [
         Binding(
-            "q", "request_quit", "Quit", tooltip="Stop the run, detach, or cancel", id="app.quit"
+            "space",
+            "pause_resume('pause')",
+            "Pause",
+            tooltip="Pause the run at the next step boundary",
+            priority=True,
+            id="run.pause",
         ),
-        Binding("question_mark", "help", "Help", key_display="?", id="app.help"),
         Binding(
             "space",
-            "pause_resume",
-            "Pause",
-            tooltip="Pause or resume the run",
-            id="run.pause_resume",
+            "pause_resume('resume')",
+            "Resume",
+            tooltip="Resume the paused run",
+            priority=True,
+            id="run.resume",
         ),
-        Binding("n", "step", "Step", tooltip="One optimizer step while paused", id="run.step"),
-        Binding("l", "set_lr", "LR", tooltip="Set the learning rate (0.01, *0.5, /2)", id="run.lr"),
+        Binding(
+            "n",
+            "step",
+            "Step",
+            tooltip="One optimizer step while paused",
+            priority=True,
+            id="run.step",
+        ),
+        Binding(
+            "l",
+            "set_lr",
+            "LR",
+            tooltip="Set the learning rate (0.01, *0.5, /2)",
+            priority=True,
+            id="run.lr",
+        ),
         Binding(
             "plus,equals_sign",
             "scale_lr('*2')",
             "LR*2",
             key_display="+",
             tooltip="Double the LR (every optimizer)",
+            priority=True,
             id="run.lr_double",
         ),
         Binding(
@@ -91,12 +118,52 @@ class DltuiApp(App[int]):
             "LR/2",
             key_display="-",
             tooltip="Halve the LR (every optimizer)",
+            priority=True,
             id="run.lr_halve",
         ),
-        Binding("e", "toggle_mode", "Eval", tooltip="Switch between train and eval", id="run.mode"),
-        Binding("c", "checkpoint", "Ckpt", tooltip="Save a checkpoint now", id="run.checkpoint"),
+        Binding(
+            "e",
+            "toggle_mode",
+            "Eval",
+            tooltip="Switch between train and eval",
+            priority=True,
+            id="run.mode",
+        ),
+        Binding(
+            "c",
+            "checkpoint",
+            "Ckpt",
+            tooltip="Save a checkpoint now",
+            priority=True,
+            id="run.checkpoint",
+        ),
+        Binding(
+            "q",
+            "request_quit",
+            "Quit",
+            tooltip="Stop the run, detach, or cancel",
+            priority=True,
+            id="app.quit",
+        ),
+        Binding(
+            "question_mark",
+            "help",
+            "Help",
+            key_display="?",
+            tooltip="Every key, the mouse, and what the states mean",
+            priority=True,
+            id="app.help",
+        ),
         *(
-            Binding(str(i), f"show_tab('{tab}')", label, show=False, id=f"tab.{tab}")
+            Binding(
+                str(i),
+                f"show_tab('{tab}')",
+                label,
+                tooltip=f"Show the {label} tab",
+                show=False,
+                priority=True,
+                id=f"tab.{tab}",
+            )
             for i, (tab, label, _, _) in enumerate(TABS, 1)
         ),
     ]
@@ -136,7 +203,7 @@ class DltuiApp(App[int]):
                         yield self.overview
                     else:
                         yield DeferredPane(module, cls_name, label, self.run_dir, self.client)
-        yield Footer()
+        yield RunFooter(compact=True)
 
     def on_mount(self) -> None:
         if self.ascii:  # a class attribute: Textual has no per-app setting; put back on unmount
@@ -200,8 +267,13 @@ class DltuiApp(App[int]):
     def on_run_updated(self, message: RunUpdated) -> None:
         snap, old = message.snapshot, self.snapshot
         self.snapshot = snap
-        if old is None or old.meta.get("steering") != snap.meta.get("steering"):
-            self.refresh_bindings()  # the footer dims what this run can't do (e without on_eval)
+        if old is None or (old.state, old.meta.get("steering")) != (
+            snap.state,
+            snap.meta.get("steering"),
+        ):
+            # the footer follows the run: Resume while paused, no steering keys once read-only,
+            # dimmed what this run can't do (e without on_eval)
+            self.refresh_bindings()
         self.header.show(snap)
         if old is None:
             self._frame()  # first paint: don't wait for the clock
@@ -215,14 +287,24 @@ class DltuiApp(App[int]):
 
     # -- steering ------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # Keys under a dialog do nothing: 'c' in the quit dialog must not take a checkpoint.
-        if isinstance(self.screen, ModalScreen) and (
-            action in STEERING or action in ("request_quit", "help", "show_tab")
-        ):
+        if action in GLOBAL_ACTIONS and (isinstance(self.screen, ModalScreen) or self.typing()):
+            # Keys under a dialog do nothing ('c' in the quit dialog must not take a checkpoint),
+            # and a focused text box gets the letters typed into it.
             return False
-        if self.unsupported(action):
-            return None  # shown dimmed; on_key says why when it is pressed anyway
+        if action in STEERING:
+            snap = self.snapshot
+            if snap is not None and not snap.live:
+                return False  # read-only: not offered; pressed anyway, on_key says why
+            if action == "pause_resume" and parameters:
+                # one of the two space bindings at a time: the footer says Resume while paused
+                return (parameters[0] == "resume") == bool(self._engine_flag("paused"))
+            if self.unsupported(action):
+                return None  # shown dimmed; on_key says why when it is pressed anyway
         return True
+
+    def typing(self) -> bool:
+        """A text box has focus: printable keys are its text, not commands."""
+        return isinstance(self.screen.focused, (Input, TextArea))
 
     def unsupported(self, action: str) -> str | None:
         """The control an action needs when this run lacks it (eval on a script without on_eval)."""
@@ -231,20 +313,25 @@ class DltuiApp(App[int]):
         return need if need and snap is not None and not snap.supports(need) else None
 
     def on_key(self, event: events.Key) -> None:
-        """A dimmed steering key was pressed: say why it does nothing and how to get it."""
-        if isinstance(self.screen, ModalScreen):
+        """A steering key the run can't take (read-only run, or a control it lacks) was pressed:
+        say why it does nothing, and keep it from the focused widget (a tree would fold)."""
+        if isinstance(self.screen, ModalScreen) or self.typing():
             return
         for b in self.BINDINGS:
             if isinstance(b, Binding) and event.key in b.key.split(","):
                 action = b.action.split("(")[0]
-                if self.unsupported(action):
-                    self._explain_unsupported(action)
+                if action not in STEERING:
+                    return
+                event.stop()
+                event.prevent_default()
+                if self.steerable():
+                    self.explain_unsupported(action)
                 return
 
-    def _explain_unsupported(self, action: str) -> None:
-        if not self._steerable():
-            return
+    def explain_unsupported(self, action: str) -> None:
         need = self.unsupported(action)
+        if need is None:
+            return
         if need == "eval":
             # Asked anyway: the engine's refusal says why and how to add it (its wording has one
             # home), and a script that called dltui.on_eval since the last poll just runs it.
@@ -258,7 +345,7 @@ class DltuiApp(App[int]):
             markup=False,
         )
 
-    def _steerable(self) -> bool:
+    def steerable(self) -> bool:
         snap = self.snapshot
         if snap is not None and not snap.live:
             why = " (the engine is gone)" if snap.state is RunStatus.CRASHED else ""
@@ -275,16 +362,18 @@ class DltuiApp(App[int]):
             return state == PAUSED
         return "eval" if state == EVAL else "train"
 
-    def action_pause_resume(self) -> None:
-        if self._steerable():
+    def action_pause_resume(self, _shown: str = "") -> None:
+        """Space: pause or resume, whichever the engine's newest word makes it (the footer shows
+        the same choice, `_shown`)."""
+        if self.steerable():
             self._send("resume" if self._engine_flag("paused") else "pause")
 
     def action_step(self) -> None:
-        if self._steerable():
+        if self.steerable():
             self._send("step", n=1)
 
     def action_set_lr(self) -> None:
-        if self._steerable():
+        if self.steerable():
 
             def chosen(choice: LrChoice | None) -> None:
                 if choice is not None:
@@ -315,13 +404,13 @@ class DltuiApp(App[int]):
 
     def action_scale_lr(self, value: str) -> None:
         """+ and -: every optimizer of the run by the same factor (a GAN's two keep their ratio)."""
-        if self._steerable():
+        if self.steerable():
             names = [o["name"] for o in self.snapshot.optimizers] if self.snapshot else []
             for name in names if len(names) > 1 else [None]:
                 self._send("lr", value=value, **({"optimizer": name} if name else {}))
 
     def action_toggle_mode(self) -> None:
-        if not self._steerable():
+        if not self.steerable():
             return
         if self.snapshot is not None and self.snapshot.is_script:  # one pass, then it trains on
             self._send("mode", mode="eval")
@@ -329,7 +418,7 @@ class DltuiApp(App[int]):
         self._send("mode", mode="train" if self._engine_flag("mode") == "eval" else "eval")
 
     def action_checkpoint(self) -> None:
-        if self._steerable():
+        if self.steerable():
             self._send("checkpoint")
 
     def _send(self, cmd: str, then: str | None = None, **args: object) -> None:
@@ -342,6 +431,7 @@ class DltuiApp(App[int]):
             expect = {"paused": cmd == "pause"} if cmd != "mode" else {"mode": args["mode"]}
             self._reply_state = {**self._reply_state, **expect}  # the reply confirms it
             self._reply_at = time.monotonic()
+            self.refresh_bindings()  # Pause <-> Resume in the footer at once
         self._outbox.put((cmd, args, then))
 
     @work(thread=True, exclusive=True, group="control", name="control sender")
@@ -382,6 +472,7 @@ class DltuiApp(App[int]):
     def on_command_replied(self, message: CommandReplied) -> None:
         if message.state:
             self._reply_state, self._reply_at = message.state, time.monotonic()
+            self.refresh_bindings()
         # markup off: the engine's words may hold brackets (`x[1:3]`, {'loss': 0.3})
         self.notify(
             message.message,
@@ -409,53 +500,21 @@ class DltuiApp(App[int]):
 
         self.push_screen(QuitDialog(self.run_dir.name, self.owns_engine), chosen)
 
+    async def action_quit(self) -> None:
+        """ctrl+q and the palette's Quit ask like q does: one way out, never a silent stop."""
+        if not isinstance(self.screen, QuitDialog):
+            self.action_request_quit()
+
     def action_help(self) -> None:
-        def keys(bindings: Iterable) -> list[tuple[str, str]]:
-            return [
-                (b.key_display or b.key, b.tooltip or b.description)
-                for b in bindings
-                if isinstance(b, Binding) and b.description
-            ]
-
-        def run_keys() -> list[tuple[str, str]]:
-            out = []
-            for b in self.BINDINGS:
-                if isinstance(b, Binding) and b.description and not b.id.startswith("tab."):
-                    what = b.tooltip or b.description
-                    if b.action == "toggle_mode" and self.snapshot and self.snapshot.is_script:
-                        what = "One eval pass (the script's dltui.on_eval); training goes on"
-                    if self.unsupported(b.action.split("(")[0]):
-                        what += " - unavailable for this run"
-                    out.append((b.key_display or b.key, what))
-            return out
-
-        self.push_screen(
-            HelpScreen(
-                [
-                    ("This run", about_run(self.snapshot)),
-                    ("Run (any tab)", run_keys()),
-                    ("Tabs", [("1-5", "Overview, Layers, Tensors, Model, Console")]),
-                    ("Overview plots", keys(OverviewPane.BINDINGS)),
-                ]
-            )
-        )
+        self.push_screen(HelpScreen(help_sections(self, TABS, about_run(self.snapshot))))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        """The palette lists every key of the dashboard too (ctrl+p), with what it does."""
-        yield from super().get_system_commands(screen)
-        for b in self.BINDINGS:
-            if isinstance(b, Binding) and b.description:
-                yield SystemCommand(
-                    f"{b.description} ({b.key_display or b.key})",
-                    b.tooltip or b.description,
-                    lambda a=b.action: self._palette(a),
-                )
-
-    async def _palette(self, action: str) -> None:
-        if self.unsupported(action.split("(")[0]):
-            self._explain_unsupported(action.split("(")[0])
-        else:
-            await self.run_action(action)
+        """The palette (ctrl+p) offers every key's action; Textual's own Quit is left out: q's
+        (stop, detach or cancel) is the one way out."""
+        for command in super().get_system_commands(screen):
+            if command.title != "Quit":
+                yield command
+        yield from palette_commands(self, TABS)
 
 
 def make_app(

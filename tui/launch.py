@@ -6,6 +6,7 @@ import argparse
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,4 +89,14 @@ def start_engine(args: argparse.Namespace, run_dir: Path, argv: list[str]) -> in
         print(f"  steer it:  dltui ctl {run_dir.name} pause | resume | lr *0.5 | stop")
         print(f"  its log:   {run_dir / LOG_NAME}")
         return 0
+    reap_when_done(proc)
     return run_app(run_dir, engine_pid=proc.pid, ascii=args.ascii, owns_engine=True)
+
+
+def reap_when_done(proc: subprocess.Popen) -> threading.Thread:
+    """Wait for the engine on a thread while the dashboard runs: an engine that ends first
+    (`dltui ctl RUN stop`, a crash) is reaped at once instead of lingering as a defunct process
+    until the dashboard quits. Started only once the engine is up: wait_until_up() polls it."""
+    reaper = threading.Thread(target=proc.wait, name="engine reaper", daemon=True)
+    reaper.start()
+    return reaper
