@@ -26,6 +26,7 @@ from dltui.run.reader import RunReader, Series
 from ..messages import SeriesFetched
 from ..poller import RunSnapshot
 from ..widgets.events import EventList
+from ..widgets.format import fmt_count
 from ..widgets.plot import Plot, Trace
 from ..widgets.system import SystemPanel
 
@@ -34,9 +35,20 @@ NOT_METRICS = {"loss", *wire.TIMING_SCALARS}
 TRAIN_COLOR, VAL_COLOR, LR_COLORS = "cyan", "yellow", ("green", "bright_blue", "bright_magenta")
 
 
-def _trace(s: Series, label: str, color: str, smooth: bool = True) -> Trace:
+WINDOWS = (100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000)  # `w` cycles: all, last N steps
+
+
+def _trace(s: Series, label: str, color: str, smooth: bool = True, points: bool = False) -> Trace:
     return Trace(
-        label, tuple(s.steps), tuple(s.walls), tuple(s.means), tuple(s.counts), color, smooth
+        label,
+        tuple(s.steps),
+        tuple(s.walls),
+        tuple(s.means),
+        tuple(s.counts),
+        color,
+        smooth,
+        lasts=tuple(s.lasts),
+        points=points,
     )
 
 
@@ -81,12 +93,13 @@ def lr_labels(keys: list[str], main: str | None) -> dict[str, str]:
 
 
 def read_plot_series(
-    r: RunReader, metric_index: int, b_loss: int, b_metric: int, b_lr: int
+    r: RunReader, metric_index: int, b_loss: int, b_metric: int, b_lr: int, start: int | None = None
 ) -> dict[str, Any]:
     """Every overview series, each downsampled to its plot's width in dots.
 
     A handful of queries on the store's rollups: the cost is set by the buckets asked for, not
     by the run's length (benchmarks/tui.py compares a 1M-step store with a 100-step one).
+    `start`: only steps from there on (the window of the last N steps).
     """
     names = r.series_names()
     metrics = chartable(names)
@@ -94,12 +107,12 @@ def read_plot_series(
     out: dict[str, Any] = {"metric": metric, "metrics": metrics}
     out["metric_pos"] = metrics.index(metric) if metric else 0
     for phase in (wire.TRAIN, wire.VAL):
-        out[f"loss/{phase}"] = r.series("loss", phase, b_loss)
+        out[f"loss/{phase}"] = r.series("loss", phase, b_loss, start=start)
         if metric:
-            out[f"metric/{phase}"] = r.series(metric, phase, b_metric)
+            out[f"metric/{phase}"] = r.series(metric, phase, b_metric, start=start)
     for n, ph in names:
         if lr_key(n) is not None and ph == wire.TRAIN:
-            out[n] = r.series(n, ph, b_lr)
+            out[n] = r.series(n, ph, b_lr, start=start)
     return out
 
 
@@ -135,6 +148,63 @@ class OverviewPane(Widget, can_focus=True):
             tooltip="Next scalar on the metric plot (each metric, dltui.log value...)",
             id="overview.metric",
         ),
+        Binding(
+            "w",
+            "cycle_window",
+            "Window",
+            tooltip="Plot the whole run or only its last N steps (100, 1k, 10k...)",
+            id="overview.window",
+        ),
+        Binding(
+            "left",
+            "cursor(-1)",
+            "Cursor",
+            key_display="←",
+            tooltip="Cursor left: read the exact step and values (and the command marked there)",
+            id="overview.cursor_left",
+        ),
+        Binding(
+            "right",
+            "cursor(1)",
+            "Cursor",
+            key_display="→",
+            show=False,
+            tooltip="Cursor right",
+            id="overview.cursor_right",
+        ),
+        Binding(
+            "escape",
+            "cursor(0)",
+            "No cursor",
+            show=False,
+            tooltip="Hide the plot cursor",
+            id="overview.cursor_off",
+        ),
+        Binding(
+            "f",
+            "filter_events",
+            "Events",
+            tooltip="Events shown: all, without routine checkpoints, warnings and errors only",
+            id="overview.events_filter",
+        ),
+        Binding(
+            "[",
+            "scroll_events(1)",
+            "Older",
+            key_display="[",
+            show=False,
+            tooltip="Scroll the events list back (older events)",
+            id="overview.events_older",
+        ),
+        Binding(
+            "]",
+            "scroll_events(-1)",
+            "Newer",
+            key_display="]",
+            show=False,
+            tooltip="Scroll the events list forward (newer events)",
+            id="overview.events_newer",
+        ),
     ]
 
     def __init__(
@@ -156,6 +226,8 @@ class OverviewPane(Widget, can_focus=True):
         self.metric_name: str | None = None
         self.metric_count = 0  # how many scalars `m` cycles through
         self.metric_pos = 0  # which of them is shown
+        self.window: int | None = None  # plot only the last N steps; None: the whole run
+        self.cursor: float | None = None  # the plots' cursor, a fraction of the x span
         self._snap: RunSnapshot | None = None
         self._snap_new = False
         self._series: dict[str, Series] | None = None
@@ -232,7 +304,9 @@ class OverviewPane(Widget, can_focus=True):
             self._fetch(key)
 
     def _fetch_key(self, snap: RunSnapshot) -> tuple:
-        return (snap.scalars_seen, self.metric_index, *(p.plot_buckets() for p in self.plots))
+        start = max(0, snap.step - self.window) if self.window else None
+        buckets = (p.plot_buckets() for p in self.plots)
+        return (snap.scalars_seen, self.metric_index, *buckets, start)
 
     @work(thread=True, exclusive=True, group="overview-series")
     def _fetch(self, key: tuple) -> None:
@@ -256,7 +330,8 @@ class OverviewPane(Widget, can_focus=True):
         options = dict(
             smoothing=self.smoothing, log_y=self.log_y, x_time=self.x_time, t0=snap.started or 0.0
         )
-        shown = ("log" if self.log_y else "", "time" if self.x_time else "")
+        window = f"last {fmt_count(self.window)} steps" if self.window else ""
+        shown = ("log" if self.log_y else "", "time" if self.x_time else "", window)
         ema = f"ema {self.smoothing:g}" if self.smoothing else ""
         for plot, smoothed in (
             (loss, True),
@@ -298,10 +373,49 @@ class OverviewPane(Widget, can_focus=True):
             if s is not None and len(s):
                 # val points are already means over the whole val set, one per epoch: an EMA over
                 # a handful of them only drags the curve behind; train is what needs smoothing
-                out.append(_trace(s, phase, color, smooth=phase == wire.TRAIN))
+                # and their marks (● / o) tell them from train without colour
+                val = phase == wire.VAL
+                out.append(_trace(s, phase, color, smooth=not val, points=val))
         return out
 
     # -- plot controls -------------------------------------------------------------------------
+    def action_cycle_window(self) -> None:
+        """All steps, then the last 100, 1k, 10k... steps (only windows shorter than the run)."""
+        step = self._snap.step if self._snap else 0
+        choices: list[int | None] = [None, *(n for n in WINDOWS if n < step)]
+        i = choices.index(self.window) if self.window in choices else 0
+        self.window = choices[(i + 1) % len(choices)]
+        what = f"the last {fmt_count(self.window)} steps" if self.window else "the whole run"
+        if len(choices) == 1:
+            what += f" (it has {step} steps: no shorter window)"
+        self.notify(f"plots show {what}", timeout=2)
+        self._draw()
+        self.tick()
+
+    def action_cursor(self, move: int) -> None:
+        """Move the plots' cursor a column (-1 / 1), or hide it (0)."""
+        if move == 0:
+            self.cursor = None
+        else:
+            cols = max(1, self.plots[0].columns() - 1)
+            at = self.cursor if self.cursor is not None else (1.0 if move < 0 else 0.0)
+            self.cursor = min(1.0, max(0.0, at + move / cols)) if self.cursor is not None else at
+        for plot in self.plots:
+            plot.set_cursor(self.cursor)
+
+    def on_plot_clicked(self, message: Plot.Clicked) -> None:
+        """A click on a plot puts the cursor there (on every plot: they share the x axis)."""
+        self.cursor = message.fraction
+        for plot in self.plots:
+            plot.set_cursor(self.cursor)
+
+    def action_filter_events(self) -> None:
+        what = self.events.cycle_filter()
+        self.notify(f"events: {what}", timeout=2)
+
+    def action_scroll_events(self, lines: int) -> None:
+        self.events.scroll_by_lines(lines)
+
     def action_cycle_smoothing(self) -> None:
         i = SMOOTHING_STEPS.index(self.smoothing) if self.smoothing in SMOOTHING_STEPS else 0
         self.smoothing = SMOOTHING_STEPS[(i + 1) % len(SMOOTHING_STEPS)]

@@ -23,6 +23,8 @@ class Canvas:
         self.bits = [[0] * self.width for _ in range(self.height)]
         self.styles: list[list[str]] = [[""] * self.width for _ in range(self.height)]
         self.overlay: dict[tuple[int, int], tuple[str, str]] = {}
+        self.marks: dict[tuple[int, int], tuple[str, str]] = {}
+        self.cursor_col: tuple[int, str] | None = None
 
     @property
     def dot_width(self) -> int:
@@ -67,6 +69,16 @@ class Canvas:
             if not self.bits[row][col]:
                 self.overlay[(row, col)] = (char, style)
 
+    def mark(self, col: int, row: int, char: str, style: str) -> None:
+        """A character drawn over the dots of one cell (a validation point's mark)."""
+        if 0 <= col < self.width and 0 <= row < self.height:
+            self.marks[(row, col)] = (char, style)
+
+    def cursor(self, col: int, style: str) -> None:
+        """The cursor: a column drawn in `style` (reverse video: visible without colour)."""
+        if 0 <= col < self.width:
+            self.cursor_col = (col, style)
+
     def rows(self) -> list[Text]:
         """One Text per row, consecutive cells of one style merged into one span."""
         out = []
@@ -75,7 +87,10 @@ class Canvas:
             run, run_style = [], ""
             for c in range(self.width):
                 over = self.overlay.get((r, c))
-                if over is not None and not self.bits[r][c]:
+                mark = self.marks.get((r, c))
+                if mark is not None:
+                    ch, st = mark
+                elif over is not None and not self.bits[r][c]:
                     ch, st = over
                 else:
                     b = self.bits[r][c]
@@ -84,6 +99,9 @@ class Canvas:
                         ch = " "
                     else:
                         ch = ASCII_CHARS[b] if self.ascii else chr(0x2800 + b)
+                if self.cursor_col is not None and c == self.cursor_col[0]:
+                    st = f"{st} {self.cursor_col[1]}".strip()
+                    ch = ch if ch != " " else ("|" if self.ascii else "│")
                 if st != run_style and run:
                     text.append("".join(run), run_style or None)
                     run = []
