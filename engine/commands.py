@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, NamedTuple
 
 import torch
@@ -23,12 +24,14 @@ def state(loop: Any) -> dict[str, Any]:
     g = loop.gate
     return {
         "status": "stopping" if g.stop_reason else ("paused" if g.paused else wire.RUNNING),
+        "pid": os.getpid(),  # which engine answered (a launcher checks it is the one it started)
         "paused": g.paused,
         "mode": g.mode,
         "steps_left": g.steps_left(loop.step),
         "step": loop.step,
         "epoch": loop.epoch,
         "batch": loop.batch,
+        "epoch_step": getattr(loop, "epoch_step", loop.batch),  # run/progress.py's batch
         "epochs": loop.epochs,
         "steps_per_epoch": loop.steps_per_epoch,
         "total_steps": loop.total_steps,

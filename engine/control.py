@@ -6,10 +6,12 @@ gate and runs on the training thread at the next step boundary (STYLE.md 3).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
 import threading
+import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,12 @@ from .gate import Gate
 from .store import RunStore
 
 APPLY_TIMEOUT_S = 60.0  # how long a reply waits for the step boundary
+# The server must never take what training needs (file descriptors, threads, CPU): at most this
+# many connections are served at once, the rest wait in the listen backlog (no descriptor of
+# ours) until one closes; a connection silent for IDLE_TIMEOUT_S is closed (clients reconnect).
+MAX_CONNECTIONS = 32
+IDLE_TIMEOUT_S = 60.0
+ACCEPT_RETRY_S = 0.2  # after a transient accept() error (EMFILE, ENOBUFS): wait, then go on
 
 
 class SocketInUse(RuntimeError):
@@ -43,6 +51,8 @@ class ControlServer:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.idle_timeout = IDLE_TIMEOUT_S
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -88,22 +98,46 @@ class ControlServer:
 
     # -- connections -----------------------------------------------------------------------
     def _accept_loop(self) -> None:
+        told = False
         while not self._closing:
+            # A slot first: at the cap, new connections wait in the backlog, not in our fds.
+            if not self._slots.acquire(timeout=0.5):
+                continue
             try:
                 conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(
-                target=self._serve, args=(conn,), name="dltui-control-conn", daemon=True
-            ).start()
+            except OSError as e:
+                self._slots.release()
+                if self._closing:
+                    return
+                if not told:  # EMFILE and friends pass; the run is told once, not per retry
+                    told = True
+                    self.store.event(
+                        wire.EV_INFO,
+                        f"control server: accept failed ({e}); retrying",
+                        level="warning",
+                    )
+                time.sleep(ACCEPT_RETRY_S)
+                continue
+            try:
+                threading.Thread(
+                    target=self._serve, args=(conn,), name="dltui-control-conn", daemon=True
+                ).start()
+            except RuntimeError:  # can't start a thread: drop this client, keep serving
+                conn.close()
+                self._slots.release()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
+            conn.settimeout(self.idle_timeout)
             self._converse(conn)
-        except OSError:  # the client went away mid-reply (a dashboard quitting): nothing to do
+        except OSError:  # the client went away, or fell silent (timeout): nothing to do
             pass
+        except Exception as e:  # a bug must not print a traceback into the run's console
+            with contextlib.suppress(OSError):
+                conn.sendall(wire.Reply(ok=False, error=f"internal error: {e!r}").encode())
         finally:
             conn.close()
+            self._slots.release()
 
     def _converse(self, conn: socket.socket) -> None:
         if peer_uid(conn) != os.getuid():
@@ -119,10 +153,13 @@ class ControlServer:
             if not chunk:
                 return
             buf += chunk
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if line.strip():
-                    conn.sendall(self.handle(line).encode())
+            if b"\n" in chunk:
+                # All complete lines at once: linear in the bytes received (splitting one line
+                # off at a time copied the rest each time; a megabyte of newlines cost seconds).
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        conn.sendall(self.handle(line).encode())
             if len(buf) > wire.MAX_REQUEST_BYTES:
                 conn.sendall(
                     wire.Reply(

@@ -18,6 +18,9 @@ MAX_WINDOW = 4096
 STATS_LIMIT = 1 << 20
 # contiguous()/reshape()/flatten() may copy; a copy larger than this is refused, not allocated.
 COPY_LIMIT = 1 << 23
+# chunk()/split() make one Python tensor per piece: 3 million pieces took 17 s and 2.2 GB on the
+# training thread. More pieces than this are refused (narrow() or indexing takes one directly).
+MAX_PIECES = 4096
 
 _ATTRS = ("T", "mT")
 _METHODS = (
@@ -240,6 +243,13 @@ def _apply(step: _Step, value: Any) -> Any:
         return value[step.args]
     if step.kind == "index":
         return value[step.args]
+    if step.name in _TUPLE_METHODS:
+        pieces = _pieces(step, value)
+        if pieces is not None and pieces > MAX_PIECES:
+            raise InspectError(
+                f"{step.text}: this makes {pieces:,} pieces, over the limit of {MAX_PIECES:,}; "
+                "take the one you want directly, with narrow(dim, start, length) or an index"
+            )
     if step.name == "contiguous" and not value.is_contiguous() and value.numel() > COPY_LIMIT:
         raise InspectError(_COPY_REFUSAL.format(step.text, value.numel(), COPY_LIMIT))
     if step.name in _MAY_COPY and value.numel() > COPY_LIMIT:
@@ -251,6 +261,28 @@ def _apply(step: _Step, value: Any) -> Any:
         except RuntimeError:
             raise InspectError(_COPY_REFUSAL.format(step.text, value.numel(), COPY_LIMIT)) from None
     return getattr(value, step.name)(*step.args, **step.kwargs)
+
+
+def _pieces(step: _Step, value: torch.Tensor) -> int | None:
+    """How many tensors chunk()/split() would return, without making them (None: let torch say
+    what is wrong with the arguments)."""
+    args, kw = step.args, step.kwargs
+    first = (
+        args[0]
+        if args
+        else kw.get("chunks", kw.get("split_size_or_sections", kw.get("split_size")))
+    )
+    dim = args[1] if len(args) > 1 else kw.get("dim", 0)
+    if not isinstance(dim, int) or not -value.ndim <= dim < max(value.ndim, 1) or value.ndim == 0:
+        return None
+    size = value.shape[dim]
+    if isinstance(first, (list, tuple)):
+        return len(first)
+    if not isinstance(first, int) or first <= 0:
+        return None
+    if step.name == "chunk":
+        return min(first, max(size, 1))
+    return max(1, -(-size // first))
 
 
 def parse_expr(expr: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -125,6 +125,15 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+class RecipeExit(Exception):
+    """The recipe's code called sys.exit(code) during training: the run ends there, failed
+    (stopped for code 0 / None), with a checkpoint; the SystemExit is the __cause__."""
+
+    def __init__(self, code: Any) -> None:
+        super().__init__(f"the recipe's code called sys.exit({code!r})")
+        self.code = code
+
+
 class StopRun(Exception):
     """Raised inside the loop to end the run at once (second Ctrl-C)."""
 
@@ -231,7 +240,8 @@ class Loop:
         with self.stepper.autocast():
             if fn is None:
                 x, target = batch
-                self.last_input = x
+                if train:  # a val batch must not pair with the last train step's output
+                    self.last_input = x
                 output = self.model(x)
                 return Result(self.r.loss_fn(output, target), output, target)
             value = fn(batch, self.ctx) if form == "ctx" else fn(self.model, batch)
@@ -273,12 +283,31 @@ class Loop:
                     self.save_checkpoint("last", reason=self.gate.stop_reason)
         except (StopRun, KeyboardInterrupt):
             status = wire.STOPPED
+        except SystemExit as e:  # sys.exit() in train_step, a hook, a loader: an end, not a crash
+            status, error = self._exited(e)
         except Exception as e:
             status, error = wire.FAILED, e
         finally:
             self.gate.close()
         self._emit("on_run_end", status, error)
         return status, error
+
+    def _exited(self, e: SystemExit) -> tuple[str, BaseException | None]:
+        """The recipe asked the process to exit: keep a checkpoint of the last whole step, and
+        end the run failed (a nonzero status) or stopped (0 / None), never silently."""
+        exit_ = RecipeExit(e.code)
+        exit_.__cause__ = e
+        try:
+            self.save_checkpoint("last", reason=f"the recipe called sys.exit({e.code!r})")
+        except EngineError as ck_error:
+            self.notice(f"no checkpoint after sys.exit: {ck_error}", "warning")
+        if e.code in (None, 0):
+            self.notice(
+                f"the recipe called sys.exit({e.code!r}) at step {self.step + 1}; the run stops.",
+                "info",
+            )
+            return wire.STOPPED, None
+        return wire.FAILED, exit_
 
     def _tell_about_the_plan(self) -> None:
         if self.steps_per_epoch is None and self.step == 0:

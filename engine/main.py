@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import os
 import platform
 import signal
 import sys
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dltui.run import wire
 from dltui.run.options import hint_misplaced, parse
-from dltui.run.runs import discard_if_empty, make_run_dir, new_run_dir
+from dltui.run.reader import DB_NAME, RunReader
+from dltui.run.runs import RunsDirError, discard_if_empty, make_run_dir, new_run_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -46,17 +52,138 @@ def model_summary(model: Any) -> list[dict[str, Any]]:
     return rows
 
 
+LOCK_NAME = "engine.lock"  # held (flock) by the one engine that owns the run, for its lifetime
+
+
+@dataclass
+class Begun:
+    """A run from the engine's first moments: its directory (locked), its store saying
+    "starting" with this pid, and the console captured into it, before torch is imported."""
+
+    run_dir: Path
+    store: Any  # engine.store.RunStore
+    tees: Any  # console tees, already writing into the store
+    fresh: bool  # this engine created the store (not a resume)
+    prior_status: str | None  # a resumed run's stored status, put back if the resume fails
+    lock_fd: int
+
+    def abandon(self, why: str) -> None:
+        """The run never began (bad input): a fresh run leaves nothing behind; a resume records
+        why it failed and gets its old status back."""
+        from . import console
+
+        console.restore(self.tees)
+        if self.fresh:
+            self.store.close()
+            for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", LOCK_NAME):
+                (self.run_dir / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                (self.run_dir / "checkpoints").rmdir()
+            discard_if_empty(self.run_dir)
+        else:
+            self.store.event(wire.EV_ERROR, f"resume failed: {why}", level="error")
+            self.store.close(self.prior_status)
+        os.close(self.lock_fd)
+
+    def crashed(self, error: BaseException) -> None:
+        """dltui itself failed before the run began: recorded, marked failed, never silent."""
+        from . import console
+
+        console.restore(self.tees)
+        tb = "".join(traceback.format_exception(error))
+        self.store.event(
+            wire.EV_ERROR,
+            f"the engine failed to start: {error!r}",
+            level="error",
+            data={"traceback": tb},
+        )
+        stopped = isinstance(error, KeyboardInterrupt)
+        self.store.close(wire.STOPPED if stopped else wire.FAILED)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = argv if argv is not None else sys.argv[1:]
     args = parse(argv)
     try:
-        return run(args, argv)
+        begun = begin(args, argv)
     except UsageError as e:
         print(f"dltui: {e}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        return run(args, argv, begun)
+    except UsageError as e:
+        begun.abandon(str(e))
+        print(f"dltui: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BaseException as e:
+        if begun.store.status_written is None:  # not ended by the driver: say so in the store
+            begun.crashed(e)
+        raise
 
 
-def run(args: argparse.Namespace, argv: list[str]) -> int:
+def _lock(run_dir: Path) -> int:
+    """Own the run: one engine per run directory (a second resume, or a resume of a live run,
+    is refused before it touches anything). The kernel drops the lock when the process dies."""
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        name = run_dir.name
+        raise UsageError(
+            f"run {name} is already running (engine pid {holder}): watch it with "
+            f"`dltui attach {name}`, or stop it first with `dltui ctl {name} stop`."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def begin(args: argparse.Namespace, argv: list[str]) -> Begun:
+    """The run exists from here on, as "starting" with its console: `dltui runs`, `status` and
+    `attach` know it while torch and the recipe are still being imported (torch-free)."""
+    from . import console
+    from .store import RunStore, StoreError, host_info
+
+    try:
+        run_dir = args.resume or args.run_dir or new_run_dir(args.recipe, args.runs_dir)
+        if args.resume is not None and not (args.resume / DB_NAME).exists():
+            raise UsageError(f"there is no run at {args.resume} to resume ({DB_NAME} missing).")
+        make_run_dir(run_dir)
+    except RunsDirError as e:
+        raise UsageError(str(e)) from None
+    lock_fd = _lock(run_dir)
+    fresh = not (run_dir / DB_NAME).exists()
+    prior = None
+    if not fresh:
+        with contextlib.suppress(Exception), RunReader(run_dir) as r:
+            prior = r.meta().get("status")
+    store = RunStore(run_dir / DB_NAME)
+    try:
+        store.start()
+    except StoreError as e:
+        os.close(lock_fd)
+        if fresh:
+            (run_dir / LOCK_NAME).unlink(missing_ok=True)
+            discard_if_empty(run_dir)
+        raise UsageError(str(e)) from None
+    store.set_meta(
+        run_id=run_dir.name,
+        script=str(Path(args.recipe).resolve()),
+        args=argv,
+        status=wire.STARTING,
+        started=time.time(),
+        detached=args.detached,
+        headless=args.headless,
+        **host_info(),
+    )
+    store.flush()  # readers see the starting run (and this pid) before torch is imported
+    tees = console.capture(store)  # a recipe's prints at import time belong to the run
+    return Begun(run_dir, store, tees, fresh, prior, lock_fd)
+
+
+def run(args: argparse.Namespace, argv: list[str], begun: Begun) -> int:
     import dltui
     from dltui.run.scriptfile import detect_kind
 
@@ -75,11 +202,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     session = Session(ctx)
     dltui._session = session
     if kind == wire.DRIVER_SCRIPT:
-        return _script(args, argv, session)
-    return _recipe(args, argv, session)
+        return _script(args, argv, session, begun)
+    return _recipe(args, argv, session, begun)
 
 
-def _recipe(args: argparse.Namespace, argv: list[str], session: Any) -> int:
+def _recipe(args: argparse.Namespace, argv: list[str], session: Any, begun: Begun) -> int:
     import torch
 
     from .loop import seed_everything
@@ -99,21 +226,18 @@ def _recipe(args: argparse.Namespace, argv: list[str], session: Any) -> int:
         resume_ck = torch.load(ck_path, map_location="cpu", weights_only=False)
     from . import console
 
-    # Capture from before the import: a recipe's own prints at import time belong to the run.
-    early = console.Buffer()
-    tees = console.capture(early)
     try:
-        return _run(args, argv, early, tees, resume_ck, session)
+        return _run(args, argv, resume_ck, session, begun)
     finally:
-        console.restore(tees)
+        console.restore(begun.tees)
 
 
 def _run(
-    args: argparse.Namespace, argv: list[str], early: Any, tees: Any, resume_ck: Any, session: Any
+    args: argparse.Namespace, argv: list[str], resume_ck: Any, session: Any, begun: Begun
 ) -> int:
     import torch
 
-    from .loop import Loop, Settings
+    from .loop import Loop, RecipeExit, Settings
     from .recipe import RecipeError, check_device, load_recipe
 
     try:
@@ -121,15 +245,12 @@ def _run(
         if args.device:
             check_device(args.device, "--device")
     except RecipeError as e:
-        if args.run_dir is not None:
-            discard_if_empty(args.run_dir)  # reserved by `dltui train`, never used
         raise UsageError(str(e)) from None
 
-    run_dir = args.resume or args.run_dir or new_run_dir(args.recipe, args.runs_dir)
-    make_run_dir(run_dir)
+    run_dir = begun.run_dir
     from .store import host_info
 
-    store, gate, probe, callbacks = _observers(args, run_dir, sys.__stdout__)
+    store, gate, probe, callbacks = _observers(args, begun.store, sys.__stdout__)
     settings = Settings(
         epochs=args.epochs,
         max_steps=args.max_steps,
@@ -142,7 +263,6 @@ def _run(
     try:
         loop = Loop(recipe, settings, callbacks, gate)
     except (RuntimeError, KeyError, ValueError) as e:
-        store.close()
         if resume_ck is None:
             raise
         raise UsageError(
@@ -152,9 +272,8 @@ def _run(
 
     server = ControlServer(run_dir, gate, store, loop)
     try:
-        server.start()  # before touching the store: a live engine on this run means hands off
+        server.start()
     except SocketInUse as e:
-        store.close()
         raise UsageError(str(e)) from None
     if resume_ck is not None:
         store.truncate_after(loop.step)
@@ -185,8 +304,29 @@ def _run(
     if resume_ck is None:
         store.event(wire.EV_RUN, f"run started: {args.recipe} on {loop.device}", step=0)
 
-    status, error = _drive(args, loop, store, gate, probe, server, session, early, tees)
-    if error is not None:
+    status, error = _drive(args, loop, store, gate, probe, server, session)
+    code = EXIT_FAILED if status == wire.FAILED else EXIT_OK
+    if isinstance(error, RecipeExit):
+        from .recipe import user_traceback
+
+        tb = user_traceback(error.__cause__)
+        ck = run_dir / "checkpoints" / "last.pt"
+        kept = f"; the checkpoint of step {loop.step} is in {ck}" if ck.exists() else ""
+        print(
+            f"dltui: the run failed at step {loop.step + 1}: {error} (run {run_dir.name} kept, "
+            f"marked failed{kept}):\n{tb}",
+            file=sys.stderr,
+        )
+        if isinstance(error.code, int) and 0 < error.code < 256:
+            code = error.code  # what the recipe asked the process to exit with
+        store.event(
+            wire.EV_ERROR,
+            f"failed at step {loop.step + 1}: {error}",
+            step=loop.step,
+            level="error",
+            data={"traceback": tb},
+        )
+    elif error is not None:
         from .recipe import user_traceback
 
         part = getattr(error, "part", None)  # loop.EngineError: dltui's own code failed
@@ -207,13 +347,13 @@ def _run(
         )
     store.event(wire.EV_STATUS, f"run {status} at step {loop.step}", step=loop.step)
     store.close(status)
-    return EXIT_FAILED if status == wire.FAILED else EXIT_OK
+    return code
 
 
 RECIPE_ONLY = {"epochs": "--epochs", "device": "--device", "resume": "--resume"}
 
 
-def _script(args: argparse.Namespace, argv: list[str], session: Any) -> int:
+def _script(args: argparse.Namespace, argv: list[str], session: Any, begun: Begun) -> int:
     """Run the user's own training script as __main__, observed (engine/script.py)."""
     path = Path(args.recipe)
     if not path.is_file():
@@ -222,8 +362,6 @@ def _script(args: argparse.Namespace, argv: list[str], session: Any) -> int:
         )
     for key, flag in RECIPE_ONLY.items():
         if getattr(args, key, None) is not None:
-            if args.run_dir is not None:
-                discard_if_empty(args.run_dir)
             raise UsageError(
                 f"{flag} is for recipes; {args.recipe} is a script with its own loop, so it takes its "
                 f"own flags after the file: `dltui train {args.recipe} {flag} ...` passes {flag} to the "
@@ -235,17 +373,13 @@ def _script(args: argparse.Namespace, argv: list[str], session: Any) -> int:
         seed_everything(args.seed)
     from . import console
 
-    early = console.Buffer()
-    tees = console.capture(early)
     try:
-        return _run_script(args, argv, session, early, tees)
+        return _run_script(args, argv, session, begun)
     finally:
-        console.restore(tees)
+        console.restore(begun.tees)
 
 
-def _run_script(
-    args: argparse.Namespace, argv: list[str], session: Any, early: Any, tees: Any
-) -> int:
+def _run_script(args: argparse.Namespace, argv: list[str], session: Any, begun: Begun) -> int:
     import torch
 
     from dltui.run.scriptfile import script_traceback
@@ -254,10 +388,9 @@ def _run_script(
     from .script import ScriptRun
     from .store import host_info
 
-    run_dir = args.run_dir or new_run_dir(args.recipe, args.runs_dir)
-    make_run_dir(run_dir)
+    run_dir = begun.run_dir
     # dltui's headless lines go to stderr: the script's stdout stays what it would be.
-    store, gate, probe, callbacks = _observers(args, run_dir, sys.__stderr__)
+    store, gate, probe, callbacks = _observers(args, begun.store, sys.__stderr__)
     file_argv = [args.recipe, *session.context.args]
     driver = ScriptRun(
         path=Path(args.recipe),
@@ -274,7 +407,6 @@ def _run_script(
     try:
         server.start()
     except SocketInUse as e:
-        store.close()
         raise UsageError(str(e)) from None
     store.set_meta(
         run_id=run_dir.name,
@@ -301,7 +433,7 @@ def _run_script(
     )
     shown = " ".join([args.recipe, *session.context.args])
     store.event(wire.EV_RUN, f"run started: script {shown}", step=0)
-    status, error = _drive(args, driver, store, gate, probe, server, session, early, tees)
+    status, error = _drive(args, driver, store, gate, probe, server, session)
     code = driver.exit_code
     if isinstance(error, SystemExit):
         store.event(
@@ -337,16 +469,12 @@ def _run_script(
     return code
 
 
-def _observers(
-    args: argparse.Namespace, run_dir: Path, out: Any
-) -> tuple[Any, Any, Any, list[Any]]:
-    """The run store (writing), the control gate, the probe and the headless printer."""
+def _observers(args: argparse.Namespace, store: Any, out: Any) -> tuple[Any, Any, Any, list[Any]]:
+    """The run store (already writing), the control gate, the probe and the headless printer."""
     from .gate import Gate
     from .probe import Probe
-    from .store import RunStore
 
-    store = RunStore(run_dir / "run.sqlite")
-    store.start()
+    run_dir = store.path.parent
     probe = Probe(
         store,
         stats_every=args.stats_every,
@@ -370,8 +498,6 @@ def _drive(
     probe: Any,
     server: Any,
     session: Any,
-    early: Any,
-    tees: Any,
 ) -> tuple[str, BaseException | None]:
     """Go live (sampler, signals, console into the store) and run the driver to its end."""
     from .sampler import Sampler
@@ -379,16 +505,10 @@ def _drive(
     sampler = Sampler(store.system, lambda msg: store.event(wire.EV_INFO, msg, level="warning"))
     sampler.start()
     _install_signals(gate, args.detached)
-    store.flush()  # readers must see this engine's pid before it serves a single step
-    early.replay_into(store)
-    for tee in tees:
-        tee.store = store
+    store.flush()  # readers must see the run's meta before it serves a single step
     session.attach(driver, probe)
     try:
-        return driver.run()
-    except BaseException:
-        store.close()  # whatever happened, what was recorded is written out
-        raise
+        return driver.run()  # anything escaping is recorded and the store closed by main()
     finally:
         # The run is over: a late Ctrl-C or SIGTERM must not interrupt writing its end.
         signal.signal(signal.SIGINT, signal.SIG_IGN)

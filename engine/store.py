@@ -138,6 +138,7 @@ class RunStore:
         self._sids: dict[tuple, list[int]] = {}
         self._params: dict[str, int] = {}
         self._last_beat = 0.0
+        self.status_written: str | None = None  # the final status close() recorded
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -160,6 +161,7 @@ class RunStore:
     def close(self, status: str | None = None, **meta: Any) -> None:
         """Record the final status (and any meta), write everything, stop the writer."""
         if status is not None:
+            self.status_written = status
             self.set_meta(status=status, ended=time.time())
         if meta:
             self.set_meta(**meta)

@@ -80,16 +80,28 @@ class RunReader:
 
     # -- metadata and status ---------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
+        """The run's metadata; {} for a store its engine is creating this very moment."""
+        try:
+            rows = self.db.execute("SELECT key, value FROM meta").fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return {}
+            raise
+        return {k: json.loads(v) for k, v in rows}
 
     def status(self, meta: dict[str, Any] | None = None) -> str:
-        """running / paused / finished / failed / stopped, or crashed when the engine vanished."""
+        """starting / running / paused / finished / failed / stopped, or crashed when the
+        engine vanished (while starting too: a recipe killed during its import)."""
         m = self.meta() if meta is None else meta
+        if not m:  # the schema is being written: an engine's first moments
+            return wire.STARTING
         status = m.get("status", wire.RUNNING)
-        if status != wire.RUNNING:
+        if status not in (wire.RUNNING, wire.STARTING):
             return status
         if engine_gone(m):
             return wire.CRASHED
+        if status == wire.STARTING:
+            return status
         progress = m.get("progress") or {}
         if progress.get("mode") == "eval":
             return "eval"

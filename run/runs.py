@@ -15,25 +15,41 @@ from .reader import DB_NAME, RunNotFound, RunReader
 DEFAULT_RUNS_DIR = "runs"
 
 
+class RunsDirError(OSError):
+    """The runs directory (or a run directory in it) can't be created or written: one line."""
+
+
+def unwritable(where: Path, e: OSError) -> RunsDirError:
+    why = e.strerror or str(e)
+    return RunsDirError(
+        f"can't create a run in {where}: {why}. Choose a writable folder with --runs-dir DIR."
+    )
+
+
 def new_run_dir(script: str | os.PathLike, runs_dir: Path) -> Path:
     """Reserve runs_dir/<yyyymmdd-hhmmss>-<script stem>[-N] by creating it (0700).
 
     The exclusive mkdir is the reservation: two runs started in the same second (a sweep)
-    can never share a directory.
+    can never share a directory. RunsDirError when runs_dir can't hold one (read-only, a file).
     """
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(script).stem)[:40] or "run"
     base = time.strftime("%Y%m%d-%H%M%S") + "-" + stem
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    n = 1
-    while True:
-        path = runs_dir / (base if n == 1 else f"{base}-{n}")
-        try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            n += 1
-            continue
-        os.chmod(path, 0o700)
-        return path
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while True:
+            path = runs_dir / (base if n == 1 else f"{base}-{n}")
+            try:
+                path.mkdir(mode=0o700)
+            except FileExistsError:
+                n += 1
+                continue
+            os.chmod(path, 0o700)
+            return path
+    except RunsDirError:
+        raise
+    except OSError as e:
+        raise unwritable(runs_dir, e) from None
 
 
 def discard_if_empty(path: Path) -> None:
@@ -46,9 +62,12 @@ def discard_if_empty(path: Path) -> None:
 
 def make_run_dir(path: Path) -> Path:
     """Create the run directory readable by its owner only (its socket steers the run)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(path, 0o700)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)
+    except OSError as e:
+        raise unwritable(path.parent, e) from None
     return path
 
 
@@ -110,7 +129,7 @@ def list_runs(runs_dir: Path) -> list[RunInfo]:
     return out
 
 
-LIVE = (wire.RUNNING, "paused", "eval")
+LIVE = (wire.STARTING, wire.RUNNING, "paused", "eval")  # an engine owns the run
 
 
 def resolve_run(runs_dir: Path, spec: str | None, live_only: bool = False) -> Path:

@@ -101,6 +101,14 @@ DRIVER_RECIPE, DRIVER_SCRIPT = "recipe", "script"
 # meta['steering']: which controls this run supports, e.g. {"pause": true, "eval": false, ...};
 # meta['optimizers']: [{"name": "d", "groups": 1}, ...], the run's optimizer first.
 STEERING_KEYS = ("pause", "step", "lr", "eval", "checkpoint", "stop", "resume")
+# meta['gpus'], written by the engine's sampler after its first look (and when it changes):
+# {"note": why there are no GPU readings, or None; "devices": [{"index", "name", "uuid", "mig"}]
+# by NVML index; "run": NVML indices this run uses; "cuda": {"<CUDA index>": NVML index}}.
+# System rows gpu<NVML index>.<field> and cuda<CUDA index>.allocated|reserved|peak hold the readings.
+META_GPUS = "gpus"
+# meta['gpu_processes']: {"rows": [{"gpu", "pid", "mem" (bytes or None), "user", "command",
+# "run" (this engine's own process)}], "notes": {"<NVML index>": why its processes are not listed}}
+META_GPU_PROCESSES = "gpu_processes"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +178,8 @@ class Request:
             obj = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"malformed request (not JSON): {e}") from None
+        except RecursionError:  # [[[[...]]]]: json recurses per level
+            raise ValueError("malformed request: nested too deeply") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("cmd"), str):
             raise ValueError('malformed request: expected an object like {"cmd": "status"}')
         args = obj.get("args") or {}

@@ -7,17 +7,27 @@ import contextlib
 import csv
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
 
 from dltui.run import wire
 from dltui.run.options import add_kind_options, add_run_options, hint_misplaced, split_file_argv
-from dltui.run.reader import RunNotFound, RunReader
-from dltui.run.runs import DEFAULT_RUNS_DIR, LIVE, list_runs, new_run_dir, resolve_run, run_info
+from dltui.run.reader import DB_NAME, RunNotFound, RunReader
+from dltui.run.runs import (
+    DEFAULT_RUNS_DIR,
+    LIVE,
+    RunsDirError,
+    list_runs,
+    new_run_dir,
+    resolve_run,
+    run_info,
+)
 from dltui.run.scriptfile import detect_kind
 
 EXIT_USAGE = 2
+DETACH_WAIT_S = 30.0  # importing torch and a big recipe can take a while on a cold disk
 PASS_THROUGH = (
     "epochs",
     "max_steps",
@@ -64,8 +74,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             run_dir = resolve_run(runs_dir, args.resume)
         except RunNotFound as e:
             return die(str(e))
+        status = run_info(run_dir).status
+        if status in LIVE:
+            return die(
+                f"run {run_dir.name} is already running ({shown_status(status)}): watch it with "
+                f"`dltui attach {run_dir.name}`, or stop it first with `dltui ctl {run_dir.name} stop`."
+            )
     else:
-        run_dir = new_run_dir(args.recipe, runs_dir)
+        try:
+            run_dir = new_run_dir(args.recipe, runs_dir)
+        except RunsDirError as e:
+            return die(str(e))
     headless = args.headless or (not args.detach and not sys.stdout.isatty())
     if not headless and (args.force_kind or detect_kind(args.recipe)) == wire.DRIVER_RECIPE:
         hint_misplaced(args.recipe, args.file_args)  # the engine's stderr goes to its log
@@ -75,9 +94,69 @@ def cmd_train(args: argparse.Namespace) -> int:
         os.execv(
             sys.executable, argv
         )  # the engine takes over this process: signals go straight to it
+    argv = engine_argv(args, run_dir, resume, "--detached")
+    if args.detach:
+        return detach(args, run_dir, argv)
     from dltui.tui.launch import start_engine
 
-    return start_engine(args, run_dir, engine_argv(args, run_dir, resume, "--detached"))
+    return start_engine(args, run_dir, argv)
+
+
+def detach(args: argparse.Namespace, run_dir: Path, argv: list[str]) -> int:
+    """`train --detach`: start the engine in the background and say what actually happened —
+    started, failed (with the engine's own message), or still starting after --wait seconds."""
+    from dltui.run.client import ControlClient, ControlError
+    from dltui.tui.launch import LOG_NAME, failed_start, spawn
+
+    fresh = not (run_dir / DB_NAME).exists()
+    try:
+        proc = spawn(argv, run_dir)
+    except RunsDirError as e:
+        return die(str(e))
+    name = run_dir.name
+    t0 = time.monotonic()
+    status = None
+    while True:
+        code = proc.poll()
+        if code is not None:  # the engine ended already: a bad recipe, a failed or short run
+            kept = (run_dir / DB_NAME).exists()
+            if code == 0 and kept:
+                print(f"run {name} already {shown_status(run_info(run_dir).status)}.")
+                return 0
+            failed_start(run_dir, code, fresh)
+            if kept:
+                status = shown_status(run_info(run_dir).status)
+                print(f"dltui: run {name} {status} (engine exit status {code}).", file=sys.stderr)
+            return code
+        try:
+            with RunReader(run_dir) as r:
+                meta = r.meta()
+        except (RunNotFound, OSError, ValueError, sqlite3.Error):
+            meta = {}
+        if meta.get("pid") == proc.pid and meta.get("status") not in (None, wire.STARTING):
+            client = ControlClient(run_dir, timeout=5)
+            try:  # this engine answers on its socket (not another one's stale socket)
+                st = client.request("status").state or {}
+                if st.get("pid") == proc.pid:
+                    break
+            except ControlError:
+                pass
+            finally:
+                client.close()
+        if time.monotonic() - t0 >= args.wait:
+            print(
+                f"run {name} is still starting after {args.wait:g} s (pid {proc.pid}); it keeps "
+                f"going in the background. `dltui status {name}` says when it trains."
+            )
+            status = wire.STARTING
+            break
+        time.sleep(0.05)
+    if status is None:
+        print(f"run {name} started in the background (pid {proc.pid}).")
+    print(f"  watch it:  dltui attach {name}")
+    print(f"  steer it:  dltui ctl {name} pause | resume | lr *0.5 | stop")
+    print(f"  its log:   {run_dir / LOG_NAME}")
+    return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -146,6 +225,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "intervals": meta.get("intervals"),
         "heartbeat_age_s": round(time.time() - meta.get("heartbeat", 0), 1),
         "last_events": events,
+        "hint": next_step_hint(run_dir, info.status, meta),
     }
     if args.json:
         print(json.dumps(out, indent=2, default=str))
@@ -171,7 +251,25 @@ def cmd_status(args: argparse.Namespace) -> int:
     for ev in events:
         step = "" if ev["step"] is None else f"step {ev['step']}: "
         print(f"  {step}[{ev['kind']}] {ev['message']}")
+    if out["hint"]:
+        print(f"  {out['hint']}")
     return 0
+
+
+def next_step_hint(run_dir: Path, status: str, meta: dict) -> str | None:
+    """What to do about a run that ended badly: resume it from its checkpoint, or start again."""
+    if status not in (wire.CRASHED, wire.FAILED, wire.STOPPED):
+        return None
+    script = meta.get("script") or "FILE"
+    try:
+        script = os.path.relpath(script)  # as the user would type it from here
+    except ValueError:
+        pass
+    if meta.get("driver") == wire.DRIVER_SCRIPT:
+        return f"to run it again: dltui train {script}"
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        return f"to continue from its last checkpoint: dltui train --resume {run_dir.name} {script}"
+    return f"it has no checkpoint to resume from; to start again: dltui train {script}"
 
 
 def latest_scalars(r: RunReader) -> dict[str, dict[str, float | None]]:
@@ -311,6 +409,12 @@ def cmd_ctl(args: argparse.Namespace) -> int:
                 reply = client.request("status")
     except ControlError as e:
         status = shown_status(run_info(run_dir).status)
+        if status == wire.STARTING:
+            return die(
+                f"run {run_dir.name} is still starting (importing torch and its file); it takes "
+                f"commands once it trains (`dltui status {run_dir.name}`).",
+                code=1,
+            )
         return die(f"{e} The run is {status}.", code=1)
     finally:
         client.close()
@@ -427,6 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--headless", action="store_true", help="no dashboard: plain status lines")
     mode.add_argument(
         "--detach", action="store_true", help="start in the background and print the run id"
+    )
+    t.add_argument(
+        "--wait",
+        type=float,
+        default=DETACH_WAIT_S,
+        metavar="SECONDS",
+        help=f"--detach: how long to wait for the run to begin training (default {DETACH_WAIT_S:g})",
     )
     t.add_argument("--resume", metavar="RUN", help="continue RUN from its last checkpoint")
     t.add_argument(
