@@ -311,6 +311,8 @@ class Probe(Callback):
                 "step": loop.step,
                 "epoch": loop.epoch,
                 "batch": loop.batch,
+                # optimizer steps in the epoch under way (run/progress.py's batch)
+                "epoch_step": getattr(loop, "epoch_step", loop.batch),
                 "steps_per_epoch": loop.steps_per_epoch,
                 "total_steps": loop.total_steps,
                 "epochs": loop.epochs,

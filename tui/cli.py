@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dltui.run import wire
 from dltui.run.options import add_kind_options, add_run_options, hint_misplaced, split_file_argv
+from dltui.run.progress import position
 from dltui.run.reader import DB_NAME, RunNotFound, RunReader
 from dltui.run.runs import (
     DEFAULT_RUNS_DIR,
@@ -210,7 +211,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if live:
         progress = {
             **progress,
-            **{k: live[k] for k in ("step", "epoch", "batch", "lrs", "mode", "paused")},
+            **{
+                k: live[k]
+                for k in ("step", "epoch", "batch", "epoch_step", "lrs", "mode", "paused")
+                if k in live
+            },
         }
         status = "eval" if live["mode"] == "eval" else ("paused" if live["paused"] else "live")
     out = {
@@ -234,8 +239,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(
         f"{info.id}: {status.upper()}  step {out['step']}/{info.total_steps or '?'}  "
         + (
-            f"epoch {progress.get('epoch', 0)}/{progress['epochs']}  "
-            if progress.get("epochs")
+            f"{position(progress).epoch_text}  {position(progress).batch_text}  "
+            if progress.get("epochs")  # run/progress.py: the words the dashboard's header shows
             else ""
         )
         + f"lr {lrs}"
@@ -373,7 +378,7 @@ def describe_state(st: dict) -> str:
     mode = "EVAL" if st.get("mode") == "eval" else shown_status(st.get("status", "?")).upper()
     lrs = ", ".join(f"{x:.4g}" for x in st.get("lrs") or [])
     total = st.get("total_steps") or "?"
-    epoch = f"  epoch {st.get('epoch')}/{st.get('epochs')}" if st.get("epochs") else ""
+    epoch = f"  {position(st).epoch_text}" if st.get("epochs") else ""
     others = "".join(
         f"  lr[{n}] " + ", ".join(f"{x:.4g}" for x in v)
         for i, (n, v) in enumerate((st.get("optimizers") or {}).items())
