@@ -10,7 +10,6 @@ from pathlib import Path
 
 from . import wire
 
-ENGINE_DIR = str(Path(__file__).resolve().parent)
 RECIPE_NAMES = ("model", "optimizer", "loss_fn", "train_loader")
 
 
@@ -82,15 +81,17 @@ def run_as_main(path: Path) -> None:
 
 def script_traceback(exc: BaseException) -> str:
     """The traceback as Python would print it for the script, without dltui's or runpy's frames."""
+    import importlib.util
     import traceback
 
+    # dltui's own folders: this package's and the engine's (found without importing it)
+    spec = importlib.util.find_spec("dltui.engine")
+    ours = tuple({str(Path(__file__).resolve().parent), *(spec.submodule_search_locations or [])})
     frames = [
         f
         for f in traceback.extract_tb(exc.__traceback__)
         if not (
-            f.filename.startswith(ENGINE_DIR)
-            or "runpy" in f.filename
-            or f.filename.startswith("<frozen")
+            f.filename.startswith(ours) or "runpy" in f.filename or f.filename.startswith("<frozen")
         )
     ]
     lines = ["Traceback (most recent call last):\n"] if frames else []
