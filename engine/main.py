@@ -502,7 +502,11 @@ def _drive(
     """Go live (sampler, signals, console into the store) and run the driver to its end."""
     from .sampler import Sampler
 
-    sampler = Sampler(store.system, lambda msg: store.event(wire.EV_INFO, msg, level="warning"))
+    sampler = Sampler(
+        store.system,
+        lambda msg: store.event(wire.EV_INFO, msg, level="warning"),
+        meta=store.set_meta,  # the GPUs' description and processes (wire.META_GPUS), as data
+    )
     sampler.start()
     _install_signals(gate, args.detached)
     store.flush()  # readers must see the run's meta before it serves a single step
