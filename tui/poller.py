@@ -35,15 +35,19 @@ FINISHED, FAILED, STOPPED, CRASHED = (
     RunStatus.CRASHED,
 )
 
-# The sampler's note when NVML is missing (dltui.engine.sampler.NOTE_PREFIX; that module imports
-# psutil, which the dashboard does not need, so the prefix is repeated here).
-GPU_NOTE_PREFIX = "GPU metrics unavailable: "
-
 # Meta keys read on every poll; the rest (model summary, hparams) is read once: it can be large.
 VOLATILE_KEYS = ("status", "progress", "heartbeat", "started", "ended", "pid", "host")
 # Small keys a script's engine fills in once the script runs (its optimizers at the first step,
-# `eval` once it calls dltui.on_eval): read on every poll, kept in snapshot.meta.
-STEERING_KEYS = ("driver", "steering", "optimizers", "models")
+# `eval` once it calls dltui.on_eval), and the sampler's GPU description and processes (data,
+# not a note to parse): read on every poll, kept in snapshot.meta.
+STEERING_KEYS = (
+    "driver",
+    "steering",
+    "optimizers",
+    "models",
+    wire.META_GPUS,
+    wire.META_GPU_PROCESSES,
+)
 MAX_EVENTS = 100  # the events list shows the newest few; memory stays flat over a long run
 MAX_MARKERS = 1000  # command events drawn on the plots
 SYSTEM_HISTORY = 120  # samples per system metric kept for the sparklines (~2 minutes at 1 Hz)
@@ -71,7 +75,6 @@ class RunSnapshot:
     markers: tuple[tuple[int, float, str], ...] = ()  # (step, wall, message) of command events
     system: dict[str, float] = field(default_factory=dict)
     system_history: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    gpu_note: str | None = None
     # Change counters: a pane refetches only when the one for its data moves.
     scalars_seen: int = 0  # the store's newest scalar row id (plots)
     layer_step: int = 0  # the newest layer-stats step (Layers tab)
@@ -84,6 +87,12 @@ class RunSnapshot:
     def live(self) -> bool:
         """True while an engine is there to steer."""
         return self.state.live
+
+    @property
+    def gpu_note(self) -> str | None:
+        """Why the run has no GPU readings (the sampler's meta['gpus']['note']), else None."""
+        gpus = self.meta.get(wire.META_GPUS)
+        return gpus.get("note") if isinstance(gpus, dict) else None
 
     @property
     def step(self) -> int:
@@ -172,9 +181,6 @@ class RunPoller:
         return self.reader
 
     def _first_read(self, r: RunReader) -> None:
-        for ev in r.events(kind=wire.EV_INFO, limit=50):  # the GPU note comes in the first seconds
-            if ev["message"].startswith(GPU_NOTE_PREFIX):
-                self.snap.gpu_note = ev["message"][len(GPU_NOTE_PREFIX) :]
         for ev in r.events(kind=wire.EV_COMMAND, limit=MAX_MARKERS):  # the first 1000 commands
             self._add_marker(ev)
         self._events.extend(r.last_events(MAX_EVENTS))
@@ -267,8 +273,6 @@ class RunPoller:
             for ev in new:
                 self._events.append(ev)
                 self._add_marker(ev)
-                if ev["kind"] == wire.EV_INFO and ev["message"].startswith(GPU_NOTE_PREFIX):
-                    self.snap.gpu_note = ev["message"][len(GPU_NOTE_PREFIX) :]
             if new:
                 self._last_event = new[-1]["id"]
             if len(new) < 500:
