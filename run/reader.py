@@ -286,6 +286,14 @@ class RunReader:
         ).fetchall()
         return rows[::-1]
 
+    def histogram_rows(self):
+        """Every histogram (step, param name, kind, lo, hi, counts), ordered by step: for export."""
+        for step, name, kind, lo, hi, counts in self.db.execute(
+            "SELECT h.step, p.name, h.kind, h.lo, h.hi, h.counts FROM histograms h"
+            " JOIN params p ON p.id = h.param ORDER BY h.step, p.id, h.kind"
+        ):
+            yield step, name, kind, lo, hi, json.loads(counts)
+
     def histogram_latest(self, param: str, kind: str = "weight") -> dict | None:
         row = self.db.execute(
             "SELECT h.step, h.lo, h.hi, h.counts FROM histograms h JOIN params p ON p.id = h.param"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import sqlite3
@@ -288,49 +287,41 @@ def latest_scalars(r: RunReader) -> dict[str, dict[str, float | None]]:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from dltui.run.export import ExportError, export_csv, export_json, export_tensorboard
+
     try:
         run_dir = resolve_run(Path(args.runs_dir), args.run)
         reader = RunReader(run_dir)
     except RunNotFound as e:
         return die(str(e))
-    with reader:
-        names = sorted({n for n, _ in reader.series_names()}, key=_column_order)
-        rows = _wide_rows(reader.scalar_rows(), names)
+    target = args.csv or args.json or args.tensorboard
     try:
-        out = sys.stdout if args.csv == "-" else open(args.csv, "w", newline="")
+        with reader:
+            if args.tensorboard:
+                n = export_tensorboard(reader, Path(args.tensorboard))
+                what = ", ".join(f"{v} {k}" for k, v in n.items())
+            else:
+                write = export_csv if args.csv else export_json
+                with _output(target) as out:
+                    n = write(reader, out)
+                what = ", ".join(f"{v} {k}" for k, v in n.items())
+    except ExportError as e:
+        return die(f"{e}.")
     except OSError as e:
-        return die(f"can't write {args.csv}: {e.strerror}.")
-    with out if args.csv != "-" else contextlib.nullcontext():
-        w = csv.writer(out)
-        w.writerow(["step", "epoch", "phase", "wall", *names])
-        w.writerows(rows)
-    if args.csv != "-":
-        print(f"wrote {len(rows)} rows ({len(names)} scalars) to {args.csv}", file=sys.stderr)
+        return die(f"can't write {target}: {e.strerror or e}.")
+    if target != "-":
+        print(f"wrote {what} to {target}", file=sys.stderr)
     return 0
 
 
-def _column_order(name: str) -> tuple:
-    """loss first, then metrics and logged scalars, then LRs, then timings."""
-    rank = (
-        0
-        if name == "loss"
-        else 3
-        if name in wire.TIMING_SCALARS
-        else (2 if name.startswith("lr/") else 1)
-    )
-    return rank, name
-
-
-def _wide_rows(long_rows, names: list[str]) -> list[list]:
-    """One row per (step, phase) with a column per scalar (empty where not recorded at that step)."""
-    col = {n: i for i, n in enumerate(names)}
-    rows: dict[tuple[int, str], list] = {}
-    for step, epoch, phase, wall, name, value in long_rows:
-        row = rows.get((step, phase))
-        if row is None:
-            row = rows[(step, phase)] = [step, epoch, phase, wall] + [""] * len(names)
-        row[4 + col[name]] = value
-    return sorted(rows.values(), key=lambda r: (r[0], r[2] != "train"))
+@contextlib.contextmanager
+def _output(target: str):
+    """stdout for '-', else the file (created, truncated), closed afterwards."""
+    if target == "-":
+        yield sys.stdout
+        return
+    with open(target, "w", newline="") as f:
+        yield f
 
 
 def shown_status(status: str) -> str:
@@ -584,9 +575,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ascii", action="store_true", help="no Braille or box characters")
     a.set_defaults(func=cmd_attach)
 
-    e = sub.add_parser("export", help="write a run's scalars")
+    e = sub.add_parser(
+        "export", help="write a run's record as CSV, JSON or TensorBoard event files"
+    )
     e.add_argument("run", help="run id")
-    e.add_argument("--csv", required=True, metavar="FILE", help="output file ('-' for stdout)")
+    fmt = e.add_mutually_exclusive_group(required=True)
+    fmt.add_argument("--csv", metavar="FILE", help="scalars, one row per step ('-' for stdout)")
+    fmt.add_argument("--json", metavar="FILE", help="meta, scalars and events ('-' for stdout)")
+    fmt.add_argument(
+        "--tensorboard", metavar="DIR", help="TensorBoard event files: scalars, histograms, hparams"
+    )
     e.set_defaults(func=cmd_export)
     return p
 
