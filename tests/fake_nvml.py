@@ -158,13 +158,16 @@ def make(
         i = gpu(h)
         if i in mig:
             raise NVMLError(CODE["NotSupported"])
-        u = 40 + 55 * wave(i) if i < gpus - 2 else 0  # the last two GPUs idle
+        u = 0 if idle(i) else 40 + 55 * wave(i)
         return types.SimpleNamespace(gpu=int(u), memory=int(u * 0.6))
 
     m.nvmlDeviceGetUtilizationRates = util
 
+    def idle(i: int) -> bool:  # on a box of more than two, the last two GPUs are free
+        return gpus > 2 and i >= gpus - 2
+
     def used(i: int) -> float:
-        return 0.0 if i >= gpus - 2 else memory * (0.3 + 0.4 * wave(i, 120))
+        return 0.0 if idle(i) else memory * (0.3 + 0.4 * wave(i, 120))
 
     m.nvmlDeviceGetMemoryInfo = api("memory")(
         lambda h, version=None: types.SimpleNamespace(
@@ -196,7 +199,7 @@ def make(
         out = []
         if i in own_gpus:
             out.append(types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=int(used(i) * 0.8)))
-        if others and i < gpus - 2:
+        if others and not idle(i) and i not in own_gpus:
             pid = others[i % len(others)]
             out.append(types.SimpleNamespace(pid=pid, usedGpuMemory=int(used(i) * 0.15)))
         return out

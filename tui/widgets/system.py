@@ -1,22 +1,26 @@
-"""The system panel: per GPU utilization, memory, temperature, power; CPU, RAM and process RSS.
+"""The system panel: every GPU at a glance (utilisation, memory, temperature, power, clocks, with
+history where there is room), this run's CUDA memory, the processes on the GPUs, then the host:
+CPU, RAM and the engine process' own memory and CPU, each labelled for what it is.
 
-Each value comes with a sparkline of its last couple of minutes. Without NVML it says so, with
-the engine's reason, instead of drawing empty GPU rows (no GPU is a state, not an error).
+The layout is chosen from the space: a block with histories per GPU when few GPUs have room, a
+line each when more, a grid of compact cells when many (eight fit at 120x40). No GPU is one line
+saying why, from the engine's data (meta['gpus']['note']), never a crash.
 """
 
 from __future__ import annotations
 
-import re
-
 from rich.text import Text
 from textual.widget import Widget
 
+from dltui.run import wire
+
 from ..poller import RunSnapshot
-from .format import fmt_bytes, fmt_num, join_lines
+from . import gpu as G
+from .format import fmt_bytes, join_lines
 from .sparkline import sparkline
 
-GPU_KEY = re.compile(r"gpu(\d+)\.")
-LABEL_W, VALUE_W = 6, 14
+LABEL_W, VALUE_W = 11, 14
+CELL_W = 27  # a GPU's cell in the grid layout
 
 
 def _pct(v: float | None) -> str:
@@ -24,7 +28,7 @@ def _pct(v: float | None) -> str:
 
 
 class SystemPanel(Widget):
-    """Draws the newest system sample with sparklines; one line per GPU when space is short."""
+    """Draws the newest system sample; redraws only when the sample or the GPU meta changed."""
 
     DEFAULT_CSS = """
     SystemPanel { width: 1fr; height: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
@@ -37,80 +41,143 @@ class SystemPanel(Widget):
         self._shown: tuple = ()
 
     def show(self, snap: RunSnapshot) -> None:
-        key = (tuple(snap.system.items()), snap.gpu_note, snap.live)
+        key = (
+            tuple(snap.system.items()),
+            repr(snap.meta.get(wire.META_GPUS)),
+            repr(snap.meta.get(wire.META_GPU_PROCESSES)),
+            snap.live,
+        )
         self.snap = snap
         if key != self._shown:
             self._shown = key
             self.refresh()
 
-    def _spark(
-        self, name: str, width: int, lo: float | None = None, hi: float | None = None
-    ) -> str:
-        hist = self.snap.system_history.get(name, ()) if self.snap else ()
-        return sparkline(hist, width, ascii=self.ascii, lo=lo, hi=hi)
-
-    def render(self) -> Text:
-        s = self.snap
-        w, h = self.size.width, self.size.height
-        if s is None or not s.system:
-            return Text(
-                "waiting for the first system sample…"
-                if s is None or s.live
-                else "no system samples recorded",
-                "dim",
-            )
-        v = s.system
-        gpus = sorted({int(m.group(1)) for k in v if (m := GPU_KEY.match(k))})
-        spark_w = max(0, w - LABEL_W - VALUE_W - 1)
-        full = len(gpus) * 4 + 3 <= h
-        lines: list[Text] = []
-        if not gpus:
-            reason = s.gpu_note or "no GPU metrics recorded"
-            lines.append(
-                Text(f"no NVIDIA GPU ({reason})", "dim", no_wrap=True, overflow="ellipsis")
-            )
-        for i in gpus:
-            g = lambda k, i=i: v.get(f"gpu{i}.{k}")  # noqa: E731
-            mem = f"{fmt_bytes(g('mem_used'))}/{fmt_bytes(g('mem_total'))}"
-            temp = "-" if g("temp") is None else f"{g('temp'):.0f}C"
-            power = "-" if g("power") is None else f"{g('power'):.0f}W"
-            if full:  # (label, value, history, sparkline bounds): one line each
-                for label, value, key, lo, hi in (
-                    (f"GPU{i}", "util " + _pct(g("util")), "util", 0, 100),
-                    ("", "mem " + mem, "mem_used", 0, g("mem_total")),
-                    ("", "temp " + temp, "temp", None, None),
-                    ("", "power " + power, "power", None, None),
-                ):
-                    lines.append(
-                        self._row(label, value, self._spark(f"gpu{i}.{key}", spark_w, lo, hi))
-                    )
-            else:  # one line per GPU: util and memory sparklines share what width there is
-                sw = max(0, (w - 40) // 2)
-                text = Text(no_wrap=True, overflow="ellipsis")
-                text.append(f"GPU{i} ".ljust(LABEL_W), "bold")
-                text.append(f"{_pct(g('util')):>4} ")
-                text.append(self._spark(f"gpu{i}.util", sw, 0, 100), "green")
-                text.append(f" {mem} ")
-                text.append(self._spark(f"gpu{i}.mem_used", sw, 0, g("mem_total")), "cyan")
-                text.append(f" {temp} {power}")
-                lines.append(text)
+    # -- host ----------------------------------------------------------------------------------
+    def _host(self, width: int, full: bool) -> list[Text]:
+        v = self.snap.system
         ram = f"{fmt_bytes(v.get('ram_used'))}/{fmt_bytes(v.get('ram_total'))}"
-        rss = fmt_bytes(v.get("proc_rss"))
-        if v.get("proc_cpu") is not None:
-            rss += f" {fmt_num(v['proc_cpu'])}%"
-        for label, value, key, lo, hi in (
+        rss, pcpu = fmt_bytes(v.get("proc_rss")), v.get("proc_cpu")
+        # The engine's CPU is top's: 100% per busy core, so say "of one core" once it tops 100.
+        pcpu_s = "-" if pcpu is None else f"{pcpu:.0f}%"
+        if not full:
+            text = Text(no_wrap=True, overflow="ellipsis")
+            text.append("CPU ", "bold")
+            text.append(f"{_pct(v.get('cpu_percent'))}  ")
+            text.append("RAM ", "bold")
+            text.append(f"{ram}  ")
+            text.append("engine ", "bold")
+            text.append(f"RSS {rss} CPU {pcpu_s}")
+            return [text]
+        spark_w = max(0, width - LABEL_W - VALUE_W - 1)
+        rows = (
             ("CPU", _pct(v.get("cpu_percent")), "cpu_percent", 0, 100),
             ("RAM", ram, "ram_used", 0, v.get("ram_total")),
-            ("RSS", rss, "proc_rss", None, None),  # auto range: slow growth (a leak) shows
-        ):
-            lines.append(self._row(label, value, self._spark(key, spark_w, lo, hi)))
-        return join_lines(lines[: max(1, h)] if h else lines)
+            # auto range: slow growth (a leak) shows
+            ("engine RSS", rss, "proc_rss", None, None),
+            (
+                "engine CPU",
+                pcpu_s + (" (1 core=100%)" if pcpu and pcpu > 100 else ""),
+                "proc_cpu",
+                0,
+                None,
+            ),
+        )
+        return [self._row(label, value, key, spark_w, lo, hi) for label, value, key, lo, hi in rows]
 
-    def _row(self, label: str, value: str, spark: str) -> Text:
+    def _row(self, label: str, value: str, key: str, spark_w: int, lo, hi) -> Text:
         text = Text(no_wrap=True, overflow="ellipsis")
         text.append(label.ljust(LABEL_W), "bold")
-        text.append(value.ljust(VALUE_W)[: max(VALUE_W, len(value))])
+        text.append(value.ljust(VALUE_W))
+        hist = self.snap.system_history.get(key, ())
+        spark = sparkline(hist, spark_w, ascii=self.ascii, lo=lo, hi=hi)
         if spark.strip():
             text.append(" ")
             text.append(spark, "green")
         return text
+
+    # -- layout --------------------------------------------------------------------------------
+    def render(self) -> Text:
+        s = self.snap
+        w, h = self.size.width, self.size.height
+        if s is None or not s.system:
+            waiting = s is None or s.live
+            return Text(
+                "waiting for the first system sample…" if waiting else "no system samples recorded",
+                "dim",
+            )
+        pic = G.picture(s)
+        hist = s.system_history
+        subtitle = f"{len(pic.gpus)} GPUs" if len(pic.gpus) > 1 else ""
+        if any(g.run for g in pic.gpus) or any(r.get("run") for r in pic.processes):
+            subtitle += ("  " if subtitle else "") + f"{G.RUN_MARK} this run"
+        if self.border_subtitle != subtitle:
+            self.border_subtitle = subtitle
+        notes = self._notes(pic)
+        procs = self._process_lines(pic)
+        loose_cuda = self._cuda_lines(pic, mapped=False)
+        layouts = []
+        if pic.gpus:
+            blocks = [line for g in pic.gpus for line in G.block(g, w, hist, self.ascii, pic.cuda)]
+            rows = [G.row(g, w, hist, self.ascii) for g in pic.gpus] + self._cuda_lines(pic)
+            cols = max(1, (w + 1) // (CELL_W + 1))
+            grid = [
+                Text(" ").join(G.cell(g, CELL_W) for g in pic.gpus[i : i + cols])
+                for i in range(0, len(pic.gpus), cols)
+            ] + self._cuda_lines(pic)
+            layouts = [(blocks, True), (blocks, False), (rows, True), (rows, False), (grid, False)]
+        else:
+            reason = pic.note or "no GPU readings recorded"
+            line = Text(f"no NVIDIA GPU: {reason}", "dim", no_wrap=True, overflow="ellipsis")
+            layouts = [([line], True), ([line], False)]
+        min_procs = min(len(procs), 2)
+        for gpu_lines, full_host in layouts:
+            host = self._host(w, full_host)
+            need = len(gpu_lines) + len(loose_cuda) + len(notes) + len(host) + min_procs
+            if need <= h or (gpu_lines, full_host) == layouts[-1]:
+                break
+        lines = [*gpu_lines, *loose_cuda, *notes]
+        room = h - len(lines) - len(host)
+        if procs and room >= 2:
+            if len(procs) > room:
+                more = len(procs) - (room - 1)
+                procs = procs[: room - 1] + [Text(f"… {more} more processes", "dim")]
+            lines += procs
+        lines += host
+        return join_lines(lines[: max(1, h)] if h else lines)
+
+    def _notes(self, pic: G.GpuPicture) -> list[Text]:
+        """MIG GPUs and why processes cannot be listed: one readable line each kind."""
+        out = []
+        mig = [g.index for g in pic.gpus if g.mig]
+        if mig:
+            which = ", ".join(str(i) for i in mig)
+            out.append(
+                Text(f"MIG on GPU {which}: utilisation is per MIG instance (N/A here)", "dim")
+            )
+        by_note: dict[str, list[int]] = {}
+        for i, note in sorted(pic.process_notes.items()):
+            by_note.setdefault(note, []).append(i)
+        for note, idx in by_note.items():
+            where = (
+                "all GPUs" if len(idx) == len(pic.gpus) > 1 else "GPU " + ", ".join(map(str, idx))
+            )
+            out.append(Text(f"processes ({where}): {note}", "dim"))
+        for t in out:
+            t.no_wrap, t.overflow = True, "ellipsis"
+        return out
+
+    def _process_lines(self, pic: G.GpuPicture) -> list[Text]:
+        if not pic.processes:
+            return []
+        return [G.process_header(), *(G.process_row(r) for r in pic.processes)]
+
+    def _cuda_lines(self, pic: G.GpuPicture, mapped: bool = True) -> list[Text]:
+        """This run's CUDA memory per device: those on a known GPU (mapped), or the others."""
+        known = {g.index for g in pic.gpus}
+        out = []
+        for d, m in sorted(pic.cuda.items()):
+            on = pic.cuda_gpu.get(d)
+            if (on in known) != mapped:
+                continue
+            out.append(G.cuda_line(d, m, prefix=f"GPU{on} " if on in known else "this run "))
+        return out
