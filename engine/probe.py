@@ -83,7 +83,9 @@ class Deferred:
         host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
         host.copy_(values, non_blocking=True)
         ev = torch.cuda.Event()
-        ev.record()
+        # On the values' own device: the current device's stream would not order a copy from
+        # another GPU (a run on cuda:1 could read the pinned buffer before the copy landed).
+        ev.record(torch.cuda.current_stream(values.device))
         self.q.append((ev, host, tag))
         if len(self.q) > self.MAX_IN_FLIGHT:  # the GPU is far behind: wait for the oldest only
             self.q[0][0].synchronize()

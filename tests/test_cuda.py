@@ -65,3 +65,56 @@ def test_sampler_reads_cuda_memory():
     s = Sampler(lambda wall, values: got.update(values), lambda msg: None)
     s.sample_once()
     assert got["cuda0.allocated"] > 0 and got["cuda0.reserved"] >= got["cuda0.allocated"]
+
+
+def test_cuda_device_gets_its_index_and_becomes_current():
+    from dltui.engine.devices import run_device
+
+    model = torch.nn.Linear(2, 2)
+    last = torch.cuda.device_count() - 1
+    assert run_device("cuda", None, model) == torch.device("cuda", torch.cuda.current_device())
+    assert run_device(f"cuda:{last}", None, model) == torch.device("cuda", last)
+    assert torch.cuda.current_device() == last
+    on_gpu = torch.nn.Linear(2, 2).to(f"cuda:{last}")  # the recipe placed its model itself
+    assert run_device(None, None, on_gpu) == torch.device("cuda", last)
+    torch.cuda.set_device(0)
+
+
+def test_layer_stats_extra_memory_is_bounded():
+    """The probe's extra device memory: at most 1% of parameter bytes + 64 MiB, at any moment."""
+    from dltui.engine.stats import LayerStats
+
+    model = torch.nn.Sequential(*[torch.nn.Linear(4096, 4096) for _ in range(4)]).cuda()
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    ls = LayerStats(model)
+    ls.before_step()
+    ls.after_step()
+    ls.histograms()  # warm: the allocator's first blocks
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    ls.before_step()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(p.grad, alpha=-1e-3)
+    rows = ls.after_step()
+    ls.histograms()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra <= 0.01 * param_bytes + 64 * 2**20, (extra, param_bytes)
+    assert torch.isfinite(rows[:, -1]).all()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_deferred_reads_on_a_second_gpu_are_ordered():
+    from dltui.engine.probe import Deferred
+
+    torch.cuda.set_device(0)
+    dev = torch.device("cuda:1")
+    d = Deferred(dev)
+    x = torch.full((1 << 24,), 2.0, device=dev)
+    got = d.push([x.sum()], "t")
+    got += d.ready(wait=True)
+    assert got == [("t", [float(1 << 25)])]
