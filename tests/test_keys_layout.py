@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import os
 import pty
+import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -440,3 +443,77 @@ def test_dashboard_reaps_the_engine_after_ctl_stop(tmp_path: Path) -> None:
             cli.kill()
             cli.wait()
         os.close(master)
+
+
+# -- defect 13 (Model tab): a selected module shows what it holds ----------------------------
+
+
+def test_model_tab_shows_the_selected_module(live: Path) -> None:
+    """Selecting a module changed nothing; now its parameters (name, shape, dtype, numel,
+    requires_grad), buffers, hooks and training flag are shown, from the live engine."""
+
+    async def go() -> None:
+        app = make_app(live)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: state(app) is RunStatus.RUNNING, "a running run")
+            await pilot.press("4")
+            await until(pilot, lambda: app.screen.query("#model-tree"), "the Model tab")
+            tree = app.screen.query_one("#model-tree", Tree)
+            await until(pilot, lambda: tree.root.children, "the module tree")
+            await until(pilot, lambda: tree.has_focus, f"the tree focused, not {app.focused}")
+            await pilot.press("down")  # the first child: 0  Linear(4, 8)
+            await until(pilot, lambda: "in_features=4" in screen_text(app), "the engine's answer")
+            text = screen_text(app)
+            for words in ("0  Linear  training", "weight", "8×4", "float32", "32  grad", "hooks"):
+                assert words in text, f"{words!r} not shown:\n{text}"
+            await pilot.press("down")  # 1  ReLU: no parameters of its own
+            await until(pilot, lambda: "1  ReLU  training" in screen_text(app), "the ReLU")
+            assert "parameters (own): none" in screen_text(app)
+
+    asyncio.run(go())
+
+
+def test_model_tab_on_a_finished_run_uses_the_store(finished: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "finished-with-model"
+    shutil.copytree(finished, run_dir)
+    model = [
+        {"name": "(model)", "type": "Sequential", "depth": 0, "params": 208, "trainable": 208},
+        {"name": "0", "type": "Linear", "depth": 1, "params": 144, "trainable": 144, "own": 144},
+        {"name": "1", "type": "ReLU", "depth": 1, "params": 0, "trainable": 0, "own": 0},
+        {"name": "2", "type": "Linear", "depth": 1, "params": 64, "trainable": 64, "own": 64},
+    ]
+    with sqlite3.connect(run_dir / "run.sqlite") as db:
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('model', ?)", (json.dumps(model),))
+
+    async def go() -> None:
+        app = make_app(run_dir)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("4")
+            await until(pilot, lambda: app.screen.query("#model-tree"), "the Model tab")
+            tree = app.screen.query_one("#model-tree", Tree)
+            await until(pilot, lambda: tree.root.children, "the module tree")
+            await until(pilot, lambda: tree.has_focus, f"the tree focused, not {app.focused}")
+            await pilot.press("down")
+            await until(pilot, lambda: "16×8" in screen_text(app), "0.weight from the store")
+            text = screen_text(app)
+            assert "0  Linear" in text and "128  grad" in text, text
+            assert "known while" in text, text
+
+    asyncio.run(go())
+
+
+def test_a_tab_key_pressed_as_the_app_opens_sticks(finished: Path) -> None:
+    """The Overview's start-up focus was handled after an early tab key and took it back."""
+
+    async def go() -> None:
+        app = make_app(finished)
+        async with app.run_test(size=(120, 40)) as pilot:
+            tabs = app.query_one(TabbedContent)
+            await until(pilot, lambda: app.snapshot is not None, "the first snapshot")
+            await pilot.press("4")
+            await pilot.pause(1.0)
+            assert tabs.active == "model"
+            await until(pilot, lambda: app.screen.query("#model-tree"), "the Model tab")
+            await until(pilot, lambda: app.screen.query_one("#model-tree").has_focus, "focus")
+
+    asyncio.run(go())

@@ -211,7 +211,14 @@ class DltuiApp(App[int]):
         self._poll()
         self._sender()
         self.set_interval(FRAME_S, self._frame)
-        self.call_after_refresh(self.overview.focus)  # its plot keys (s, g, x, m) work at once
+        self._focus_overview()
+
+    def _focus_overview(self) -> None:
+        """Its plot keys (s, g, x, m) work at once. Focused in on_mount, not after a refresh:
+        a focus moves TabbedContent to the focused widget's tab, and one handled after an early
+        tab key (2-5 pressed as the app opens) took the user back to the Overview."""
+        if self.header.screen.query_one(TabbedContent).active in ("", "overview"):
+            self.overview.focus()
 
     def on_unmount(self) -> None:
         if self.ascii:

@@ -55,6 +55,8 @@ class DeferredPane(Widget):
             await self.mount(Static(f"{label}: not available in this build", classes="missing"))
             return
         await self.mount(cls(self.run_dir, self.client, classes="pane"))
+        if shown(self):  # its tab was opened while the timer's load was under way: on_show's
+            focus_first(self)  # focus_first found nothing to focus yet
 
 
 def focus_first(container: Widget) -> None:
@@ -63,3 +65,13 @@ def focus_first(container: Widget) -> None:
         if widget.focusable:
             widget.focus()
             return
+
+
+def shown(widget: Widget) -> bool:
+    """True when the widget and all its ancestors are displayed (its tab is the active one)."""
+    node: object = widget
+    while isinstance(node, Widget):
+        if not node.display:
+            return False
+        node = node.parent
+    return True
