@@ -11,6 +11,7 @@ import json
 import os
 import pty
 import shutil
+import socket
 import sqlite3
 import struct
 import subprocess
@@ -515,5 +516,34 @@ def test_a_tab_key_pressed_as_the_app_opens_sticks(finished: Path) -> None:
             assert tabs.active == "model"
             await until(pilot, lambda: app.screen.query("#model-tree"), "the Model tab")
             await until(pilot, lambda: app.screen.query_one("#model-tree").has_focus, "focus")
+
+    asyncio.run(go())
+
+
+def test_crashed_run_suggests_resume(finished: Path, tmp_path: Path) -> None:
+    """Issue 13 item 13: the dashboard on a crashed run says how to go on from its checkpoint."""
+    run_dir = tmp_path / "crashed-run"
+    shutil.copytree(finished, run_dir)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with sqlite3.connect(run_dir / "run.sqlite") as db:  # an engine that died mid-run, here
+        for key, value in (
+            ("status", "running"),
+            ("pid", dead.pid),
+            ("host", socket.gethostname()),
+        ):
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+
+    async def go() -> None:
+        app = make_app(run_dir)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await until(pilot, lambda: state(app) is RunStatus.CRASHED, "the crashed run")
+            await until(
+                pilot,
+                lambda: "dltui train --resume crashed-run" in screen_text(app),
+                "the --resume hint in the header",
+            )
 
     asyncio.run(go())

@@ -286,10 +286,12 @@ class DltuiApp(App[int]):
             self._frame()  # first paint: don't wait for the clock
         if old is not None and old.live and not snap.live:
             detail = f": {snap.detail}" if snap.detail else ""
+            hint = f"\n{self.header.hint}" if self.header.hint else ""  # --resume, when it can
             self.notify(
-                f"run {snap.state.label}{detail}",
+                f"run {snap.state.label}{detail}{hint}",
                 severity="warning" if snap.state is not RunStatus.FINISHED else "information",
-                timeout=8,
+                timeout=12 if hint else 8,
+                markup=False,
             )
 
     # -- steering ------------------------------------------------------------------------------

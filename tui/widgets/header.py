@@ -44,6 +44,8 @@ class RunHeader(Widget):
         self.snap: RunSnapshot | None = None
         self._dirty = False
         self._second = 0
+        self._hint_for: str | None = None
+        self.hint: str | None = None  # a crashed, failed or stopped run: what to do next
 
     def tick(self) -> None:
         """Repaint if the snapshot changed, or once a second while live (the elapsed time)."""
@@ -54,6 +56,8 @@ class RunHeader(Widget):
 
     def show(self, snap: RunSnapshot) -> None:
         first, self.snap, self._dirty = self.snap is None, snap, True
+        if snap.state != self._hint_for:  # looked up once per state (it checks for a checkpoint)
+            self._hint_for, self.hint = snap.state, next_step(snap)
         if first:
             self.tick()  # first paint: don't wait for the clock
 
@@ -120,10 +124,12 @@ class RunHeader(Widget):
             tail.append("samples/s paused")
         elif s.samples_per_s:
             tail.append(f"{fmt_num(s.samples_per_s)} samples/s")
-        if s.detail and s.state in (FAILED, CRASHED, STOPPED, FINISHED, STARTING):
+        if self.hint:  # ended badly: why, and how to go on (--resume), before the numbers
+            tail = [w for w in (s.detail, self.hint) if w] + tail
+        elif s.detail and s.state in (FAILED, CRASHED, STOPPED, FINISHED, STARTING):
             tail.append(s.detail)
         tail_text = "  ".join(tail)
-        bar_w = min(40, width - 3 - len(tail_text)) if total else 0  # the words first
+        bar_w = min(40, width - 3 - len(tail_text)) if total and not self.hint else 0
         text = Text(no_wrap=True, overflow="ellipsis")
         if bar_w >= 8:
             done = round(frac * bar_w)
@@ -133,6 +139,16 @@ class RunHeader(Widget):
             text.append(" ")
         text.append(tail_text)
         return text
+
+
+def next_step(s: RunSnapshot) -> str | None:
+    """For a crashed, failed or stopped run: `dltui train --resume RUN FILE` when it has a
+    checkpoint, else how to start again (the CLI's words: `dltui status` says the same)."""
+    if s.live or s.state not in (CRASHED, FAILED, STOPPED):
+        return None
+    from ..cli import next_step_hint  # only for ended runs: the CLI module is not needed before
+
+    return next_step_hint(s.run_dir, str(s.state), s.meta)
 
 
 def lr_words(s: RunSnapshot) -> str:
