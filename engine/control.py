@@ -175,21 +175,25 @@ class ControlServer:
             return wire.Reply(ok=False, error=str(e))
         try:
             data = self._dispatch(req)
-            return wire.Reply(ok=True, id=req.id, state=commands.state(self.loop), data=data)
+            return wire.Reply(ok=True, id=req.id, state=self.state(), data=data)
         except commands.CommandError as e:
-            return wire.Reply(ok=False, id=req.id, error=str(e), state=commands.state(self.loop))
+            return wire.Reply(ok=False, id=req.id, error=str(e), state=self.state())
         except FutureTimeout:
             return wire.Reply(
                 ok=False,
                 id=req.id,
-                state=commands.state(self.loop),
+                state=self.state(),
                 error=f"'{req.cmd}' is queued but the current step has not ended "
                 f"within {APPLY_TIMEOUT_S:.0f} s; it will apply at the next boundary.",
             )
         except RuntimeError as e:  # e.g. the run has ended
-            return wire.Reply(ok=False, id=req.id, error=str(e), state=commands.state(self.loop))
+            return wire.Reply(ok=False, id=req.id, error=str(e), state=self.state())
 
     # -- commands --------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The steering state every reply carries."""
+        return commands.state(self.loop)
+
     def _at_boundary(self, fn: Any) -> Any:
         return self.gate.submit(fn).result(timeout=APPLY_TIMEOUT_S)
 

@@ -26,6 +26,8 @@ from dltui.run.runs import (
 )
 from dltui.run.scriptfile import detect_kind
 
+from . import inspect_cli
+
 EXIT_USAGE = 2
 DETACH_WAIT_S = 30.0  # importing torch and a big recipe can take a while on a cold disk
 PASS_THROUGH = (
@@ -586,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tensorboard", metavar="DIR", help="TensorBoard event files: scalars, histograms, hparams"
     )
     e.set_defaults(func=cmd_export)
+
+    inspect_cli.add_parser(sub)
     return p
 
 

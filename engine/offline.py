@@ -1,0 +1,237 @@
+"""The tensor inspector on a saved checkpoint or state_dict, no run or training needed.
+
+`python -m dltui.engine.offline CKPT [NAME [EXPR]]` prints the tensor list, or one tensor seen
+through a view expression, as JSON; with `--serve DIR` it answers the control protocol's
+read-only `tensors` and `tensor` requests on DIR/control.sock, so the dashboard's Tensors tab
+(and `dltui ctl`) work on a finished run's checkpoints exactly as on a live engine.
+The same `inspect()` does the work, so layouts, storage drawing and limits are the live ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dltui.run import wire
+
+from . import commands
+from .control import ControlServer
+from .inspect_tensor import InspectError, inspect
+
+READ_ONLY = {"tensors", "tensor", "status"}
+
+
+class CheckpointError(Exception):
+    """The file can't be read as a checkpoint: one line for the user."""
+
+
+def load(path: Path, trust: bool = False) -> Any:
+    """torch.load on CPU. Without `trust` only tensors and plain containers are unpickled (no code
+    from the file runs), which covers state_dicts and dltui's own checkpoints."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=not trust)
+        except pickle.UnpicklingError:
+            if trust:
+                raise
+            allowed = _numpy_arrays(path)  # an RNG state saved with numpy arrays is data too
+            if allowed is None:
+                raise
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if trust:
+            raise CheckpointError(f"{path} is not a readable checkpoint: {e}") from None
+        raise CheckpointError(
+            f"{path} holds Python objects besides tensors, and loading them runs code from the "
+            "file. If you trust it, add --trust."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint: {first}") from None
+
+
+NUMPY_DATA = {"numpy.ndarray", "numpy.dtype"}  # plus numpy's array _reconstruct and dtype classes
+
+
+def _numpy_arrays(path: Path) -> list[Any] | None:
+    """The globals to allow when all that stops a weights-only load is numpy arrays (e.g. a
+    numpy RNG state), else None: numpy arrays and dtypes are data, not code."""
+    import importlib
+
+    names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    ok = all(
+        n in NUMPY_DATA or n.endswith("multiarray._reconstruct") or n.startswith("numpy.dtypes.")
+        for n in names
+    )
+    if not names or not ok:
+        return None
+    out = []
+    for n in names:
+        mod, _, attr = n.rpartition(".")
+        out.append(getattr(importlib.import_module(mod), attr))
+    # the dtype classes an array's dtype is rebuilt from are not listed by name: allow them all
+    dtypes = importlib.import_module("numpy.dtypes")
+    out += [c for n, c in vars(dtypes).items() if n.endswith("DType") and isinstance(c, type)]
+    return out
+
+
+def tensors_of(obj: Any) -> dict[str, tuple[str, torch.Tensor]]:
+    """Every tensor in a loaded checkpoint by dotted name, with its kind. dltui's checkpoints
+    (and the common {'model': state_dict, 'optimizer': ...} layout) name weights by their
+    state_dict keys; optimizer state is listed by parameter index (a state_dict does not say
+    which parameter an index is)."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    out: dict[str, tuple[str, torch.Tensor]] = {}
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "optimizer" in obj:
+        for name, t in _walk(obj["model"], ""):
+            out[name] = ("weights", t)
+        opt = obj.get("optimizer")
+        if isinstance(opt, dict):
+            for name, t in _walk(opt.get("state", {}), "optimizer"):
+                out[name] = ("optimizer state", t)
+        return out
+    for name, t in _walk(obj, ""):
+        out[name] = ("weights", t)
+    return out
+
+
+def _walk(obj: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        yield prefix or "tensor", obj
+    elif isinstance(obj, nn.Module):
+        yield from _walk(obj.state_dict(), prefix)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _walk(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, list | tuple):
+        for i, v in enumerate(obj):
+            yield from _walk(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def listing(tensors: dict[str, tuple[str, torch.Tensor]]) -> list[dict[str, Any]]:
+    return [
+        {"name": n, "kind": k, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+        for n, (k, t) in tensors.items()
+    ]
+
+
+def inspect_one(
+    tensors: dict[str, tuple[str, torch.Tensor]], name: str, expr: str | None, step: int | None
+) -> dict[str, Any]:
+    if name not in tensors:
+        close = difflib.get_close_matches(name, list(tensors), n=5, cutoff=0.6)
+        close += [n for n in tensors if name.split(".")[-1] in n and n not in close]
+        close = close[:5]
+        hint = f" Did you mean {', '.join(close)}?" if close else " List them with no NAME."
+        raise commands.CommandError(f"no tensor named {name!r}.{hint}")
+    kind, t = tensors[name]
+    try:
+        out = inspect(t, name, expr)
+    except InspectError as e:
+        raise commands.CommandError(str(e)) from None
+    out["kind"], out["step"] = kind, step
+    return out
+
+
+class _StderrLog:
+    """Where the control server's notes go without a run store: this process's stderr."""
+
+    def event(self, kind: str, message: str, **_: Any) -> None:
+        print(f"dltui: {message}", file=sys.stderr)
+
+
+class CheckpointServer(ControlServer):
+    """The control server's framing, limits and uid check, answering from a checkpoint."""
+
+    def __init__(self, sock_dir: Path, path: Path, tensors: dict, step: int | None) -> None:
+        super().__init__(sock_dir, gate=None, store=_StderrLog(), loop=None)
+        self.path, self.tensors, self.step = path, tensors, step
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "status": "checkpoint",
+            "pid": os.getpid(),
+            "step": self.step,
+            "path": str(self.path),
+        }
+
+    def _clear_stale(self, path: Path) -> None:
+        path.unlink(missing_ok=True)  # our own private folder: a leftover is ours
+
+    def _dispatch(self, req: wire.Request) -> Any:
+        if req.cmd not in READ_ONLY:
+            raise commands.CommandError(
+                f"{req.cmd!r}: {self.path.name} is a saved checkpoint, not a live run; "
+                "only tensors and tensor work here."
+            )
+        if req.cmd == "status":
+            return None
+        if req.cmd == "tensors":
+            return listing(self.tensors)
+        name, expr = req.args.get("name"), req.args.get("expr")
+        if not isinstance(name, str) or not name:
+            raise commands.CommandError("tensor needs a name (see the `tensors` command).")
+        if expr is not None and not isinstance(expr, str):
+            raise commands.CommandError("expr must be a string like 'x.t()[1:3]'.")
+        return inspect_one(self.tensors, name, expr, self.step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dltui.engine.offline", description=__doc__)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("name", nargs="?")
+    p.add_argument("expr", nargs="?")
+    p.add_argument("--trust", action="store_true", help="unpickle arbitrary objects (runs code)")
+    p.add_argument("--serve", type=Path, metavar="DIR", help="answer requests on DIR/control.sock")
+    args = p.parse_args(argv)
+    try:
+        obj = load(args.checkpoint, args.trust)
+    except CheckpointError as e:
+        print(f"dltui: {e}", file=sys.stderr)
+        return 2
+    tensors = tensors_of(obj)
+    step = obj.get("step") if isinstance(obj, dict) and isinstance(obj.get("step"), int) else None
+    if not tensors:
+        print(f"dltui: {args.checkpoint} holds no tensors.", file=sys.stderr)
+        return 2
+    if args.serve is None:
+        try:
+            if args.name is None:
+                data: Any = listing(tensors)
+            else:
+                data = inspect_one(tensors, args.name, args.expr, step)
+        except commands.CommandError as e:
+            print(f"dltui: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(data))
+        return 0
+    server = CheckpointServer(args.serve, args.checkpoint, tensors, step)
+    server.start()
+    print("ready", flush=True)  # the launcher waits for this line
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        signal.pause()  # served by the server's threads until the launcher ends us
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        server.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
