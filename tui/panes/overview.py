@@ -188,7 +188,7 @@ class OverviewPane(Widget, can_focus=True):
             id="overview.events_filter",
         ),
         Binding(
-            "[",
+            "left_square_bracket",
             "scroll_events(1)",
             "Older",
             key_display="[",
@@ -197,7 +197,7 @@ class OverviewPane(Widget, can_focus=True):
             id="overview.events_older",
         ),
         Binding(
-            "]",
+            "right_square_bracket",
             "scroll_events(-1)",
             "Newer",
             key_display="]",

@@ -56,7 +56,14 @@ class PaneSparkline(Widget):
             head.append("  no data yet", style="dim")
             return head
         head.append(f" {fmt_num(vals[-1])}", style="bold")
-        head.append(f"  max {fmt_num(max(vals))}  {len(vals)} pts", style="dim")
+        # the details that fit, whole: a number is never cut at the edge
+        for extra in (
+            f"  max {fmt_num(max(vals))}  {len(vals)} pts",
+            f"  max {fmt_num(max(vals))}",
+        ):
+            if head.cell_len + len(extra) <= width:
+                head.append(extra, style="dim")
+                break
         # Newest at the right; a long history folds into columns by max so a spike survives.
         if len(vals) > width:
             per = len(vals) / width

@@ -223,8 +223,8 @@ class Plot(Widget):
             last = t.last
             text.append(f"{t.label} {fmt_num(last[1] if last else None)}")
             if self._smoothed(t):
-                text.append(" ema, ", "dim")
-                text.append(": " if self.ascii else "⠂", f"{t.color} dim")
+                text.append(" ema  ", "dim")
+                text.append(":" if self.ascii else "⠂", f"{t.color} dim")
                 text.append(" raw", "dim")
         if self._outliers:
             text.append(f"  {self._outliers} off-scale", "dim")
@@ -252,6 +252,15 @@ class Plot(Widget):
         text = Text(no_wrap=True, overflow="ellipsis")
         unit = fmt_duration(x) if self.x_time else f"step {int(round(x))}"
         text.append(f"@ {unit}", "bold")
+        if self._geom is not None:
+            x_lo, x_hi, _, cols = self._geom
+            half = (x_hi - x_lo) / max(1, cols) / 2 * 1.5
+            for step, wall, msg in self.markers:
+                mx = (wall - self.t0) if self.x_time else step
+                if abs(mx - x) <= half:
+                    text.append("  ")
+                    text.append("|" if self.ascii else "┊", MARKER_STYLE)
+                    text.append(f" {msg}")
         for t in self.traces:
             hit = t.at(x, self.x_time, self.t0)
             text.append("  ")
@@ -262,15 +271,6 @@ class Plot(Widget):
                 text.append(f"{t.label} {fmt_num(hit[1])}")
                 if not self.x_time and hit[0] != int(round(x)):
                     text.append(f" (step {hit[0]})", "dim")
-        if self._geom is not None:
-            x_lo, x_hi, _, cols = self._geom
-            half = (x_hi - x_lo) / max(1, cols) / 2 * 1.5
-            for step, wall, msg in self.markers:
-                mx = (wall - self.t0) if self.x_time else step
-                if abs(mx - x) <= half:
-                    text.append("  ")
-                    text.append("|" if self.ascii else "┊", MARKER_STYLE)
-                    text.append(f" {msg}")
         return text
 
     def render(self) -> Text:
