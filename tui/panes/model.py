@@ -110,6 +110,7 @@ class ModelPane(PollingPane):
     (right; below the tree when narrow)."""
 
     POLL_S = 2.0  # the model and hparams are written once at start; poll until they appear
+    NARROW_BELOW = 100  # below this, the module's account goes under the tree, not beside it
     DEFAULT_CSS = """
     ModelPane { height: 1fr; }
     ModelPane #model-body { height: 1fr; }
@@ -187,8 +188,11 @@ class ModelPane(PollingPane):
     @on(Tree.NodeSelected, "#model-tree")
     def _picked(self, event: Tree.NodeHighlighted | Tree.NodeSelected) -> None:
         name = event.node.data
-        if not isinstance(name, str) or name == self.selected:
-            return
+        if isinstance(name, str) and name != self.selected:
+            self.select(name)
+
+    def select(self, name: str) -> None:
+        """Show module `name`: the store's rows at once, the engine's answer when it comes."""
         self.selected, self.described = name, None
         self._draw_detail()
         snap = self.snapshot
@@ -259,6 +263,8 @@ class ModelPane(PollingPane):
         for node in _walk(tree.root):
             node.allow_expand = bool(node.children)
         tree.root.expand()
+        if self.selected is None:  # the whole model until the user picks a module
+            self.select(root["name"])
         total, trainable = root.get("params", 0), root.get("trainable", 0)
         summary = Text(f"{root.get('type', 'model')}", style="bold")
         summary.append(f"\n{total:,} parameters\n{trainable:,} trainable")
