@@ -220,6 +220,58 @@ def named_tensors(loop: Any) -> dict[str, tuple[str, torch.Tensor]]:
     return out
 
 
+# (attribute of nn.Module, what the Model tab calls it)
+MODULE_HOOKS = (
+    ("_forward_pre_hooks", "forward pre"),
+    ("_forward_hooks", "forward"),
+    ("_backward_pre_hooks", "backward pre"),
+    ("_backward_hooks", "backward"),
+)
+
+
+def describe_module(loop: Any, name: str) -> dict[str, Any]:
+    """The `module` query (the dashboard's Model tab): one module's own parameters and buffers
+    (shape, dtype, numel, requires_grad), its hooks and its training flag. Read-only and cheap:
+    metadata only, no tensor data is read, so it is answered off the step boundary."""
+    if loop.model is None:
+        raise CommandError("no model yet: a script's model is found at its first optimizer step.")
+    modules = dict(loop.model.named_modules())
+    key = "" if name in ("", "(model)") else name
+    if key not in modules:
+        raise CommandError(f"no module named {name!r}; the Model tab lists them.")
+    mod = modules[key]
+
+    def rows(items: Any) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": f"{key}.{n}" if key else n,
+                "shape": list(t.shape),
+                "dtype": str(t.dtype).replace("torch.", ""),
+                "device": str(t.device),
+                "numel": t.numel(),
+                "requires_grad": bool(t.requires_grad),
+            }
+            for n, t in list(items)
+            if t is not None
+        ]
+
+    hooks: dict[str, list[str]] = {}
+    for attr, label in MODULE_HOOKS:
+        fns = list((getattr(mod, attr, None) or {}).values())
+        if fns:
+            hooks[label] = [getattr(f, "__qualname__", type(f).__name__) for f in fns]
+    return {
+        "name": name,
+        "type": type(mod).__name__,
+        "training": bool(mod.training),
+        "extra": mod.extra_repr(),
+        "params": rows(mod.named_parameters(recurse=False)),
+        "buffers": rows(mod.named_buffers(recurse=False)),
+        "children": len(list(mod.children())),
+        "hooks": hooks,
+    }
+
+
 def list_tensors(loop: Any) -> list[dict[str, Any]]:
     return [
         {"name": n, "kind": k, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}

@@ -191,8 +191,11 @@ class ControlServer:
 
     # -- commands --------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """The steering state every reply carries."""
-        return commands.state(self.loop)
+        """The steering state every reply carries, and whether the store can write (a full
+        disk: training goes on, records wait); `dltui status` shows it."""
+        st = commands.state(self.loop)
+        st["store_trouble"] = self.store.trouble
+        return st
 
     def _at_boundary(self, fn: Any) -> Any:
         return self.gate.submit(fn).result(timeout=APPLY_TIMEOUT_S)
@@ -239,12 +242,19 @@ class ControlServer:
             return self._at_boundary(lambda loop: self._mode(loop, mode))
         if cmd == "checkpoint":
             return self._at_boundary(
-                lambda loop: {"path": str(loop.save_checkpoint("last", reason="requested"))}
+                lambda loop: {
+                    "path": str(loop.save_checkpoint("last", reason="requested", must=True))
+                }
             )
         if cmd == "stop":
             self.gate.request_stop("stopped by request")
             self._event(f"stop requested at step {self.loop.step}", {"cmd": "stop"})
             return {"stopping": True}
+        if cmd == "module":  # read-only, answered at once: no step boundary needed
+            name = a.get("name")
+            if not isinstance(name, str):
+                raise commands.CommandError("module needs a name (see the Model tab).")
+            return commands.describe_module(self.loop, name)
         if cmd == "tensors":
             return self._at_boundary(commands.list_tensors)
         if cmd == "tensor":

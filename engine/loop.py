@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ import torch
 
 from dltui.run import wire
 
+from .devices import run_device
 from .gate import Gate
 from .metrics import MetricSet
 from .recipe import Recipe
@@ -125,6 +128,56 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+def _loader_generators(loader: Any) -> list[torch.Generator]:
+    """The torch.Generators a DataLoader shuffles with (its own, its sampler's), in a fixed order."""
+    found: dict[int, torch.Generator] = {}
+    for holder in (
+        loader,
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ):
+        g = getattr(holder, "generator", None)
+        if isinstance(g, torch.Generator):
+            found.setdefault(id(g), g)
+    return list(found.values())
+
+
+def rng_state(loader: Any = None) -> dict[str, Any]:
+    """Every RNG a training step or a shuffle draws from: torch (CPU and CUDA), Python, NumPy,
+    and the loader's own generators."""
+    out: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+
+        out["numpy"] = np.random.get_state()
+    except ImportError:
+        pass
+    out["loader"] = [g.get_state() for g in _loader_generators(loader)]
+    return out
+
+
+def set_rng_state(state: dict[str, Any], loader: Any = None) -> None:
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "python" in state:
+        random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        try:
+            import numpy as np
+
+            np.random.set_state(state["numpy"])
+        except ImportError:
+            pass
+    gens = _loader_generators(loader)
+    if len(state.get("loader") or []) == len(gens):
+        for g, st in zip(gens, state["loader"], strict=True):
+            g.set_state(st)
+
+
 class RecipeExit(Exception):
     """The recipe's code called sys.exit(code) during training: the run ends there, failed
     (stopped for code 0 / None), with a checkpoint; the SystemExit is the __cause__."""
@@ -156,8 +209,7 @@ class Loop:
         self.gate = gate
         self.context = settings.context or recipe.context or dltui.Context()
         self.epochs = settings.epochs or recipe.epochs
-        dev = settings.device or recipe.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = torch.device(dev)
+        self.device = run_device(settings.device, recipe.device, recipe.model)
         self.model = recipe.model.to(self.device)
         self.optimizers: dict[str, torch.optim.Optimizer] = dict(recipe.optimizers)
         self.optimizer = next(iter(self.optimizers.values()))  # the run's main optimizer
@@ -178,6 +230,7 @@ class Loop:
         self.last_input: Any = None
         self.last_output: Any = None
         self.last_val: dict[str, float] = {}
+        self.epoch_rng: dict[str, Any] | None = None  # the RNGs as the current epoch began
         self.steps_per_epoch = self._steps_per_epoch()
         if settings.resume:
             self._restore(settings.resume)
@@ -243,7 +296,7 @@ class Loop:
                 if train:  # a val batch must not pair with the last train step's output
                     self.last_input = x
                 output = self.model(x)
-                return Result(self.r.loss_fn(output, target), output, target)
+                return Result(_one_loss(self.r.loss_fn(output, target)), output, target)
             value = fn(batch, self.ctx) if form == "ctx" else fn(self.model, batch)
         return read_result(value, "train_step" if train else "eval_step")
 
@@ -340,10 +393,20 @@ class Loop:
         """One pass over the training data: DONE (the data or steps_per_epoch ran out), EARLY
         (stop or max steps) or EMPTY (not one batch: nothing left to train on)."""
         self.model.train()
-        it = iter(self.r.train_loader)
-        skip, self.batch = self.batch, 0  # a mid-epoch resume skips the batches already done
-        for _ in itertools.islice(it, skip):
-            self.batch += 1
+        skip, self.batch = self.batch, 0
+        if skip == 0:
+            # What this epoch's shuffle is drawn from: a mid-epoch checkpoint keeps it, so a
+            # resume deals the very same batches instead of a new shuffle.
+            self.epoch_rng = rng_state(self.r.train_loader)
+            it = iter(self.r.train_loader)
+        else:  # a mid-epoch resume: the epoch's own shuffle, then skip the batches already done
+            now = rng_state(self.r.train_loader)
+            if self.epoch_rng is not None:
+                set_rng_state(self.epoch_rng, self.r.train_loader)
+            it = iter(self.r.train_loader)
+            for _ in itertools.islice(it, skip):
+                self.batch += 1
+            set_rng_state(now, self.r.train_loader)  # the RNGs as they were at the checkpoint
         first = True
         while True:
             self.gate.boundary(self)
@@ -550,7 +613,10 @@ class Loop:
         return self.validate(loader)
 
     # -- checkpoints -----------------------------------------------------------------------
-    def save_checkpoint(self, tag: str, reason: str = "") -> Path | None:
+    def save_checkpoint(self, tag: str, reason: str = "", must: bool = False) -> Path | None:
+        """Write checkpoints/<tag>.pt (to a .tmp first, so a failure never leaves half a file).
+        If it can't be written (a full disk, a read-only folder) the run is told and goes on from
+        the previous checkpoint; `must` (an explicit request) raises EngineError instead."""
         if self.s.checkpoint_dir is None:
             return None
         main = next(iter(self.optimizers))
@@ -568,20 +634,43 @@ class Loop:
             "batch": self.batch,
             "epoch_step": self.epoch_step,
             "best_val_loss": self.best_val_loss,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+            "rng": rng_state(self.r.train_loader),
+            "epoch_rng": self.epoch_rng if self.batch else None,
         }
         path = self.s.checkpoint_dir / f"{tag}.pt"
         tmp = path.with_suffix(".pt.tmp")
         try:
             self.s.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(state, tmp)
+            # Our own file object: a write that runs out of space then carries its errno.
+            with open(tmp, "wb") as f:
+                torch.save(state, f)
             os.replace(tmp, path)  # never leaves a half-written checkpoint behind
         except Exception as e:  # a full disk, a read-only directory: dltui's part, not the recipe's
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            raise EngineError(f"checkpoint writer (writing {path})", e) from e
+            if must or not out_of_space(e):  # a wrong folder will not fix itself: fail
+                raise EngineError(f"checkpoint writer (writing {path})", e) from e
+            self._checkpoint_failed(path, e)
+            return None
         self._emit("on_checkpoint", path, tag, reason)
         return path
+
+    def _checkpoint_failed(self, path: Path, e: BaseException) -> None:
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:,.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        cause = e
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        first = (str(cause or e).strip() or type(e).__name__).splitlines()[0]
+        kept = " (the previous one is kept)" if path.exists() else ""
+        self.notice(
+            f"checkpoint not written at step {self.step}: {first} ({free}); training goes on, "
+            f"the next checkpoint is tried as usual{kept}. Free some space (disk full?).",
+            "error",
+            {"path": str(path)},
+        )
 
     def _restore(self, ck: dict) -> None:
         self.model.load_state_dict(ck["model"])
@@ -607,11 +696,35 @@ class Loop:
         self.current_epoch = self.epoch
         self.epoch_step = ck.get("epoch_step", math.ceil(self.batch / self.r.accumulate))
         self.best_val_loss = ck.get("best_val_loss", math.inf)
-        rng = ck.get("rng") or {}
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "python" in rng:
-            random.setstate(rng["python"])
+        set_rng_state(ck.get("rng") or {}, self.r.train_loader)
+        self.epoch_rng = ck.get("epoch_rng")
+
+
+def out_of_space(e: BaseException | None) -> bool:
+    """Did this fail because the disk (or a quota, or the file-size limit) ran out? torch.save
+    wraps the OSError; it is in the chain."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
+
+
+def _one_loss(loss: Any) -> torch.Tensor:
+    """loss_fn's value, which backward() needs as one number: say so, naming loss_fn, instead of
+    autograd's "grad can be implicitly created only for scalar outputs" from deep inside."""
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        return loss
+    what = (
+        f"a tensor of shape {list(loss.shape)}"
+        if isinstance(loss, torch.Tensor)
+        else (f"a {type(loss).__name__}")
+    )
+    raise TypeError(
+        f"`loss_fn` returned {what}; it must return one number per batch (a 0-d tensor). A loss "
+        "with reduction='none' needs .mean() (or reduction='mean')."
+    )
 
 
 def _first_tensor(x: Any) -> Any:

@@ -18,7 +18,13 @@ from typing import Any
 from dltui.run import wire
 from dltui.run.options import hint_misplaced, parse
 from dltui.run.reader import DB_NAME, RunReader
-from dltui.run.runs import RunsDirError, discard_if_empty, make_run_dir, new_run_dir
+from dltui.run.runs import (
+    ENGINE_LOCK,
+    RunsDirError,
+    discard_if_empty,
+    make_run_dir,
+    new_run_dir,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -52,9 +58,6 @@ def model_summary(model: Any) -> list[dict[str, Any]]:
     return rows
 
 
-LOCK_NAME = "engine.lock"  # held (flock) by the one engine that owns the run, for its lifetime
-
-
 @dataclass
 class Begun:
     """A run from the engine's first moments: its directory (locked), its store saying
@@ -75,7 +78,7 @@ class Begun:
         console.restore(self.tees)
         if self.fresh:
             self.store.close()
-            for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", LOCK_NAME):
+            for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm", ENGINE_LOCK):
                 (self.run_dir / name).unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 (self.run_dir / "checkpoints").rmdir()
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 def _lock(run_dir: Path) -> int:
     """Own the run: one engine per run directory (a second resume, or a resume of a live run,
     is refused before it touches anything). The kernel drops the lock when the process dies."""
-    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(run_dir / ENGINE_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -132,7 +135,7 @@ def _lock(run_dir: Path) -> int:
         os.close(fd)
         name = run_dir.name
         raise UsageError(
-            f"run {name} is already running (engine pid {holder}): watch it with "
+            f"run {name} is already running in another engine (pid {holder}): watch it with "
             f"`dltui attach {name}`, or stop it first with `dltui ctl {name} stop`."
         ) from None
     os.ftruncate(fd, 0)
@@ -165,7 +168,7 @@ def begin(args: argparse.Namespace, argv: list[str]) -> Begun:
     except StoreError as e:
         os.close(lock_fd)
         if fresh:
-            (run_dir / LOCK_NAME).unlink(missing_ok=True)
+            (run_dir / ENGINE_LOCK).unlink(missing_ok=True)
             discard_if_empty(run_dir)
         raise UsageError(str(e)) from None
     store.set_meta(
@@ -270,20 +273,11 @@ def _run(
         ) from None
     from .control import ControlServer, SocketInUse
 
-    server = ControlServer(run_dir, gate, store, loop)
-    try:
-        server.start()
-    except SocketInUse as e:
-        raise UsageError(str(e)) from None
-    if resume_ck is not None:
-        store.truncate_after(loop.step)
-        store.event(wire.EV_RUN, f"resumed from checkpoint at step {loop.step}", step=loop.step)
     store.set_meta(
         run_id=run_dir.name,
         script=str(Path(args.recipe).resolve()),
         args=argv,
         status=wire.RUNNING,
-        started=time.time(),
         hparams=recipe.hparams,
         model=model_summary(loop.model),
         torch=torch.__version__,
@@ -301,7 +295,16 @@ def _run(
         optimizers=optimizer_meta(loop),
         steering={k: True for k in wire.STEERING_KEYS},
     )
-    if resume_ck is None:
+    store.flush()  # running, with its meta, before its socket answers (launchers wait on that)
+    server = ControlServer(run_dir, gate, store, loop)
+    try:
+        server.start()
+    except SocketInUse as e:
+        raise UsageError(str(e)) from None
+    if resume_ck is not None:  # only now: a refused engine must not have cut the history
+        store.truncate_after(loop.step)
+        store.event(wire.EV_RUN, f"resumed from checkpoint at step {loop.step}", step=loop.step)
+    else:
         store.event(wire.EV_RUN, f"run started: {args.recipe} on {loop.device}", step=0)
 
     status, error = _drive(args, loop, store, gate, probe, server, session)
@@ -403,17 +406,11 @@ def _run_script(args: argparse.Namespace, argv: list[str], session: Any, begun: 
         max_steps=args.max_steps,
         checkpoint_dir=run_dir / "checkpoints",
     )
-    server = ControlServer(run_dir, gate, store, driver)
-    try:
-        server.start()
-    except SocketInUse as e:
-        raise UsageError(str(e)) from None
     store.set_meta(
         run_id=run_dir.name,
         script=str(Path(args.recipe).resolve()),
         args=argv,
         status=wire.RUNNING,
-        started=time.time(),
         hparams={"argv": " ".join(session.context.args)} if session.context.args else {},
         model=[],
         torch=torch.__version__,
@@ -431,6 +428,12 @@ def _run_script(args: argparse.Namespace, argv: list[str], session: Any, begun: 
         optimizers=[],
         **host_info(),
     )
+    store.flush()
+    server = ControlServer(run_dir, gate, store, driver)
+    try:
+        server.start()
+    except SocketInUse as e:
+        raise UsageError(str(e)) from None
     shown = " ".join([args.recipe, *session.context.args])
     store.event(wire.EV_RUN, f"run started: script {shown}", step=0)
     status, error = _drive(args, driver, store, gate, probe, server, session)

@@ -518,12 +518,12 @@ def _check_loader(
         )
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         what = (
-            f"{type(batch).__name__} of {len(batch)} items"
+            f"a {type(batch).__name__} of {len(batch)} items"
             if isinstance(batch, (tuple, list))
             else _describe(batch)
         )
         raise RecipeError(
-            f"{name}: `{key}` yields a {what}; the default step needs (input, target) pairs. "
+            f"{name}: `{key}` yields {what}; the default step needs (input, target) pairs. "
             "Yield (x, y), or define train_step(model, batch) -> (loss, output, target)."
         )
     for part, label in zip(batch, ("input", "target"), strict=True):

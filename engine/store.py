@@ -6,6 +6,7 @@ writer thread drains it every FLUSH_EVERY seconds in one transaction and keeps t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -16,11 +17,76 @@ import time
 from collections import deque
 from itertools import repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from dltui.run import wire
 
 FLUSH_EVERY_S = 0.25
+# When a write fails (a full disk, an I/O error) the writer keeps what it could not write and
+# tries again every RETRY_S; training goes on. What waits is bounded: past MAX_PENDING records
+# the oldest bulk ones (scalars, system, stats) are dropped and counted; events never are.
+RETRY_S = 2.0
+MAX_PENDING = 200_000
+CLOSE_RETRY_S = 30.0  # at the end, how long the final records may wait for space
+
+
+# What the training thread queues for the writer: one small record type per table.
+class Meta(NamedTuple):
+    values: dict[str, Any]
+
+
+class Scalars(NamedTuple):
+    step: int
+    epoch: int
+    phase: str
+    wall: float
+    values: dict[str, Any]
+
+
+class Params(NamedTuple):
+    rows: list[tuple[str, list[int], int, bool]]
+
+
+class LayerStats(NamedTuple):
+    step: int
+    rows: list[tuple]
+
+
+class Histogram(NamedTuple):
+    step: int
+    name: str
+    kind: str
+    lo: float
+    hi: float
+    counts: list[int]
+
+
+class System(NamedTuple):
+    wall: float
+    values: dict[str, float]
+
+
+class Event(NamedTuple):
+    wall: float
+    step: int | None
+    kind: str
+    level: str
+    message: str
+    data: Any
+
+
+class Console(NamedTuple):
+    wall: float
+    stream: str
+    line: str
+
+
+class Truncate(NamedTuple):
+    step: int
+
+
+Record = Meta | Scalars | Params | LayerStats | Histogram | System | Event | Console | Truncate
+BULK = (Scalars, System, LayerStats, Histogram)  # what may be dropped when writes are stuck
 
 # WAL needs shared memory between processes on one host; on these it corrupts or fails.
 NETWORK_FILESYSTEMS = {
@@ -126,7 +192,7 @@ class RunStore:
         self.path = Path(path)
         self.mounts_file = mounts_file
         self.journal_mode = "wal"
-        self._q: deque[tuple[str, Any]] = deque()
+        self._q: deque[Record] = deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -139,6 +205,12 @@ class RunStore:
         self._params: dict[str, int] = {}
         self._last_beat = 0.0
         self.status_written: str | None = None  # the final status close() recorded
+        # Set while writes fail (a full disk): what went wrong, since when, records dropped.
+        self.trouble: str | None = None
+        self.trouble_since: float | None = None
+        self.dropped = 0
+        self._writers = self._writer_table()
+        self._ids_stale = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -150,13 +222,16 @@ class RunStore:
             raise StoreError(f"cannot open run store {self.path}: {self._error}")
 
     def flush(self, timeout: float = 30.0) -> None:
-        """Block until everything recorded so far is on disk (used at checkpoints and the end)."""
-        if self._thread is None or not self._thread.is_alive():
+        """Block until everything recorded so far is on disk (used at checkpoints and the end).
+        Returns at once while writes are failing: training must not wait on a full disk."""
+        if self._thread is None or not self._thread.is_alive() or self.trouble is not None:
             return
         with self._flushed:
             target = self._flush_gen + 2  # the drain in progress may have missed recent items
             self._wake.set()
-            self._flushed.wait_for(lambda: self._flush_gen >= target, timeout)
+            self._flushed.wait_for(
+                lambda: self._flush_gen >= target or self.trouble is not None, timeout
+            )
 
     def close(self, status: str | None = None, **meta: Any) -> None:
         """Record the final status (and any meta), write everything, stop the writer."""
@@ -172,23 +247,23 @@ class RunStore:
 
     # -- recording (called from the training thread; append only) --------------------------
     def set_meta(self, **values: Any) -> None:
-        self._q.append(("meta", values))
+        self._q.append(Meta(values))
 
     def scalars(self, step: int, epoch: int, phase: str, wall: float, values: dict) -> None:
-        self._q.append(("scalars", (step, epoch, phase, wall, values)))
+        self._q.append(Scalars(step, epoch, phase, wall, values))
 
     def params(self, rows: list[tuple[str, list[int], int, bool]]) -> None:
-        self._q.append(("params", rows))
+        self._q.append(Params(rows))
 
     def layer_stats(self, step: int, rows: list[tuple]) -> None:
         """rows: (param name, *wire.LAYER_STAT_COLUMNS values)."""
-        self._q.append(("layer_stats", (step, rows)))
+        self._q.append(LayerStats(step, rows))
 
     def histogram(self, step: int, name: str, kind: str, lo: float, hi: float, counts) -> None:
-        self._q.append(("histogram", (step, name, kind, lo, hi, list(counts))))
+        self._q.append(Histogram(step, name, kind, lo, hi, list(counts)))
 
     def system(self, wall: float, values: dict[str, float]) -> None:
-        self._q.append(("system", (wall, values)))
+        self._q.append(System(wall, values))
 
     def event(
         self,
@@ -199,14 +274,14 @@ class RunStore:
         data: Any = None,
         wall: float | None = None,
     ) -> None:
-        self._q.append(("event", (wall or time.time(), step, kind, level, message, data)))
+        self._q.append(Event(wall or time.time(), step, kind, level, message, data))
 
     def console(self, stream: str, line: str, wall: float | None = None) -> None:
-        self._q.append(("console", (wall or time.time(), stream, line)))
+        self._q.append(Console(wall or time.time(), stream, line))
 
     def truncate_after(self, step: int) -> None:
         """Forget step-indexed records after `step` (resuming from a checkpoint taken there)."""
-        self._q.append(("truncate", step))
+        self._q.append(Truncate(step))
 
     # -- writer thread ---------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -237,9 +312,15 @@ class RunStore:
             "INSERT OR REPLACE INTO meta VALUES ('journal_mode', ?)",
             (json.dumps(self.journal_mode),),
         )
+        self._load_ids(db)
+        return db
+
+    def _load_ids(self, db: sqlite3.Connection) -> None:
+        """The series and param ids as the file has them (after opening, or a rollback)."""
         self._series = {(n, p): i for i, n, p in db.execute("SELECT id, name, phase FROM series")}
         self._params = dict(db.execute("SELECT name, id FROM params").fetchall())
-        return db
+        self._sids = {}
+        self._ids_stale = False
 
     def _run(self) -> None:
         try:
@@ -250,16 +331,25 @@ class RunStore:
             return
         self._ready.set()
         try:
+            stop_at = None
             while True:
                 stopping = self._stop.is_set()
-                self._drain(db)
-                if stopping:
+                if stopping and stop_at is None:
+                    stop_at = time.monotonic() + CLOSE_RETRY_S
+                written = self._drain_or_hold(db)
+                if stopping and (written or time.monotonic() >= stop_at):
+                    if not written:
+                        print(
+                            f"dltui: the run store {self.path} could not be written at the end "
+                            f"({self.trouble}); the last records are lost.",
+                            file=sys.__stderr__,
+                        )
                     break
-                self._wake.wait(FLUSH_EVERY_S)
+                self._wake.wait(FLUSH_EVERY_S if self.trouble is None else RETRY_S)
                 self._wake.clear()
-            if self.journal_mode == "wal":
+            if self.journal_mode == "wal" and self.trouble is None:
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except BaseException as e:  # a broken disk must not take training down silently
+        except BaseException as e:  # a bug in the writer: said, never silent
             self._error = e
             print(f"dltui: run store writer failed: {e}", file=sys.__stderr__)
         finally:
@@ -285,6 +375,49 @@ class RunStore:
             pid = self._params[name] = cur.lastrowid
         return pid
 
+    def _drain_or_hold(self, db: sqlite3.Connection) -> bool:
+        """Write what is queued; if the disk refuses (full, I/O error), keep it for the next try
+        and say so once, in the engine's log and (when writes come back) in the store."""
+        try:
+            self._drain(db)
+        except (sqlite3.OperationalError, sqlite3.DatabaseError, OSError) as e:
+            if self.trouble is None:
+                self.trouble, self.trouble_since = f"{e}", time.time()
+                print(
+                    f"dltui: cannot write the run store {self.path} ({e}; disk full?); training "
+                    f"goes on, its records are held and written when the disk takes them again.",
+                    file=sys.__stderr__,
+                )
+            self._bound_pending()
+            with self._flushed:  # a flush() waiting on this drain must not wait for the disk
+                self._flushed.notify_all()
+            return False
+        if self.trouble is not None:
+            lost = f"; {self.dropped:,} records were dropped" if self.dropped else ""
+            self.event(
+                wire.EV_ALERT,
+                f"the run store could not be written for {time.time() - self.trouble_since:.0f} s "
+                f"({self.trouble}); writes resumed{lost}",
+                level="warning",
+            )
+            self.trouble = self.trouble_since = None
+            self._drain(db)
+        return True
+
+    def _bound_pending(self) -> None:
+        over = len(self._q) - MAX_PENDING
+        if over <= 0:
+            return
+        kept: deque[Record] = deque()
+        while self._q:
+            rec = self._q.popleft()
+            if over > 0 and isinstance(rec, BULK):
+                over -= 1
+                self.dropped += 1
+            else:
+                kept.append(rec)
+        self._q.extendleft(reversed(kept))
+
     def _drain(self, db: sqlite3.Connection) -> None:
         n = len(self._q)
         items = [self._q.popleft() for _ in range(n)]
@@ -293,6 +426,8 @@ class RunStore:
         if items or beat:
             db.execute("BEGIN")
             try:
+                if self._ids_stale:
+                    self._load_ids(db)
                 self._write(db, items)
                 if beat:
                     db.execute(
@@ -301,30 +436,38 @@ class RunStore:
                     self._last_beat = now
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # (SQLite may have rolled back itself)
+                    db.execute("ROLLBACK")
+                self._ids_stale = True  # ids given out in the rolled-back transaction are void
+                self._q.extendleft(reversed(items))  # nothing is lost: tried again later
                 raise
         with self._flushed:
             self._flush_gen += 1
             self._flushed.notify_all()
 
-    def _write(self, db: sqlite3.Connection, items: list[tuple[str, Any]]) -> None:
+    def _write(self, db: sqlite3.Connection, items: list[Record]) -> None:
         scalar_rows: list[tuple] = []
-        for kind, payload in items:
-            if kind == "scalars":
-                step, epoch, phase, wall, values = payload
-                key = (phase, *values)  # the same names step after step: look their ids up once
+        for rec in items:
+            if isinstance(rec, Scalars):
+                key = (rec.phase, *rec.values)  # the same names step after step: ids once
                 sids = self._sids.get(key)
                 if sids is None:
-                    sids = self._sids[key] = [self._series_id(db, n, phase) for n in values]
+                    sids = self._sids[key] = [self._series_id(db, n, rec.phase) for n in rec.values]
                 scalar_rows.extend(
-                    zip(sids, repeat(step), repeat(epoch), repeat(wall), values.values())
+                    zip(
+                        sids,
+                        repeat(rec.step),
+                        repeat(rec.epoch),
+                        repeat(rec.wall),
+                        rec.values.values(),
+                    )
                 )
-            elif kind == "truncate":
+            elif isinstance(rec, Truncate):
                 self._flush_scalars(db, scalar_rows)
                 scalar_rows = []
-                self._truncate(db, payload)
+                self._truncate(db, rec.step)
             else:
-                getattr(self, "_w_" + kind)(db, payload)
+                self._writers[type(rec)](db, rec)  # Meta, Params, Event, ...
         self._flush_scalars(db, scalar_rows)
 
     def _flush_scalars(self, db: sqlite3.Connection, rows: list[tuple]) -> None:
@@ -361,56 +504,64 @@ class RunStore:
             db.execute("DELETE FROM rollup WHERE level = ? AND bucket >= ?", (level, step // w))
             db.execute(_ROLLUP_FROM_STEP, {"w": w, "level": level, "from_step": first})
 
-    def _w_meta(self, db: sqlite3.Connection, values: dict) -> None:
+    def _writer_table(self) -> dict[type, Any]:
+        return {
+            Meta: self._w_meta,
+            Params: self._w_params,
+            LayerStats: self._w_layer_stats,
+            Histogram: self._w_histogram,
+            System: self._w_system,
+            Event: self._w_event,
+            Console: self._w_console,
+        }
+
+    def _w_meta(self, db: sqlite3.Connection, rec: Meta) -> None:
         db.executemany(
             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-            [(k, json.dumps(v, default=str)) for k, v in values.items()],
+            [(k, json.dumps(v, default=str)) for k, v in rec.values.items()],
         )
 
-    def _w_params(self, db: sqlite3.Connection, rows: list) -> None:
-        for name, shape, numel, trainable in rows:
+    def _w_params(self, db: sqlite3.Connection, rec: Params) -> None:
+        for name, shape, numel, trainable in rec.rows:
             pid = self._param_id(db, name)
             db.execute(
                 "UPDATE params SET shape = ?, numel = ?, trainable = ? WHERE id = ?",
                 (json.dumps(list(shape)), numel, int(trainable), pid),
             )
 
-    def _w_layer_stats(self, db: sqlite3.Connection, payload: tuple) -> None:
-        step, rows = payload
+    def _w_layer_stats(self, db: sqlite3.Connection, rec: LayerStats) -> None:
         db.executemany(
             "INSERT INTO layer_stats VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(step, self._param_id(db, r[0]), *r[1:]) for r in rows],
+            [(rec.step, self._param_id(db, r[0]), *r[1:]) for r in rec.rows],
         )
 
-    def _w_histogram(self, db: sqlite3.Connection, payload: tuple) -> None:
-        step, name, kind, lo, hi, counts = payload
+    def _w_histogram(self, db: sqlite3.Connection, rec: Histogram) -> None:
         db.execute(
             "INSERT INTO histograms VALUES (?, ?, ?, ?, ?, ?)",
-            (step, self._param_id(db, name), kind, lo, hi, json.dumps(counts)),
-        )
-
-    def _w_system(self, db: sqlite3.Connection, payload: tuple) -> None:
-        wall, values = payload
-        db.executemany(
-            "INSERT INTO system VALUES (?, ?, ?)", [(wall, k, v) for k, v in values.items()]
-        )
-
-    def _w_event(self, db: sqlite3.Connection, payload: tuple) -> None:
-        wall, step, kind, level, message, data = payload
-        db.execute(
-            "INSERT INTO events (wall, step, kind, level, message, data) VALUES (?, ?, ?, ?, ?, ?)",
             (
-                wall,
-                step,
-                kind,
-                level,
-                message,
-                None if data is None else json.dumps(data, default=str),
+                rec.step,
+                self._param_id(db, rec.name),
+                rec.kind,
+                rec.lo,
+                rec.hi,
+                json.dumps(rec.counts),
             ),
         )
 
-    def _w_console(self, db: sqlite3.Connection, payload: tuple) -> None:
-        db.execute("INSERT INTO console (wall, stream, line) VALUES (?, ?, ?)", payload)
+    def _w_system(self, db: sqlite3.Connection, rec: System) -> None:
+        db.executemany(
+            "INSERT INTO system VALUES (?, ?, ?)", [(rec.wall, k, v) for k, v in rec.values.items()]
+        )
+
+    def _w_event(self, db: sqlite3.Connection, rec: Event) -> None:
+        data = None if rec.data is None else json.dumps(rec.data, default=str)
+        db.execute(
+            "INSERT INTO events (wall, step, kind, level, message, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (rec.wall, rec.step, rec.kind, rec.level, rec.message, data),
+        )
+
+    def _w_console(self, db: sqlite3.Connection, rec: Console) -> None:
+        db.execute("INSERT INTO console (wall, stream, line) VALUES (?, ?, ?)", tuple(rec))
 
 
 def host_info() -> dict[str, Any]:

@@ -12,12 +12,24 @@ from pathlib import Path
 from . import wire
 from .runs import DEFAULT_RUNS_DIR
 
+MAX_DIGITS = 18  # past this a count is a typo (and Python refuses 4,300+ digits with a hint
+# about sys.set_int_max_str_digits() that speaks to programmers, not users)
+
+
+def whole_int(text: str) -> int:
+    """A whole number of at most MAX_DIGITS digits, else a short argparse error."""
+    digits = text.strip().lstrip("+-")
+    if len(digits) > MAX_DIGITS and digits.isdigit():
+        raise argparse.ArgumentTypeError(f"a {len(digits):,}-digit number is too large")
+    try:
+        return int(text)
+    except ValueError:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise argparse.ArgumentTypeError(f"{shown!r} is not a whole number") from None
+
 
 def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    v = whole_int(text)
     if v < 1:
         raise argparse.ArgumentTypeError(f"{v} must be 1 or more")
     return v
@@ -27,7 +39,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options `dltui train` and the engine share (the CLI passes them through)."""
     p.add_argument("--epochs", type=positive_int, help="number of epochs (default: the recipe's)")
     p.add_argument("--max-steps", type=positive_int, help="stop after this many optimizer steps")
-    p.add_argument("--seed", type=int, help="seed Python and torch before the recipe is imported")
+    p.add_argument(
+        "--seed", type=whole_int, help="seed Python and torch before the recipe is imported"
+    )
     p.add_argument(
         "--device", help="cpu, cuda, cuda:1 (default: the recipe's, else CUDA if present)"
     )

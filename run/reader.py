@@ -93,8 +93,10 @@ class RunReader:
         """starting / running / paused / finished / failed / stopped, or crashed when the
         engine vanished (while starting too: a recipe killed during its import)."""
         m = self.meta() if meta is None else meta
-        if not m:  # the schema is being written: an engine's first moments
-            return wire.STARTING
+        if not m:  # the schema is being written (an engine's first moments), or never was
+            from .runs import lock_holder  # (runs imports this module)
+
+            return wire.STARTING if lock_holder(self.run_dir) else wire.CRASHED
         status = m.get("status", wire.RUNNING)
         if status not in (wire.RUNNING, wire.STARTING):
             return status

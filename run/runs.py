@@ -52,6 +52,29 @@ def new_run_dir(script: str | os.PathLike, runs_dir: Path) -> Path:
         raise unwritable(runs_dir, e) from None
 
 
+ENGINE_LOCK = "engine.lock"  # flock'ed by the one engine that owns a run, for its lifetime
+
+
+def lock_holder(run_dir: Path, locks_file: str = "/proc/locks") -> int | None:
+    """The pid of the engine holding run_dir's lock, or None. Read from the kernel's lock table,
+    never by taking the lock (a probe could make a starting engine think the run is taken)."""
+    try:
+        st = (Path(run_dir) / ENGINE_LOCK).stat()
+        table = Path(locks_file).read_text()
+    except OSError:
+        return None
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        parts = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 00:2e:1234 0 EOF" (blocked waiters carry a "->")
+        if len(parts) >= 6 and parts[1] == "FLOCK" and "->" not in parts and parts[5] == dev:
+            try:
+                return int(parts[4])
+            except ValueError:
+                return None
+    return None
+
+
 def discard_if_empty(path: Path) -> None:
     """Remove a reserved run directory that never received anything (the run didn't start)."""
     try:

@@ -127,6 +127,7 @@ COMMANDS = (
     "stop",
     "tensors",
     "tensor",
+    "module",  # read-only: one module's parameters, buffers, hooks and training flag
 )
 
 
@@ -180,6 +181,8 @@ class Request:
             raise ValueError(f"malformed request (not JSON): {e}") from None
         except RecursionError:  # [[[[...]]]]: json recurses per level
             raise ValueError("malformed request: nested too deeply") from None
+        except ValueError:  # e.g. an integer of 5,000 digits (Python's int-size guard)
+            raise ValueError("malformed request: a number too long") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("cmd"), str):
             raise ValueError('malformed request: expected an object like {"cmd": "status"}')
         args = obj.get("args") or {}

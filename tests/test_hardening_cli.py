@@ -101,7 +101,7 @@ def test_a_recipe_hanging_at_import_is_a_starting_run_at_once(tmp_path, write_re
             timeout=60,
         )
         err = one_line_usage_error(eng)
-        assert "already running" in err and f"pid {pid}" in err, err
+        assert "already running" in err and f"(pid {pid})" in err, err
 
         out = detach.wait(60)
         assert out.returncode == 0, out.stderr

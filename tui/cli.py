@@ -6,20 +6,28 @@ import argparse
 import contextlib
 import json
 import os
+import socket
 import sqlite3
 import sys
 import time
 from pathlib import Path
 
 from dltui.run import wire
-from dltui.run.options import add_kind_options, add_run_options, hint_misplaced, split_file_argv
+from dltui.run.options import (
+    MAX_DIGITS,
+    add_kind_options,
+    add_run_options,
+    hint_misplaced,
+    split_file_argv,
+)
 from dltui.run.progress import position
-from dltui.run.reader import DB_NAME, RunNotFound, RunReader
+from dltui.run.reader import DB_NAME, RunNotFound, RunReader, pid_alive
 from dltui.run.runs import (
     DEFAULT_RUNS_DIR,
     LIVE,
     RunsDirError,
     list_runs,
+    lock_holder,
     new_run_dir,
     resolve_run,
     run_info,
@@ -77,9 +85,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         except RunNotFound as e:
             return die(str(e))
         status = run_info(run_dir).status
-        if status in LIVE:
+        holder = lock_holder(run_dir)
+        if status in LIVE or holder is not None:
             return die(
-                f"run {run_dir.name} is already running ({shown_status(status)}): watch it with "
+                f"run {run_dir.name} is already running ({shown_status(status)}"
+                + (f", engine pid {holder}" if holder else "")
+                + f"): watch it with "
                 f"`dltui attach {run_dir.name}`, or stop it first with `dltui ctl {run_dir.name} stop`."
             )
     else:
@@ -208,7 +219,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         return die(str(e))
     progress = meta.get("progress") or {}
     status = shown_status(info.status)
-    live = live_state(run_dir) if info.status in LIVE else None
+    # A stale heartbeat with the engine still alive here: its store can't write (a full disk);
+    # the engine itself can say so.
+    stalled = (
+        info.status == wire.CRASHED
+        and meta.get("host") == socket.gethostname()
+        and isinstance(meta.get("pid"), int)
+        and pid_alive(meta["pid"])
+    )
+    live = live_state(run_dir) if info.status in LIVE or stalled else None
     if live:
         progress = {
             **progress,
@@ -231,7 +250,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "intervals": meta.get("intervals"),
         "heartbeat_age_s": round(time.time() - meta.get("heartbeat", 0), 1),
         "last_events": events,
-        "hint": next_step_hint(run_dir, info.status, meta),
+        "hint": None if live else next_step_hint(run_dir, info.status, meta),
+        "store_trouble": (live or {}).get("store_trouble"),
     }
     if args.json:
         print(json.dumps(out, indent=2, default=str))
@@ -257,6 +277,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for ev in events:
         step = "" if ev["step"] is None else f"step {ev['step']}: "
         print(f"  {step}[{ev['kind']}] {ev['message']}")
+    if out["store_trouble"]:
+        print(
+            f"  store: cannot write the run store ({out['store_trouble']}); training goes on, "
+            "its records are held until the disk takes them again. Free some space."
+        )
     if out["hint"]:
         print(f"  {out['hint']}")
     return 0
@@ -345,6 +370,8 @@ def ctl_request(cmd: str, rest: list[str], args: argparse.Namespace) -> dict:
     if cmd == "step":
         if len(rest) > 1 or (rest and not rest[0].lstrip("-").isdigit()):
             raise ValueError(f"step takes one whole number, got {' '.join(rest)!r}")
+        if rest and len(rest[0].lstrip("-")) > MAX_DIGITS:
+            raise ValueError(f"step count of {len(rest[0].lstrip('-')):,} digits is too large")
         return {"n": int(rest[0]) if rest else 1}
     if cmd == "lr":
         if len(rest) != 1:
