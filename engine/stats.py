@@ -7,7 +7,7 @@ the model's size; a gradient that is None is skipped, never materialised as zero
 
 Cost: per device, one `_foreach_norm`, one max|x| pass and one sum per tensor for weights and
 gradients, then a few kernels over one concatenated sample for zero fractions, update ratios and
-histograms. The histograms read the host once per call (one sync), not once per parameter.
+histograms. The histograms read the host twice per call (two syncs), not per parameter.
 """
 
 from __future__ import annotations
@@ -73,21 +73,20 @@ def _on(values: list, device: torch.device, dtype: torch.dtype = torch.long) -> 
 def _maxabs(ts: list[torch.Tensor]) -> torch.Tensor:
     """max |x| of each tensor as one [k] tensor, without the |x| copy a foreach abs allocates."""
     if ts[0].device.type == "cuda":  # one fused kernel over every tensor
-        return torch.stack(torch._foreach_norm(ts, math.inf))
+        return torch.stack(torch._foreach_norm(ts, math.inf, dtype=torch.float32))
     # On the CPU the inf-norm foreach is a slow generic path; aminmax is one pass per tensor.
-    mm = [torch.aminmax(t) for t in ts]
-    return torch.stack([torch.maximum(-lo, hi) for lo, hi in mm])
+    lo, hi = zip(*(torch.aminmax(t) for t in ts), strict=True)
+    return torch.maximum(torch.stack(lo).neg_(), torch.stack(hi)).float()
 
 
 def _moments(ts: list[torch.Tensor], numel: torch.Tensor) -> torch.Tensor:
     """[k, 4]: norm, mean, std, max|x| of each tensor (no host sync, nothing full-size)."""
     norm = torch.stack(torch._foreach_norm(ts, 2, dtype=torch.float32))
-    maxabs = _maxabs(ts).float()
     # No signed foreach sum exists (powsum sums |x|): one small reduction per tensor, run only at
     # the stats interval; each reads its tensor once and allocates a scalar.
-    mean = torch.stack([t.sum(dtype=torch.float32) for t in ts]) / numel
+    mean = torch.stack([t.sum(dtype=torch.float32) for t in ts]).div_(numel)
     var = (norm * norm / numel - mean * mean) * (numel / (numel - 1).clamp(min=1))
-    return torch.stack([norm, mean, var.clamp(min=0).sqrt(), maxabs], dim=1)
+    return torch.stack([norm, mean, var.clamp_(min=0).sqrt_(), _maxabs(ts)], dim=1)
 
 
 class LayerStats:
@@ -138,20 +137,25 @@ class LayerStats:
         rows, kept = [], []
         for g in self.groups():
             k = len(g.idx)
-            w = _moments([self.params[i].detach() for i in g.idx], g.numel)
-            grad = torch.full((k, 5), math.nan, device=g.device)  # 4 moments and zero fraction
             have = [j for j, i in enumerate(g.idx) if self.params[i].grad is not None]
-            if have:  # a gradient that is None is skipped: no zeros_like of the parameter
-                gs = [self.params[g.idx[j]].grad.detach() for j in have]
-                part = _on(have, g.device) if len(have) < k else None
-                numel, sizes = (
-                    (g.numel, g.sizes_t) if part is None else (g.numel[part], g.sizes_t[part])
-                )
+            # a gradient that is None is skipped: no zeros_like of the parameter
+            gs = [self.params[g.idx[j]].grad.detach() for j in have]
+            part = _on(have, g.device) if len(have) < k else None
+            numel, sizes = (
+                (g.numel, g.sizes_t) if part is None else (g.numel[part], g.sizes_t[part])
+            )
+            # Weights and gradients in one batch: each op is launched once for both.
+            both = _moments(
+                [self.params[i].detach() for i in g.idx] + gs, torch.cat([g.numel, numel])
+            )
+            w, gm = both[:k], both[k:]
+            grad = torch.full((k, 5), math.nan, device=g.device)  # 4 moments and zero fraction
+            if have:
                 # ord 0 counts the non-zero elements, over a sample (exact for small tensors:
                 # counting is a slow pass, ~8x a norm, so a big tensor's fraction is estimated).
                 samples = [strided_sample(x, g.per_sample) for x in gs]
                 zero_frac = 1 - torch.stack(torch._foreach_norm(samples, 0)).float() / sizes
-                moments = torch.cat([_moments(gs, numel), zero_frac[:, None]], dim=1)
+                moments = torch.cat([gm, zero_frac[:, None]], dim=1)
                 if part is None:
                     grad = moments
                 else:
@@ -192,41 +196,33 @@ class LayerStats:
 
     def histograms(self, bins: int = HIST_BINS) -> list[tuple[str, str, float, float, list[int]]]:
         """(name, 'weight'|'grad', lo, hi, counts) per parameter, over a strided sample of at
-        most HIST_SAMPLE elements each, non-finite values left out. All tensors of a device are
-        binned together in a few kernels and read back with one host copy: on CUDA that is one
-        synchronisation per call, so call it only at the (rare) histogram interval."""
-        out = []
-        for g in self.groups():
-            keys, samples = [], []
-            for i in g.idx:
-                p = self.params[i]
-                for kind, t in (("weight", p.detach()), ("grad", p.grad)):
-                    if t is not None and t.numel():
-                        keys.append((self.names[i], kind))
-                        samples.append(strided_sample(t.detach(), HIST_SAMPLE).float())
-            if not samples:
-                continue
-            n = len(samples)
-            # One [n, <=HIST_SAMPLE] matrix, short rows padded with NaN (left out like any
-            # non-finite value): row-wise min/max and one bincount do every histogram at once.
-            x = nn.utils.rnn.pad_sequence(samples, batch_first=True, padding_value=math.nan)
-            finite = torch.isfinite(x)
-            lo = x.masked_fill(~finite, math.inf).amin(dim=1)
-            hi = x.masked_fill(~finite, -math.inf).amax(dim=1)
-            flat = lo == hi  # one value: a unit-wide range around it
-            lo, hi = torch.where(flat, lo - 0.5, lo), torch.where(flat, hi + 0.5, hi)
-            b = ((x - lo[:, None]) / (hi - lo)[:, None] * bins).floor().clamp_(0, bins - 1)
-            row = torch.arange(n, device=g.device)[:, None] * bins
-            where = torch.where(finite, b.long() + row, n * bins)  # non-finite: an extra bin
-            counts = torch.bincount(where.flatten(), minlength=n * bins + 1)[: n * bins]
-            host = torch.cat([lo, hi, counts.float()]).tolist()  # the one host read
-            los, his, cs = host[:n], host[n : 2 * n], host[2 * n :]
-            for j, (name, kind) in enumerate(keys):
-                if not (math.isfinite(los[j]) and math.isfinite(his[j])):
+        most HIST_SAMPLE elements each, non-finite values left out.
+
+        The host reads every range at once, then every count at once: on CUDA two
+        synchronisations per call (not two per tensor), so call it only at the (rare) histogram
+        interval. A sample holding NaN or inf (rare) is filtered on its own, one more read.
+        """
+        keys, samples = [], []
+        for name, p in zip(self.names, self.params, strict=True):
+            for kind, t in (("weight", p.detach()), ("grad", p.grad)):
+                if t is not None and t.numel():
+                    keys.append((name, kind))
+                    samples.append(strided_sample(t.detach(), HIST_SAMPLE).float())
+        if not samples:
+            return []
+        ranges = torch.stack([torch.stack(torch.aminmax(x)) for x in samples]).tolist()
+        out, counts = [], []
+        for (name, kind), x, (lo, hi) in zip(keys, samples, ranges, strict=True):
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                x = x[torch.isfinite(x)]
+                if x.numel() == 0:
                     continue  # nothing finite to bin
-                out.append(
-                    (name, kind, los[j], his[j], [int(c) for c in cs[j * bins : (j + 1) * bins]])
-                )
-        order = {n: i for i, n in enumerate(self.names)}
-        out.sort(key=lambda r: (order[r[0]], r[1] != "weight"))
-        return out
+                lo, hi = torch.stack(torch.aminmax(x)).tolist()
+            if lo == hi:  # one value: a unit-wide range around it
+                lo, hi = lo - 0.5, hi + 0.5
+            out.append((name, kind, lo, hi))
+            counts.append(torch.histc(x, bins=bins, min=lo, max=hi))
+        if not counts:
+            return []
+        table = torch.stack(counts).tolist()
+        return [(*o, [int(c) for c in row]) for o, row in zip(out, table, strict=True)]
