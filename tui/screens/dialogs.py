@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from rich.console import Group
+from rich.table import Table
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -241,23 +244,32 @@ class HelpScreen(ModalScreen[None]):
         self.sections = sections
 
     def compose(self) -> ComposeResult:
-        text = Text()
-        w = max((len(k) for _, keys in self.sections for k, _ in keys), default=10) + 2
+        parts: list[Text | Table] = []
+
+        def table(rows: Iterable[tuple[str, str]]) -> Table:
+            # a grid, so a long description wraps under itself, not under the key
+            grid = Table.grid(padding=(0, 2, 0, 2))
+            grid.add_column(style="bold", no_wrap=True, min_width=w)
+            grid.add_column(overflow="fold")
+            for key, description in rows:
+                grid.add_row(key, description)
+            return grid
+
+        w = max((len(k) for _, keys in self.sections for k, _ in keys), default=10)
         for title, keys in self.sections:
-            text.append(f"{title}\n", "bold underline")
-            for key, description in keys:
-                text.append(f"  {key:<{w}}", "bold")
-                text.append(f"{description}\n")
-            text.append("\n")
-        text.append("States\n", "bold underline")
-        for word, meaning in STATES_HELP:
-            text.append(f"  {word:<{w}}", "bold")
-            text.append(f"{meaning}\n")
-        text.append(
-            "\nSteering keys act at the next step boundary; every command is recorded as an "
-            "event and marked on the plots. Press escape to close.",
-            "dim",
+            parts.append(Text(title, "bold underline"))
+            parts.append(table(keys))
+            parts.append(Text(""))
+        parts.append(Text("States", "bold underline"))
+        parts.append(table(STATES_HELP))
+        parts.append(
+            Text(
+                "\nSteering keys act at the next step boundary; every command is recorded as an "
+                "event and marked on the plots. Press escape to close.",
+                "dim",
+            )
         )
+        text = Group(*parts)
         with VerticalScroll(classes="dialog", id="help-dialog") as box:
             box.border_title = "dltui keys"
             yield Static(text)

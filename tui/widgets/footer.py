@@ -9,18 +9,18 @@ from textual.app import ComposeResult
 from textual.widget import Widget
 from textual.widgets import Footer
 
-# Which keys stay when the footer is too narrow for all: Help (it lists every key), then the
-# steering keys, then Quit, then the tab's own keys. Shown in the order run, tab, quit, help.
-KEEP_ORDER = {"help": 0, "steer": 1, "quit": 2, "pane": 3}
-SHOW_ORDER = {"steer": 0, "pane": 1, "quit": 2, "help": 3}
+# Which keys stay when the footer is too narrow for all: Help (it lists every key), space,
+# Quit, the other steering keys, then the tab's own keys. Shown in the order run, tab, quit, help.
+KEEP_ORDER = {"help": 0, "pause": 1, "quit": 2, "steer": 3, "pane": 4}
+SHOW_ORDER = {"pause": 0, "steer": 0, "pane": 1, "quit": 2, "help": 3}
 STEERING_ACTIONS = ("pause_resume", "step", "set_lr", "scale_lr", "toggle_mode", "checkpoint")
 
 
 def kind(action: str) -> str:
-    """help, quit, steer (a run key) or pane (the focused tab's own key)."""
+    """help, quit, pause, steer (another run key) or pane (the focused tab's own key)."""
     name = action.split("(")[0].rsplit(".", 1)[-1]
-    if name == "help":
-        return "help"
+    if name in ("help", "pause_resume"):
+        return "pause" if name == "pause_resume" else "help"
     if name in ("request_quit", "quit"):
         return "quit"
     return "steer" if name in STEERING_ACTIONS else "pane"
