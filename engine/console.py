@@ -5,31 +5,15 @@ from __future__ import annotations
 import io
 import sys
 import threading
-import time
 from typing import TextIO
 
 from .store import RunStore
 
 
-class Buffer:
-    """Holds console lines until the store exists (the recipe prints while it is imported)."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, float]] = []
-
-    def console(self, stream: str, line: str, wall: float | None = None) -> None:
-        self.lines.append((stream, line, wall or time.time()))
-
-    def replay_into(self, store: RunStore) -> None:
-        for stream, line, wall in self.lines:
-            store.console(stream, line, wall=wall)
-        self.lines.clear()
-
-
 class Tee(io.TextIOBase):
     """A text stream that writes through to `inner` and records complete lines in the store."""
 
-    def __init__(self, inner: TextIO | None, store: RunStore | Buffer, stream: str) -> None:
+    def __init__(self, inner: TextIO | None, store: RunStore, stream: str) -> None:
         self.inner = inner
         self.store = store
         self.stream = stream
@@ -78,7 +62,7 @@ class Tee(io.TextIOBase):
         return self.inner.fileno()
 
 
-def capture(store: RunStore | Buffer) -> tuple[Tee, Tee]:
+def capture(store: RunStore) -> tuple[Tee, Tee]:
     """Replace sys.stdout/sys.stderr with tees; returns them (call restore() at the end)."""
     out, err = Tee(sys.stdout, store, "stdout"), Tee(sys.stderr, store, "stderr")
     sys.stdout, sys.stderr = out, err

@@ -37,7 +37,7 @@ from dltui.run.scriptfile import detect_kind
 from . import inspect_cli
 
 EXIT_USAGE = 2
-DETACH_WAIT_S = 30.0  # importing torch and a big recipe can take a while on a cold disk
+DETACH_WAIT_S = 120.0  # as long as the dashboard waits (tui/launch.py): torch on a cold disk
 PASS_THROUGH = (
     "epochs",
     "max_steps",
