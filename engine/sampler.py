@@ -23,6 +23,7 @@ from dltui.run import wire
 
 NOTE_PREFIX = "GPU metrics unavailable: "  # the human-readable event; the dashboard reads meta
 READ_TIMEOUT_S = 0.05  # the longest one NVML reading may hold up a sample
+SLOW_AFTER = 3  # readings in a row past the timeout before the note says NVML is slow
 SETUP_TIMEOUT_S = 5.0  # nvmlInit and the GPUs' descriptions, once: slower on a many-GPU box
 COMMAND_CHARS = 200  # a GPU process's command line is cut here in the store
 
@@ -98,6 +99,7 @@ class Sampler:
         self._gpu_note: str | None = None
         self._noted: set[str] = set()
         self._worker = _Worker()
+        self._late = 0  # readings in a row that timed out
         self._cuda_map: dict[int, int] = {}  # CUDA device index -> NVML index
         self._users: dict[int, tuple[str | None, str | None]] = {}  # pid -> (user, command)
         self._meta_sent: dict[str, Any] = {}
@@ -193,7 +195,8 @@ class Sampler:
     ) -> tuple[bool, Any]:
         timeout = self._read_timeout if timeout is None else timeout
         done, value = self._worker.run(fn, timeout)
-        if not done:
+        self._late = self._late + 1 if not done else 0
+        if self._late >= SLOW_AFTER:  # once, not for a single late wake-up on a loaded box
             ms = timeout * 1e3
             self._note_once(
                 "slow", f"NVML took over {ms:.0f} ms ({what}); GPU readings skip while it is slow"

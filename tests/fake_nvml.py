@@ -177,7 +177,9 @@ def make(
     temp = api("temperature")(lambda h, sensor: int(34 + 40 * wave(gpu(h), 90)))
     m.nvmlDeviceGetTemperatureV = temp
     m.nvmlDeviceGetTemperature = temp
-    m.nvmlDeviceGetPowerUsage = api("power")(lambda h: int(1000 * (90 + 560 * wave(gpu(h)))))
+    m.nvmlDeviceGetPowerUsage = api("power")(
+        lambda h: 72_000 if idle(gpu(h)) else int(1000 * (90 + 560 * wave(gpu(h))))
+    )
     m.nvmlDeviceGetEnforcedPowerLimit = api("power limit")(lambda h: 700_000)
     m.nvmlDeviceGetClockInfo = api("clocks")(
         lambda h, kind: int((1980 if kind == NVML_CLOCK_SM else 2619) * (0.4 + 0.6 * wave(gpu(h))))

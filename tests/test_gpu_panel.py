@@ -116,3 +116,10 @@ def test_mig_and_no_permission_are_one_line_each():
 def test_any_size_draws_without_error(size):
     lines = lines_of(snapshot(fake_nvml.make(8)), width=size[0], height=size[1])
     assert 1 <= len(lines) <= size[1]
+
+
+@pytest.mark.parametrize("size", [(46, 6), (36, 4)])  # the panel at 100x30 and at 80x24
+def test_eight_gpus_still_all_shown_when_small(size):
+    lines = lines_of(snapshot(fake_nvml.make(8)), width=size[0], height=size[1])
+    text = "\n".join(lines)
+    assert all(f"{i}{'*' if i < 2 else ' '}" in text for i in range(8)), text

@@ -192,9 +192,8 @@ def test_a_hanging_nvml_call_holds_a_sample_up_for_50_ms_only():
     # 50 ms for the stuck reading; the others are skipped at once while it is stuck
     assert max(times) < 0.05 + 0.1, times
     assert not any(k.startswith("gpu") for k in values)
-    assert [n for n in rec.notes if "over 50 ms" in n] == [
-        "NVML took over 50 ms (GPU 0); GPU readings skip while it is slow"
-    ]
+    slow = [n for n in rec.notes if "over 50 ms" in n]
+    assert len(slow) == 1 and slow[0].endswith("GPU readings skip while it is slow")
     time.sleep(0.7)  # the stuck call returns; readings resume (and stay slow, skipped again)
     fake.nvmlDeviceGetPowerUsage = lambda h: 300_000
     values = s.sample_once()

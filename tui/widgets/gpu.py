@@ -106,9 +106,14 @@ def cell(g: Gpu, width: int) -> Text:
     """A GPU in a few characters, for a grid of many: `0* 87% 98G/141G 62C 512W`."""
     text = Text(no_wrap=True, overflow="ellipsis")
     label, style = _label(g)
-    text.append(label.ljust(3), style or "bold")
     util = "MIG" if g.mig and g.get("util") is None else _pct(g.get("util"))
-    text.append(f"{util:>4} {_mem(g)}")
+    mem = _mem(g)
+    used, total = g.get("mem_used"), g.get("mem_total")
+    if 3 + 5 + len(mem) > width and used is not None and total:
+        mem = f"m{100 * used / total:.0f}%"  # too narrow for bytes: memory as a percentage
+    tight = 3 + 4 + 1 + len(mem) > width  # `0*100% m45%`: no padding to spare
+    text.append(label if tight else label.ljust(3), style or "bold")
+    text.append(f"{util:>4} {mem}")
     for extra in (f" {_unit(g.get('temp'), 'C')}", f" {_unit(g.get('power'), 'W')}"):
         if len(text) + len(extra) <= width:
             text.append(extra)

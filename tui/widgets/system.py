@@ -20,7 +20,8 @@ from .format import fmt_bytes, join_lines
 from .sparkline import sparkline
 
 LABEL_W, VALUE_W = 11, 14
-CELL_W = 27  # a GPU's cell in the grid layout
+CELL_W = 27  # a GPU's cell in the grid layout, everything shown
+MIN_CELL_W = 15  # narrower cells only to show every GPU: util and memory as a percentage
 
 
 def _pct(v: float | None) -> str:
@@ -115,33 +116,52 @@ class SystemPanel(Widget):
         notes = self._notes(pic)
         procs = self._process_lines(pic)
         loose_cuda = self._cuda_lines(pic, mapped=False)
-        layouts = []
+        # (GPU lines, full host lines, process lines it must leave room for), best first
+        table = min(len(procs), 3)  # the header and a process or two
+        layouts: list[tuple[list[Text], bool, int]] = []
         if pic.gpus:
             blocks = [line for g in pic.gpus for line in G.block(g, w, hist, self.ascii, pic.cuda)]
             rows = [G.row(g, w, hist, self.ascii) for g in pic.gpus] + self._cuda_lines(pic)
-            cols = max(1, (w + 1) // (CELL_W + 1))
-            grid = [
-                Text(" ").join(G.cell(g, CELL_W) for g in pic.gpus[i : i + cols])
-                for i in range(0, len(pic.gpus), cols)
-            ] + self._cuda_lines(pic)
-            layouts = [(blocks, True), (blocks, False), (rows, True), (rows, False), (grid, False)]
+            layouts = [(blocks, True, table), (blocks, False, table)]
+            layouts += [(rows, True, table), (rows, False, table)]
+            # grids: wide cells; more columns to leave the process table room, as long as a
+            # cell stays readable; then whatever it takes to show every GPU
+            fixed = len(notes) + len(loose_cuda) + len(self._cuda_lines(pic)) + 1
+            n = len(pic.gpus)
+            wide = max(1, (w + 1) // (CELL_W + 1))
+            fit_table = max(wide, -(-n // max(1, h - fixed - table)))
+            fit = max(wide, -(-n // max(1, h - fixed)))
+            for cols, leave in ((wide, table), (fit_table, table), (fit, 0)):
+                cell_w = (w + 1) // cols - 1
+                if leave and cols != wide and cell_w < MIN_CELL_W:
+                    continue
+                grid = [
+                    Text(" ").join(G.cell(g, cell_w) for g in pic.gpus[i : i + cols])
+                    for i in range(0, n, cols)
+                ]
+                layouts.append((grid + self._cuda_lines(pic), False, leave))
         else:
             reason = pic.note or "no GPU readings recorded"
             line = Text(f"no NVIDIA GPU: {reason}", "dim", no_wrap=True, overflow="ellipsis")
-            layouts = [([line], True), ([line], False)]
-        min_procs = min(len(procs), 2)
-        for gpu_lines, full_host in layouts:
+            layouts = [([line], True, table), ([line], False, table), ([line], False, 0)]
+        for gpu_lines, full_host, leave in layouts:
             host = self._host(w, full_host)
-            need = len(gpu_lines) + len(loose_cuda) + len(notes) + len(host) + min_procs
-            if need <= h or (gpu_lines, full_host) == layouts[-1]:
+            need = len(gpu_lines) + len(loose_cuda) + len(notes) + len(host) + leave
+            if need <= h:
                 break
         lines = [*gpu_lines, *loose_cuda, *notes]
         room = h - len(lines) - len(host)
-        if procs and room >= 2:
+        if procs and room >= 3:  # the header and at least one process
             if len(procs) > room:
                 more = len(procs) - (room - 1)
                 procs = procs[: room - 1] + [Text(f"… {more} more processes", "dim")]
             lines += procs
+        elif procs and room >= 1:
+            mine = sum(1 for r in pic.processes if r.get("run"))
+            summary = (
+                f"{len(pic.processes)} GPU processes ({mine} this run's): more room shows them"
+            )
+            lines.append(Text(summary, "dim", no_wrap=True, overflow="ellipsis"))
         lines += host
         return join_lines(lines[: max(1, h)] if h else lines)
 
