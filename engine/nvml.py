@@ -124,8 +124,9 @@ class Nvml:
             try:
                 nv = self._loader()
             except ImportError as e:
-                why = "nvidia-ml-py is not installed" if "pynvml" in str(e) else str(e)
-                return [], f"NVML library not found ({why})"
+                if "pynvml" in str(e):
+                    return [], "nvidia-ml-py is not installed"
+                return [], f"NVML not loaded: {e}"
         try:
             nv.nvmlInit()
         except nv.NVMLError as e:
@@ -284,9 +285,9 @@ def _classes(nv: Any, *names: str) -> tuple[type, ...]:
 
 def _init_reason(nv: Any, e: BaseException) -> str:
     if isinstance(e, _classes(nv, "NVMLError_LibraryNotFound")):
-        return "NVML library not found (no NVIDIA driver installed)"
+        return "NVML library not found (no driver)"
     if isinstance(e, _classes(nv, "NVMLError_DriverNotLoaded")):
-        return "no NVIDIA driver loaded"
+        return "NVIDIA driver not loaded"
     if isinstance(e, _classes(nv, "NVMLError_NoPermission")):
         return "no permission to use NVML"
     return f"NVML error: {type(e).__name__}: {e}"

@@ -97,7 +97,7 @@ def test_one_gpu_gets_histories_and_this_runs_cuda_memory():
 
 def test_no_gpu_is_one_clear_line():
     lines = lines_of(snapshot(None))
-    assert lines[0] == "no NVIDIA GPU: NVML library not found (nvidia-ml-py is not installed)"
+    assert lines[0] == "no GPU readings: nvidia-ml-py is not installed"
     assert sum("GPU" in line for line in lines) == 1
 
 

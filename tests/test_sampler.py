@@ -203,8 +203,8 @@ def test_a_hanging_nvml_call_holds_a_sample_up_for_50_ms_only():
 @pytest.mark.parametrize(
     "init_error, expected",
     [
-        ("LibraryNotFound", "NVML library not found (no NVIDIA driver installed)"),
-        ("DriverNotLoaded", "no NVIDIA driver loaded"),
+        ("LibraryNotFound", "NVML library not found (no driver)"),
+        ("DriverNotLoaded", "NVIDIA driver not loaded"),
         ("NoPermission", "no permission to use NVML"),
         ("Unknown", "NVML error: NVMLError_Unknown: Unknown Error"),
     ],
@@ -228,7 +228,7 @@ def test_zero_gpus_and_a_missing_library():
         raise ImportError("No module named 'pynvml'")
 
     handles, reason = Nvml(loader=missing).gpus()
-    assert handles == [] and reason == "NVML library not found (nvidia-ml-py is not installed)"
+    assert handles == [] and reason == "nvidia-ml-py is not installed"
 
 
 def test_init_once_handles_cached_and_shutdown_idempotent():
