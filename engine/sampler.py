@@ -378,12 +378,3 @@ def _sample_torch_cuda(values: dict[str, float]) -> None:
             values[f"cuda{d}.peak"] = float(cuda.max_memory_allocated(d))
     except (RuntimeError, AttributeError):
         return  # torch half-imported by the main thread, or CUDA in a bad state: skip this sample
-
-
-def gpu_names() -> list[str]:
-    """The NVML names of the GPUs, in NVML order; [] when NVML or a GPU is unavailable."""
-    from . import nvml
-
-    source = nvml.default()
-    handles, _ = source.gpus()
-    return [source.info(h).name for h in handles]

@@ -141,8 +141,9 @@ class SystemPanel(Widget):
                 ]
                 layouts.append((grid + self._cuda_lines(pic), False, leave))
         else:
-            reason = pic.note or "no GPU readings recorded"
-            line = Text(f"no GPU readings: {reason}", "dim", no_wrap=True, overflow="ellipsis")
+            # no note: a run recorded before the sampler wrote one, or it has not looked yet
+            said = f"no GPU readings: {pic.note}" if pic.note else "no GPU readings recorded"
+            line = Text(said, "dim", no_wrap=True, overflow="ellipsis")
             layouts = [([line], True, table), ([line], False, table), ([line], False, 0)]
         for gpu_lines, full_host, leave in layouts:
             host = self._host(w, full_host)
