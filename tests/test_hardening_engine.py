@@ -66,6 +66,24 @@ def exchange(run_dir: Path, payload: bytes, timeout: float = 30.0) -> bytes:
         s.close()
 
 
+def connect_idle(run_dir: Path, n: int, patience_s: float = 5.0) -> list[socket.socket]:
+    """Up to n idle connections, as the review made them: each one retried (a full backlog
+    refuses a non-blocking connect) until accepted or patience_s has passed for all."""
+    done: list[socket.socket] = []
+    deadline = time.monotonic() + patience_s
+    while len(done) < n and time.monotonic() < deadline:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(str(run_dir / wire.CONTROL_SOCKET))
+            done.append(s)
+        except (BlockingIOError, InterruptedError):  # the backlog is full: wait a little
+            s.close()
+            time.sleep(0.002)
+    time.sleep(0.5)
+    return done
+
+
 @pytest.fixture
 def engine(tmp_path, write_recipe):
     # 10 steps per epoch, 3 epochs: two epoch-end checkpoints after the flood of connections.
@@ -152,18 +170,9 @@ def test_the_reviews_hostile_inputs_cost_little_and_the_run_finishes(engine):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
     idle: list[socket.socket] = []
-    connected = 0
     try:
-        for _ in range(IDLE_CONNECTIONS):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.setblocking(False)
-            try:
-                s.connect(str(run_dir / wire.CONTROL_SOCKET))
-                connected += 1
-            except (BlockingIOError, InterruptedError):
-                pass  # the backlog is full: the engine is not taking more
-            idle.append(s)
-        time.sleep(0.5)
+        idle = connect_idle(run_dir, IDLE_CONNECTIONS)
+        connected = len(idle)
         fds = fd_count(pid)
         print(
             f"{IDLE_CONNECTIONS} idle connections ({connected} accepted by the kernel): {fds} fds"
