@@ -42,12 +42,15 @@ def write_finished_run(
         ]
     )
     st.event(wire.EV_RUN, "run started: tiny.py on cpu", step=0, wall=T0)
-    if not gpus:
+    if not gpus:  # as the engine's sampler says it: an event for people, meta for the panel
         st.event(
             wire.EV_INFO,
-            "GPU metrics unavailable: NVML library not found",
+            "GPU metrics unavailable: NVML library not found (no driver)",
             level="warning",
             wall=T0 + 1,
+        )
+        st.set_meta(
+            **{wire.META_GPUS: {"note": "NVML library not found (no driver)", "devices": []}}
         )
     lr = 0.1
     for step in range(1, steps + 1):
