@@ -21,7 +21,7 @@ from textual.widgets import Input, Static, Tree
 
 from dltui.run.client import ControlClient, ControlError, EngineGone
 
-from ..widgets.format import fmt_num
+from ..widgets.format import fmt_bytes, fmt_num
 from ..widgets.pane_base import PollingPane
 from ..widgets.pane_storage import PaneStorage
 from ..widgets.pane_values import PaneValues
@@ -330,7 +330,7 @@ class TensorsPane(PollingPane):
         if t.get("requires_grad"):
             out.append(" · requires grad", style="dim")
         nbytes = t["storage_nbytes"]
-        size = f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
+        size = fmt_bytes(nbytes)  # the one number-format module's binary units
         out.append(f"\nstorage {t['storage_numel']:,} × {t['element_size']} B = {size}")
         st = t.get("stats") or {}
         if "min" in st:
