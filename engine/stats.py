@@ -210,6 +210,11 @@ class LayerStats:
                     samples.append(strided_sample(t.detach(), HIST_SAMPLE).float())
         if not samples:
             return []
+        if samples[0].is_cuda and torch.are_deterministic_algorithms_enabled():
+            # histc on CUDA refuses to run in deterministic mode: bin on the CPU instead (the
+            # samples are small; one copy, one more sync at this rare interval)
+            sizes = [x.numel() for x in samples]
+            samples = list(torch.cat(samples).cpu().split(sizes))
         ranges = torch.stack([torch.stack(torch.aminmax(x)) for x in samples]).tolist()
         out, counts = [], []
         for (name, kind), x, (lo, hi) in zip(keys, samples, ranges, strict=True):

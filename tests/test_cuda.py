@@ -118,3 +118,22 @@ def test_deferred_reads_on_a_second_gpu_are_ordered():
     got = d.push([x.sum()], "t")
     got += d.ready(wait=True)
     assert got == [("t", [float(1 << 25)])]
+
+
+def test_histograms_in_deterministic_mode():
+    """histc has no deterministic CUDA kernel: a script that asks for determinism still gets
+    its histograms (binned on the CPU), not a failed run."""
+    from dltui.engine.stats import LayerStats
+
+    model = torch.nn.Linear(64, 64).cuda()
+    model.weight.grad = torch.randn_like(model.weight)
+    torch.use_deterministic_algorithms(True)
+    try:
+        hists = LayerStats(model).histograms()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert [(n, k) for n, k, *_ in hists] == [
+        ("weight", "weight"),
+        ("weight", "grad"),
+        ("bias", "weight"),
+    ]
