@@ -159,7 +159,8 @@ class OverviewPane(Widget, can_focus=True):
             "left",
             "cursor(-1)",
             "Cursor",
-            key_display="←",
+            key_display="left",  # words, not arrows: --ascii terminals draw the help too
+            show=False,
             tooltip="Cursor left: read the exact step and values (and the command marked there)",
             id="overview.cursor_left",
         ),
@@ -167,7 +168,7 @@ class OverviewPane(Widget, can_focus=True):
             "right",
             "cursor(1)",
             "Cursor",
-            key_display="→",
+            key_display="right",
             show=False,
             tooltip="Cursor right",
             id="overview.cursor_right",
