@@ -152,7 +152,8 @@ async def until(pilot: Pilot, cond: Callable[[], object], what: str, timeout: fl
 
 
 def state(app: DltuiApp) -> str | None:
-    return app.snapshot.state if app.snapshot else None
+    """The state's word as the header shows it: RUNNING, PAUSED, FINISHED..."""
+    return app.snapshot.state.label if app.snapshot else None
 
 
 def plotted(app: DltuiApp) -> bool:

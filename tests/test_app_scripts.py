@@ -312,7 +312,7 @@ def test_lr_dialog_steers_the_second_optimizer_and_e_explains(engine: ScriptEngi
                 pilot,
                 lambda: (
                     app.snapshot is not None
-                    and app.snapshot.state == "RUNNING"
+                    and app.snapshot.state.label == "RUNNING"
                     and len(app.snapshot.optimizer_lrs) == 2
                 ),
                 "a running two-optimizer run",
