@@ -257,15 +257,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2, default=str))
         return 0
     lrs = ", ".join(f"{x:.4g}" for x in progress.get("lrs") or [])
-    print(
-        f"{info.id}: {status.upper()}  step {out['step']}/{info.total_steps or '?'}  "
-        + (
-            f"{position(progress).epoch_text}  {position(progress).batch_text}  "
-            if progress.get("epochs")  # run/progress.py: the words the dashboard's header shows
-            else ""
+    if info.status == wire.STARTING:
+        script = os.path.basename(str(meta.get("script") or "its file"))
+        print(
+            f"{info.id}: STARTING  (engine pid {meta.get('pid', '?')} is importing torch and "
+            f"{script}; it trains once that is done)"
         )
-        + f"lr {lrs}"
-    )
+    else:
+        print(
+            f"{info.id}: {status.upper()}  step {out['step']}/{info.total_steps or '?'}  "
+            + (
+                f"{position(progress).epoch_text}  {position(progress).batch_text}  "
+                if progress.get("epochs")  # run/progress.py: the words the dashboard's header shows
+                else ""
+            )
+            + f"lr {lrs}"
+        )
     for phase, vals in scalars.items():
         shown = "  ".join(
             f"{k} {v:.4g}"
