@@ -266,13 +266,30 @@ def _check(p: Path, name: str, ns: dict[str, Any], ctx: Any) -> Recipe:
     return r
 
 
+_NEEDS_CLOSURE: dict[Any, bool] = {}
+
+
 def needs_closure(opt: torch.optim.Optimizer) -> bool:
-    """True for optimizers whose step() must be given a closure (LBFGS)."""
+    """True for optimizers whose step() must be given a closure (LBFGS).
+
+    Asked at every step: inspect.signature costs tens of microseconds, so the answer is kept per
+    step function (the class's, which torch wraps once per class).
+    """
+    fn = getattr(opt.step, "__func__", opt.step)
+    try:
+        return _NEEDS_CLOSURE[fn]
+    except (KeyError, TypeError):  # TypeError: an unhashable callable, never cached
+        pass
     try:
         closure = inspect.signature(opt.step).parameters.get("closure")
     except (TypeError, ValueError):
-        return False
-    return closure is not None and closure.default is closure.empty
+        closure = None
+    needs = closure is not None and closure.default is closure.empty
+    try:
+        _NEEDS_CLOSURE[fn] = needs
+    except TypeError:
+        pass
+    return needs
 
 
 def _check_optimizers(name: str, model: nn.Module, opt: Any) -> dict[str, torch.optim.Optimizer]:
