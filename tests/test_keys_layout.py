@@ -545,5 +545,11 @@ def test_crashed_run_suggests_resume(finished: Path, tmp_path: Path) -> None:
                 lambda: "dltui train --resume crashed-run" in screen_text(app),
                 "the --resume hint in the header",
             )
+            await pilot.resize_terminal(80, 24)  # the command itself stays whole at 80 columns
+            await until(
+                pilot,
+                lambda: "dltui train --resume crashed-run" in screen_text(app).splitlines()[1],
+                "the command at 80 columns",
+            )
 
     asyncio.run(go())

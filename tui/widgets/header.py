@@ -125,7 +125,12 @@ class RunHeader(Widget):
         elif s.samples_per_s:
             tail.append(f"{fmt_num(s.samples_per_s)} samples/s")
         if self.hint:  # ended badly: why, and how to go on (--resume), before the numbers
-            tail = [w for w in (s.detail, self.hint) if w] + tail
+            command = self.hint.rsplit(": ", 1)[-1]  # `dltui train --resume RUN FILE`
+            for words in ([s.detail, self.hint], [s.detail, command], [command]):
+                words = [w for w in words if w]
+                if len("  ".join(words)) <= width - 1:
+                    break
+            tail = words + tail
         elif s.detail and s.state in (FAILED, CRASHED, STOPPED, FINISHED, STARTING):
             tail.append(s.detail)
         tail_text = "  ".join(tail)
