@@ -620,8 +620,9 @@ class ScriptRun:
     def validate(self, loader: Any = None) -> dict[str, float]:
         return self.eval_pass()
 
-    def save_checkpoint(self, tag: str, reason: str = "") -> Path | None:
-        """The state_dicts of the found models, optimizers, LR schedulers and GradScalers."""
+    def save_checkpoint(self, tag: str, reason: str = "", must: bool = False) -> Path | None:
+        """The state_dicts of the found models, optimizers, LR schedulers and GradScalers.
+        (`must`, as the recipe loop takes it: a failure here always raises.)"""
         if self.checkpoint_dir is None or not self.models:
             return None
         import os
