@@ -34,7 +34,7 @@ class _Worker:
     duration. While a call is stuck, later ones are skipped rather than queued behind it."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.busy = False
 
@@ -65,9 +65,16 @@ class _Worker:
             raise box["error"]
         return True, box.get("value")
 
+    def close(self) -> None:
+        """Let the thread end once it is free (a call stuck in the driver keeps it, harmlessly:
+        it is a daemon). A later run() starts a new one."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread = None
+
     def _loop(self) -> None:
-        while True:
-            self._jobs.get()()
+        while (job := self._jobs.get()) is not None:
+            job()
 
 
 class Sampler:
@@ -131,6 +138,7 @@ class Sampler:
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=self._interval + 5.0)
+        self._worker.close()
 
     def _run(self) -> None:
         # The first sample comes one interval after start, so cpu_percent has a real window.

@@ -89,7 +89,11 @@ def test_thread_samples_until_stopped_and_stop_is_idempotent():
     s.start()  # already running: no second thread
     rec.wait_for(3)
     assert sum(t.name == "dltui-sampler" for t in threading.enumerate()) == 1
+    worker = s._worker._thread
+    assert worker is not None and worker.is_alive()  # the NVML calls' thread
     s.stop()
+    worker.join(timeout=5)
+    assert not worker.is_alive()  # no thread left behind
     assert not any(t.name == "dltui-sampler" for t in threading.enumerate())
     count = len(rec.samples)
     s.stop()
