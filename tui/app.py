@@ -21,7 +21,7 @@ from dltui.run.client import ControlClient, ControlError, EngineGone
 from dltui.run.reader import pid_alive
 from dltui.run.status import RunStatus
 
-from .keys import help_sections, palette_commands
+from .keys import app_key, help_sections, palette_commands
 from .messages import CommandReplied, RunUpdated, acknowledgement
 from .panes.overview import OverviewPane
 from .poller import EVAL, PAUSED, STARTING, RunPoller, RunSnapshot
@@ -71,99 +71,39 @@ class DltuiApp(App[int]):
     # them (a Tree takes space to fold a node). check_action() lets them through to a text box
     # while one has focus, and hides them under dialogs and, for steering, on read-only runs.
     BINDINGS = [
-        Binding(
-            "space",
-            "pause_resume('pause')",
-            "Pause",
-            tooltip="Pause the run at the next step boundary",
-            priority=True,
-            id="run.pause",
-        ),
-        Binding(
-            "space",
-            "pause_resume('resume')",
-            "Resume",
-            tooltip="Resume the paused run",
-            priority=True,
-            id="run.resume",
-        ),
-        Binding(
-            "n",
-            "step",
-            "Step",
-            tooltip="One optimizer step while paused",
-            priority=True,
-            id="run.step",
-        ),
-        Binding(
-            "l",
-            "set_lr",
-            "LR",
-            tooltip="Set the learning rate (0.01, *0.5, /2)",
-            priority=True,
-            id="run.lr",
-        ),
-        Binding(
+        app_key("space", "pause_resume('pause')", "Pause", "Pause the run", "run.pause"),
+        app_key("space", "pause_resume('resume')", "Resume", "Resume the paused run", "run.resume"),
+        app_key("n", "step", "Step", "One optimizer step while paused", "run.step"),
+        app_key("l", "set_lr", "LR", "Set the learning rate (0.01, *0.5, /2)", "run.lr"),
+        app_key(
             "plus,equals_sign",
             "scale_lr('*2')",
             "LR*2",
+            "Double the LR (every optimizer)",
+            "run.lr_double",
             key_display="+",
-            tooltip="Double the LR (every optimizer)",
-            priority=True,
-            id="run.lr_double",
         ),
-        Binding(
+        app_key(
             "minus",
             "scale_lr('/2')",
             "LR/2",
+            "Halve the LR (every optimizer)",
+            "run.lr_halve",
             key_display="-",
-            tooltip="Halve the LR (every optimizer)",
-            priority=True,
-            id="run.lr_halve",
         ),
-        Binding(
-            "e",
-            "toggle_mode",
-            "Eval",
-            tooltip="Switch between train and eval",
-            priority=True,
-            id="run.mode",
-        ),
-        Binding(
-            "c",
-            "checkpoint",
-            "Ckpt",
-            tooltip="Save a checkpoint now",
-            priority=True,
-            id="run.checkpoint",
-        ),
-        Binding(
-            "q",
-            "request_quit",
-            "Quit",
-            tooltip="Stop the run, detach, or cancel",
-            priority=True,
-            id="app.quit",
-        ),
-        Binding(
+        app_key("e", "toggle_mode", "Eval", "Switch between train and eval", "run.mode"),
+        app_key("c", "checkpoint", "Ckpt", "Save a checkpoint now", "run.checkpoint"),
+        app_key("q", "request_quit", "Quit", "Stop the run, detach, or cancel", "app.quit"),
+        app_key(
             "question_mark",
             "help",
             "Help",
+            "Every key, the mouse, and what the states mean",
+            "app.help",
             key_display="?",
-            tooltip="Every key, the mouse, and what the states mean",
-            priority=True,
-            id="app.help",
         ),
         *(
-            Binding(
-                str(i),
-                f"show_tab('{tab}')",
-                label,
-                tooltip=f"Show the {label} tab",
-                show=False,
-                priority=True,
-                id=f"tab.{tab}",
-            )
+            app_key(str(i), f"show_tab('{tab}')", label, f"Show the {label} tab", f"tab.{tab}")
             for i, (tab, label, _, _) in enumerate(TABS, 1)
         ),
     ]

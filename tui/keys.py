@@ -37,6 +37,14 @@ MOUSE = [
 PAUSE_RESUME = "pause_resume"
 
 
+def app_key(key: str, action: str, description: str, tooltip: str, id: str, **kw: Any) -> Binding:
+    """One of the app's own keys: a priority binding, so it acts from every tab before a focused
+    tree or table sees it (DltuiApp.check_action steps it aside for a text box or a dialog).
+    Tab keys stay out of the footer; the rest are chosen by RunFooter."""
+    show = not id.startswith("tab.")
+    return Binding(key, action, description, show, tooltip=tooltip, priority=True, id=id, **kw)
+
+
 def key_name(b: Binding) -> str:
     return b.key_display or b.key.split(",")[0]
 
