@@ -273,6 +273,33 @@ def test_user_commands_outlive_epochs_of_checkpoints(tmp_path: Path) -> None:
     run(go())
 
 
+def test_a_command_outlives_hundreds_of_checkpoints(tmp_path: Path) -> None:
+    """The events kept in memory are bounded; routine checkpoints must not use that budget up."""
+    d = write_store(tmp_path / "run", steps=300)
+    st = RunStore(d / "run.sqlite")
+    st.start()
+    st.event(wire.EV_COMMAND, "lr 0.01 -> 0.005 (all groups) at step 2", step=2, wall=T0 + 2)
+    for step in range(3, 300):
+        st.event(
+            wire.EV_CHECKPOINT,
+            f"checkpoint 'last' at step {step} (epoch end)",
+            step=step,
+            wall=T0 + step,
+            data={"tag": "last", "epoch": step},
+        )
+    st.close()
+
+    async def go() -> None:
+        app = make_app(d)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: plotted(app), "the plots")
+            await pilot.pause(0.3)
+            text = screen_text(app)
+            assert "lr 0.01 -> 0.005" in text and "(+296 earlier)" in text, text
+
+    run(go())
+
+
 def test_events_list_scrolls(tmp_path: Path) -> None:
     d = write_finished_run(tmp_path / "20240101-000000-tiny")
 

@@ -48,6 +48,7 @@ STEERING_KEYS = (
     wire.META_GPUS,
     wire.META_GPU_PROCESSES,
 )
+FIRST_EVENTS = 2000  # read when the dashboard opens: enough to find commands among checkpoints
 MAX_EVENTS = 100  # the events list shows the newest few; memory stays flat over a long run
 MAX_MARKERS = 1000  # command events drawn on the plots
 SYSTEM_HISTORY = 120  # samples per system metric kept for the sparklines (~2 minutes at 1 Hz)
@@ -183,8 +184,22 @@ class RunPoller:
     def _first_read(self, r: RunReader) -> None:
         for ev in r.events(kind=wire.EV_COMMAND, limit=MAX_MARKERS):  # the first 1000 commands
             self._add_marker(ev)
-        self._events.extend(r.last_events(MAX_EVENTS))
+        for ev in r.last_events(FIRST_EVENTS):  # routine checkpoints fold: older commands stay
+            self._keep(ev)
         self._last_event = self._events[-1]["id"] if self._events else 0
+
+    def _keep(self, ev: dict) -> None:
+        """Add an event to the list; a routine checkpoint replaces the one before it with its tag
+        (carrying the count in 'repeats'), so epochs of checkpoints never push a user's
+        commands out of the MAX_EVENTS kept."""
+        if routine_checkpoint(ev):
+            tag = _tag(ev)
+            for i, old in enumerate(self._events):
+                if routine_checkpoint(old) and _tag(old) == tag:
+                    del self._events[i]
+                    ev = {**ev, "repeats": int(old.get("repeats", 1)) + 1}
+                    break
+        self._events.append(ev)
 
     def _add_marker(self, ev: dict) -> None:
         if ev["kind"] == wire.EV_COMMAND and ev["step"] is not None:
@@ -271,7 +286,7 @@ class RunPoller:
         while True:
             new = r.events(after_id=self._last_event, limit=500)
             for ev in new:
-                self._events.append(ev)
+                self._keep(ev)
                 self._add_marker(ev)
             if new:
                 self._last_event = new[-1]["id"]
@@ -340,6 +355,17 @@ class RunPoller:
         st, dt = r.last("step_time"), r.last("data_time")
         total = (st[1] or 0.0 if st else 0.0) + (dt[1] or 0.0 if dt else 0.0)
         return 1.0 / total if total > 0 else None
+
+
+def routine_checkpoint(ev: dict) -> bool:
+    """A checkpoint the loop takes by itself (epoch end, a new best, the end of the run), not one
+    the user asked for (its reason is 'requested')."""
+    return ev["kind"] == wire.EV_CHECKPOINT and not ev["message"].endswith("(requested)")
+
+
+def _tag(ev: dict) -> str:
+    data = ev.get("data")
+    return str(data.get("tag", "")) if isinstance(data, dict) else ""
 
 
 def _recorded_lrs(r: RunReader, groups: int, optimizer: str | None = None) -> list[float]:

@@ -13,7 +13,7 @@ from textual.widget import Widget
 
 from dltui.run import wire
 
-from ..poller import RunSnapshot
+from ..poller import RunSnapshot, routine_checkpoint
 from .format import fmt_duration, join_lines
 
 KIND_STYLES = {
@@ -34,13 +34,6 @@ FILTERS = (
 )
 
 
-def routine(ev: dict) -> bool:
-    """A checkpoint the loop takes by itself (epoch end, new best), not one the user asked for."""
-    if ev["kind"] != wire.EV_CHECKPOINT:
-        return False
-    return not ev["message"].endswith("(requested)")
-
-
 def visible(events: tuple[dict, ...], mode: str) -> list[tuple[dict, int]]:
     """(event, how many it stands for) newest first, filtered; routine checkpoints collapse
     into their newest one per tag."""
@@ -49,16 +42,17 @@ def visible(events: tuple[dict, ...], mode: str) -> list[tuple[dict, int]]:
     for ev in reversed(events):
         if mode == "problems" and ev["level"] not in ("warning", "error"):
             continue
-        if mode == "steering" and (routine(ev) or ev["kind"] == wire.EV_INFO):
+        if mode == "steering" and (routine_checkpoint(ev) or ev["kind"] == wire.EV_INFO):
             continue
-        if routine(ev):
+        count = int(ev.get("repeats", 1))  # the poller folds them as they arrive
+        if routine_checkpoint(ev):
             tag = str((ev.get("data") or {}).get("tag", ""))
             if tag in seen:
                 i = seen[tag]
-                out[i] = (out[i][0], out[i][1] + 1)
+                out[i] = (out[i][0], out[i][1] + count)
                 continue
             seen[tag] = len(out)
-        out.append((ev, 1))
+        out.append((ev, count))
     return out
 
 
