@@ -151,7 +151,10 @@ def rng_state(loader: Any = None) -> dict[str, Any]:
     try:
         import numpy as np
 
-        out["numpy"] = np.random.get_state()
+        # As plain data (name, tensor, ints, float): numpy arrays would make the checkpoint
+        # unloadable by torch.load's default weights_only=True.
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        out["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)
     except ImportError:
         pass
     out["loader"] = [g.get_state() for g in _loader_generators(loader)]
@@ -169,7 +172,10 @@ def set_rng_state(state: dict[str, Any], loader: Any = None) -> None:
         try:
             import numpy as np
 
-            np.random.set_state(state["numpy"])
+            name, keys, pos, has_gauss, cached = state["numpy"]
+            if isinstance(keys, torch.Tensor):
+                keys = keys.numpy().astype(np.uint32)
+            np.random.set_state((name, keys, int(pos), int(has_gauss), float(cached)))
         except ImportError:
             pass
     gens = _loader_generators(loader)
