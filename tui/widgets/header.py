@@ -84,10 +84,11 @@ class RunHeader(Widget):
                 at = position(p)
                 parts.append((at.epoch_text, "", 3))
                 parts.append((at.batch_text, "", 5))
-            parts.append((f"step {s.step}/{total or '?'}", "dim", 4))
+            # a script's only counter is the step: it outranks the LR there
+            parts.append((f"step {s.step}/{total or '?'}", "dim", 2 if s.is_script else 4))
             lrs = lr_words(s)
             if lrs:
-                parts.append((lrs, "", 2))
+                parts.append((lrs, "", 3 if s.is_script else 2))
         device = s.meta.get("device")
         if device and device != "?":
             parts.append((str(device), "dim", 6))
