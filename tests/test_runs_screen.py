@@ -46,13 +46,13 @@ def runs(tmp_path) -> Path:
 
 
 class Host(App):
-    def __init__(self, runs_dir: Path) -> None:
+    def __init__(self, runs_dir: Path, compare: bool = False) -> None:
         super().__init__()
-        self.runs_dir = runs_dir
+        self.runs_dir, self.compare = runs_dir, compare
         self.result: list[Path] | None | str = "pending"
 
     def on_mount(self) -> None:
-        self.push_screen(RunsScreen(self.runs_dir), self._done)
+        self.push_screen(RunsScreen(self.runs_dir, compare=self.compare), self._done)
 
     def _done(self, result: list[Path] | None) -> None:
         self.result = result
@@ -100,7 +100,12 @@ def test_lists_sorts_filters_and_opens(runs):
 
 def test_marks_two_runs_to_compare(runs):
     async def go():
-        app = Host(runs)
+        plain = Host(runs)  # opening one run: space and c do nothing
+        async with plain.run_test(size=(100, 24)) as pilot:
+            await settle(pilot, lambda: len(table_ids(plain)) == 3)
+            await pilot.press("space", "c")
+            assert plain.result == "pending" and plain.screen.marked == set()
+        app = Host(runs, compare=True)
         async with app.run_test(size=(100, 24)) as pilot:
             await settle(pilot, lambda: len(table_ids(app)) == 3)
             await pilot.press("c")  # nothing marked: says how, stays
@@ -183,3 +188,31 @@ def test_catalog_reuses_unchanged_runs_and_lists_bad_ones(runs):
     (runs / CACHE_NAME).rmdir()
     Catalog(runs).refresh()
     assert json.loads((runs / CACHE_NAME).read_text())["version"] == 1
+
+
+def test_the_dashboard_switches_runs_with_R(runs):
+    """R in a run's dashboard lists the runs; picking another leaves with it (run_app opens it)."""
+    from dltui.tui.app import make_app
+
+    async def go():
+        app = make_app(runs / "20260101-000000-alpha")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(0.5)
+            await pilot.press("R")
+            await settle(pilot, lambda: isinstance(app.screen, RunsScreen))
+            await settle(pilot, lambda: len(table_ids(app)) == 3)
+            marked = [str(app.screen.query_one(DataTable).get_row_at(i)[0]) for i in range(3)]
+            assert marked == ["", "", "▶"], "the run being watched is marked"
+            await pilot.press("down", "enter")  # beta
+        return app.return_value
+
+    assert asyncio.run(go()) == runs / "20260101-000100-beta"
+
+
+def test_dltui_alone_needs_a_terminal_and_attach_lists_when_ambiguous(runs, tmp_path):
+    from conftest import run_cli
+
+    res = run_cli("--runs-dir", runs, cwd=tmp_path)
+    assert res.returncode == 2 and "needs a terminal" in res.stderr and "dltui runs" in res.stderr
+    res = run_cli("attach", "--runs-dir", runs, cwd=tmp_path)  # three finished runs: which?
+    assert res.returncode == 2 and "Runs screen needs a terminal" in res.stderr

@@ -18,7 +18,7 @@ from textual.widgets import Input, TabbedContent, TabPane, TextArea
 from textual.worker import get_current_worker
 
 from dltui.run.client import ControlClient, ControlError, EngineGone
-from dltui.run.reader import pid_alive
+from dltui.run.reader import RunReader, pid_alive
 from dltui.run.status import RunStatus
 
 from .keys import app_key, help_sections, palette_commands
@@ -94,6 +94,7 @@ class DltuiApp(App[int]):
         app_key("e", "toggle_mode", "Eval", "Switch between train and eval", "run.mode"),
         app_key("c", "checkpoint", "Ckpt", "Save a checkpoint now", "run.checkpoint"),
         app_key("q", "request_quit", "Quit", "Stop the run, detach, or cancel", "app.quit"),
+        app_key("R", "switch_run", "Runs", "All runs in the runs dir: open another", "app.runs"),
         app_key(
             "question_mark",
             "help",
@@ -454,6 +455,18 @@ class DltuiApp(App[int]):
         if not isinstance(self.screen, QuitDialog):
             self.action_request_quit()
 
+    def action_switch_run(self) -> None:
+        """The Runs screen. Picking another run leaves this dashboard for that run's; a run this
+        dashboard started keeps training, as after detach (run_app opens the next one)."""
+        from .screens.runs import RunsScreen
+
+        def picked(paths: list[Path] | None) -> None:
+            if paths and Path(paths[0]).resolve() != self.run_dir.resolve():
+                self.quit_choice = "detach" if self.snapshot and self.snapshot.live else None
+                self.exit(result=Path(paths[0]))
+
+        self.push_screen(RunsScreen(self.run_dir.parent, self.run_dir), picked)
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen(help_sections(self, TABS, about_run(self.snapshot))))
 
@@ -476,7 +489,13 @@ def make_app(
 def run_app(
     run_dir: Path, *, engine_pid: int | None = None, ascii: bool = False, owns_engine: bool = False
 ) -> int:
-    """Run the dashboard until the user quits; returns the process exit code."""
-    app = make_app(run_dir, engine_pid=engine_pid, ascii=ascii, owns_engine=owns_engine)
-    app.run()
-    return app.return_code or 0
+    """Run the dashboard until the user quits; returns the process exit code. Switching runs
+    (R) opens the next run's dashboard here, in the same terminal."""
+    while True:
+        app = make_app(run_dir, engine_pid=engine_pid, ascii=ascii, owns_engine=owns_engine)
+        app.run()
+        if not isinstance(app.return_value, Path):
+            return app.return_code or 0
+        run_dir, owns_engine = app.return_value, False
+        with RunReader(run_dir) as r:
+            engine_pid = r.meta().get("pid")

@@ -529,10 +529,12 @@ def cmd_attach(args: argparse.Namespace) -> int:
         if args.run:
             run_dir = resolve_run(runs_dir, args.run)
         else:
-            try:
-                run_dir = resolve_run(runs_dir, None, live_only=True)
-            except RunNotFound:
-                run_dir = resolve_run(runs_dir, None)
+            # The one live run, or the only run; when several could be meant, the Runs screen.
+            runs = list_runs(runs_dir)
+            live = [r for r in runs if r.status in LIVE]
+            if len(live) > 1 or (not live and len(runs) > 1):
+                return cmd_browse(args)
+            run_dir = resolve_run(runs_dir, None, live_only=bool(live))
         meta_pid = RunReader(run_dir).meta().get("pid")
     except RunNotFound as e:
         return die(str(e))
@@ -541,12 +543,23 @@ def cmd_attach(args: argparse.Namespace) -> int:
     return run_app(run_dir, engine_pid=meta_pid, ascii=args.ascii, owns_engine=False)
 
 
+def cmd_browse(args: argparse.Namespace) -> int:
+    """`dltui` alone: every run in the runs dir, Enter opens one."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return die("the Runs screen needs a terminal; see `dltui runs` and `dltui --help`.")
+    from dltui.tui.browser import browse
+
+    return browse(Path(args.runs_dir), ascii=getattr(args, "ascii", False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dltui", description="Run and steer PyTorch training in the terminal."
     )
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="where runs live (default ./runs)")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--ascii", action="store_true", help="no Braille or box characters")
+    p.set_defaults(func=cmd_browse)  # no command: the Runs screen
+    sub = p.add_subparsers(dest="command")
 
     t = sub.add_parser(
         "train",

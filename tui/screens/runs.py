@@ -2,8 +2,8 @@
 
 Rows come from run/catalog.py (finished runs read once and cached, live ones re-read every
 second in a worker thread, so the table updates in place without blocking keys).
-Keys: Enter opens the run under the cursor; space marks runs and `c` compares the marked ones;
-`/` filters by text (id, status, script, hparams); `s` cycles the sort column, `S` reverses it.
+Keys: Enter opens the run under the cursor; where runs can be compared, space marks runs and
+`c` returns the marked ones; `/` filters by text (id, status, script, hparams); `s` cycles the sort column, `S` reverses it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from dltui.run.status import RunStatus
 from ..widgets.format import fmt_count, fmt_duration, fmt_num
 
 REFRESH_S = 1.0
-COLUMNS = ("", "run", "status", "progress", "best", "started", "duration", "script", "hparams")
+COLUMNS = ("", "run", "status", "progress", "best", "started", "duration", "hparams")
+# (no script column: a run id ends with its script's name; the filter still searches the path)
 WIDTHS = {  # every cell's text fits its column (hparams take the rest of the width)
     "": 1,
     "run": 28,
@@ -35,7 +36,6 @@ WIDTHS = {  # every cell's text fits its column (hparams take the rest of the wi
     "best": 12,
     "started": 11,
     "duration": 8,
-    "script": 14,
 }
 SORTS = {  # column name -> key (None sorts last)
     "started": lambda r: r.started or 0.0,
@@ -83,7 +83,7 @@ class RunsScreen(Screen[list[Path] | None]):
     """Dismisses with the runs to open: one (Enter), several (compare), or None (Esc)."""
 
     BINDINGS = [
-        Binding("enter", "open", "Open"),
+        Binding("enter", "open", "Open", priority=True),  # shown: the table's own enter is not
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare marked"),
         Binding("slash", "filter", "Filter"),
@@ -98,8 +98,10 @@ class RunsScreen(Screen[list[Path] | None]):
     RunsScreen DataTable { height: 1fr; }
     """
 
-    def __init__(self, runs_dir: Path, current: Path | None = None) -> None:
+    def __init__(self, runs_dir: Path, current: Path | None = None, compare: bool = False) -> None:
+        """`compare`: runs may be marked and returned together (for a comparison view)."""
         super().__init__()
+        self.compare = compare
         self.runs_dir = Path(runs_dir)
         self.catalog = Catalog(self.runs_dir)
         self.current = Path(current).resolve() if current else None
@@ -109,6 +111,7 @@ class RunsScreen(Screen[list[Path] | None]):
         self.sort_by, self.descending = "started", True
         self._order: list[str] = []  # the run ids drawn, in order, and their cells
         self._cells: dict[str, tuple] = {}
+        self._hp_width = 40
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -122,10 +125,8 @@ class RunsScreen(Screen[list[Path] | None]):
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
         # Fixed widths: a measured (auto) width costs a render of every cell of 1,000 runs.
-        used = sum(WIDTHS.values()) + 2 * len(COLUMNS)
-        widths = {**WIDTHS, "hparams": max(12, self.app.size.width - used - 2)}
         for name in COLUMNS:
-            table.add_column(name, key=name, width=widths[name])
+            table.add_column(name, key=name, width=WIDTHS.get(name, 12))
         self.reload()
         self.set_interval(REFRESH_S, self.reload)
         table.focus()
@@ -149,8 +150,7 @@ class RunsScreen(Screen[list[Path] | None]):
             best_text(r),
             started_text(r),
             fmt_duration(r.duration),
-            Path(r.script).name,
-            hparams_text(r),
+            hparams_text(r, self._hp_width),
         )
         return (Text(mark), Text(r.id), status_cell(r), *(Text(w) for w in words))
 
@@ -160,8 +160,11 @@ class RunsScreen(Screen[list[Path] | None]):
         self.rows = rows
         table = self.query_one(DataTable)
         shown = self.visible()
+        rebuild = [r.id for r in shown] != self._order
+        if rebuild:
+            self._fit_columns(max((len(r.id) for r in shown), default=10))
         drawn = {r.id: self.cells(r) for r in shown}
-        if list(drawn) == self._order:
+        if not rebuild:
             for run_id, cells in drawn.items():
                 old = self._cells.get(run_id)
                 for col, (new, was) in enumerate(zip(cells, old or (), strict=False)):
@@ -185,6 +188,17 @@ class RunsScreen(Screen[list[Path] | None]):
             f"sorted by {self.sort_by} {order}  marked {len(self.marked)}{filt}"
         )
 
+    def _fit_columns(self, id_width: int) -> None:
+        """Run ids whole (however long the script's name); hparams take what width is left."""
+        table = self.query_one(DataTable)
+        cols = {str(k.value): c for k, c in table.columns.items()}
+        cols["run"].width = id_width
+        fixed = sum(c.width for k, c in cols.items() if k != "hparams")
+        cols["hparams"].width = self._hp_width = max(
+            12, self.size.width - fixed - 2 * len(cols) - 2
+        )
+        table.refresh()
+
     def _is_current(self, r: RunRow) -> bool:
         return self.current is not None and Path(r.path).resolve() == self.current
 
@@ -201,6 +215,11 @@ class RunsScreen(Screen[list[Path] | None]):
         return next(Path(r.path) for r in self.rows if r.id == run_id)
 
     # -- actions ---------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("mark", "compare") and not self.compare:
+            return False  # nothing here would show several runs at once
+        return True
+
     def action_open(self) -> None:
         run_id = self.cursor_run()
         if run_id is not None:
