@@ -123,3 +123,21 @@ def test_eight_gpus_still_all_shown_when_small(size):
     lines = lines_of(snapshot(fake_nvml.make(8)), width=size[0], height=size[1])
     text = "\n".join(lines)
     assert all(f"{i}{'*' if i < 2 else ' '}" in text for i in range(8)), text
+
+
+def test_the_poller_reads_the_gpu_note_and_processes_as_data(tmp_path):
+    """Through a real store: the note comes from meta['gpus'], not from parsing event text."""
+    from dltui.engine.store import RunStore
+    from dltui.run import wire
+    from dltui.tui.poller import RunPoller
+
+    store = RunStore(tmp_path / "run.sqlite")
+    store.start()
+    store.set_meta(status=wire.FINISHED, progress={"step": 0})
+    store.event(wire.EV_INFO, "GPU metrics unavailable: something else entirely", level="warning")
+    store.set_meta(**{wire.META_GPUS: {"note": "NVIDIA driver not loaded", "devices": []}})
+    store.set_meta(**{wire.META_GPU_PROCESSES: {"rows": [{"gpu": 0, "pid": 7}], "notes": {}}})
+    store.close(wire.FINISHED)
+    snap = RunPoller(tmp_path).poll()
+    assert snap.gpu_note == "NVIDIA driver not loaded"
+    assert snap.meta[wire.META_GPU_PROCESSES]["rows"] == [{"gpu": 0, "pid": 7}]
