@@ -553,3 +553,29 @@ def test_crashed_run_suggests_resume(finished: Path, tmp_path: Path) -> None:
             )
 
     asyncio.run(go())
+
+
+def test_run_keys_leave_the_runs_browser_its_own_keys(live: Path) -> None:
+    """R opens the Runs browser over the dashboard; its space (mark) and c (compare) must not
+    pause the run or take a checkpoint."""
+
+    async def go() -> None:
+        app = make_app(live)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: state(app) is RunStatus.RUNNING, "a running run")
+            before = last_id(live)
+            await pilot.press("R")
+            await until(pilot, lambda: type(app.screen).__name__ == "RunsScreen", "the browser")
+            await pilot.press("space", "c")
+            await pilot.pause(1.5)
+            assert not events(live, "paused at step", before)
+            assert not events(live, "checkpoint", before)
+            assert type(app.screen).__name__ == "RunsScreen"
+            await pilot.press("escape")
+            await until(pilot, lambda: app.screen is app.header.screen, "back to the dashboard")
+            await pilot.press("space")  # and the run keys work again
+            await until(pilot, lambda: events(live, "paused at step", before), "space pauses")
+            await pilot.press("space")
+            await until(pilot, lambda: events(live, "resumed at step", before), "space resumes")
+
+    asyncio.run(go())

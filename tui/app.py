@@ -50,7 +50,7 @@ STEERING = {
     "checkpoint": "checkpoint",
 }
 # The app's own keys: they act from any tab, but never under a dialog or while typing.
-GLOBAL_ACTIONS = {*STEERING, "request_quit", "help", "show_tab"}
+GLOBAL_ACTIONS = {*STEERING, "request_quit", "help", "show_tab", "switch_run"}
 
 
 class AsciiScrollBarRender(ScrollBarRender):
@@ -241,6 +241,8 @@ class DltuiApp(App[int]):
             # Keys under a dialog do nothing ('c' in the quit dialog must not take a checkpoint),
             # and a focused text box gets the letters typed into it.
             return False
+        if action in GLOBAL_ACTIONS and action != "request_quit" and not self.on_dashboard():
+            return False  # another screen (the Runs browser) has its own space, c, s...
         if action in STEERING:
             snap = self.snapshot
             if snap is not None and not snap.live:
@@ -251,6 +253,10 @@ class DltuiApp(App[int]):
             if self.unsupported(action):
                 return None  # shown dimmed; on_key says why when it is pressed anyway
         return True
+
+    def on_dashboard(self) -> bool:
+        """The dashboard's own screen is the active one (not the Runs browser over it)."""
+        return not self.header.is_attached or self.screen is self.header.screen
 
     def typing(self) -> bool:
         """A text box has focus: printable keys are its text, not commands."""
@@ -265,7 +271,7 @@ class DltuiApp(App[int]):
     def on_key(self, event: events.Key) -> None:
         """A steering key the run can't take (read-only run, or a control it lacks) was pressed:
         say why it does nothing, and keep it from the focused widget (a tree would fold)."""
-        if isinstance(self.screen, ModalScreen) or self.typing():
+        if isinstance(self.screen, ModalScreen) or self.typing() or not self.on_dashboard():
             return
         for b in self.BINDINGS:
             if isinstance(b, Binding) and event.key in b.key.split(","):
