@@ -588,9 +588,9 @@ def test_cli_ctl_pause_step_lr_tensor_and_status(main, runs_dir):
 
     out = cli("--runs-dir", d, "ctl", "main", "resume")
     assert out.returncode == 0, out.stderr
-    assert "ok: resume" in out.stdout and ("RUNNING" in out.stdout or "LIVE" in out.stdout)
+    assert "ok: resume" in out.stdout and "RUNNING" in out.stdout
     main.wait_step(s + 5)
-    wait_for(lambda: runs_status(runs_dir, "main") == "live", 10, "`dltui runs` to say live")
+    wait_for(lambda: runs_status(runs_dir, "main") == "running", 10, "`dltui runs` to say running")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -727,7 +727,7 @@ def test_stale_socket_after_kill_then_resume_cleans_it(stale):
             "the resumed engine's pid in the store",
         )
         out = cli("--runs-dir", str(runs), "status", "stale", "--json")
-        assert json.loads(out.stdout)["status"] == "live"
+        assert json.loads(out.stdout)["status"] == "running"
         msgs = [e["message"] for e in events_after(run_dir, 0)]
         assert "removed a stale control socket left by a dead engine" in msgs
         assert f"resumed from checkpoint at step {c0}" in msgs

@@ -76,11 +76,11 @@ def test_a_full_disk_pauses_the_store_and_checkpoints_and_says_so(tmp_path, writ
 
         res = run_cli("--runs-dir", runs, "status", "full", cwd=tmp_path, timeout=60)
         assert "cannot write the run store" in res.stdout, res.stdout
-        assert "CRASHED" not in res.stdout and "LIVE" in res.stdout, res.stdout
+        assert "CRASHED" not in res.stdout and "RUNNING" in res.stdout, res.stdout
         js = json.loads(
             run_cli("--runs-dir", runs, "status", "full", "--json", cwd=tmp_path).stdout
         )
-        assert js["status"] == "live" and js["store_trouble"]
+        assert js["status"] == "running" and js["store_trouble"]
 
         # The disk is freed: the held records land, with an alert saying what happened.
         resource.prlimit(

@@ -33,6 +33,7 @@ from dltui.run.runs import (
     run_info,
 )
 from dltui.run.scriptfile import detect_kind
+from dltui.run.status import RunStatus
 
 from . import inspect_cli
 
@@ -237,7 +238,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if k in live
             },
         }
-        status = "eval" if live["mode"] == "eval" else ("paused" if live["paused"] else "live")
+        status = RunStatus.of(wire.RUNNING, live).value
     out = {
         **info.as_json(),
         "status": status,
@@ -359,8 +360,8 @@ def _output(target: str):
 
 
 def shown_status(status: str) -> str:
-    """The CLI's word for a stored status: a running engine is 'live'."""
-    return "live" if status == "running" else status
+    """The CLI's word for a run's state: RunStatus's (the dashboard's), not a word of its own."""
+    return status if status.startswith("unreadable") else RunStatus.of(status).value
 
 
 def split_ctl_words(words: list[str]) -> tuple[str | None, str, list[str]]:
