@@ -9,6 +9,7 @@ and the panels repaint together in one frame, at most twice a second, and only w
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +237,10 @@ class OverviewPane(Widget, can_focus=True):
         self._fetched_key: tuple | None = None
         self._fetching = False
         self._reader: RunReader | None = None
+        # The reader's connection is used by the series thread and closed on unmount: never both
+        # at once (closing a SQLite connection mid-query crashes the process).
+        self._reader_lock = threading.Lock()
+        self._closed = False
         # Kept, not queried: the clock may tick while the app is tearing the tree down.
         self.plots = tuple(
             Plot(ascii=ascii, id=f"plot-{n}", classes="panel") for n in ("loss", "metric", "lr")
@@ -262,8 +267,11 @@ class OverviewPane(Widget, can_focus=True):
         self.frame(getattr(self.app, "snapshot", None))  # back from another tab: catch up now
 
     def on_unmount(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
+        with self._reader_lock:
+            self._closed = True
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     # -- incoming ------------------------------------------------------------------------------
     def frame(self, snap: RunSnapshot | None) -> None:
@@ -313,12 +321,15 @@ class OverviewPane(Widget, can_focus=True):
     def _fetch(self, key: tuple) -> None:
         """Read every plot's series at its width, on a thread (SQLite never blocks the UI)."""
         out: dict[str, Any] = {}
-        try:
-            if self._reader is None:
-                self._reader = RunReader(self.run_dir)
-            out = read_plot_series(self._reader, *key[1:])
-        except Exception as e:  # not created yet, locked, half-written: the next tick retries
-            out = {"error": f"{type(e).__name__}: {e}"}
+        with self._reader_lock:
+            if self._closed:
+                return  # the pane is gone
+            try:
+                if self._reader is None:
+                    self._reader = RunReader(self.run_dir)
+                out = read_plot_series(self._reader, *key[1:])
+            except Exception as e:  # not created yet, locked, half-written: the next tick retries
+                out = {"error": f"{type(e).__name__}: {e}"}
         if not get_current_worker().is_cancelled:
             self.post_message(SeriesFetched(out, key))
 
