@@ -99,6 +99,7 @@ class LayersPane(PollingPane):
         self._spike_at: dict[str, int] = {}  # layer -> step of its newest gradient-spike alert
         self._alert_id = 0  # the engine's alert events read so far
         self._columns: tuple[str, ...] = tuple(k for k, _ in COLUMNS)
+        self._layout: tuple[tuple[str, int], ...] = ()
         self.sort_col: str | None = None  # None: model order
         self.sort_rev = False
         self.selected: str | None = None
@@ -263,7 +264,7 @@ class LayersPane(PollingPane):
         self._name_width = None
         width = table.size.width - 2  # the vertical scrollbar
         if width <= 0:
-            return tuple(k for k, _ in COLUMNS)
+            return tuple((k, len(label) + 2) for k, label in COLUMNS)
         natural: dict[str, int] = {}
         for key, label in COLUMNS:
             w = len(label) + 2  # room for the sort arrow
@@ -279,7 +280,12 @@ class LayersPane(PollingPane):
         over = sum(natural[k] for k in keep) - width
         if over > 0:
             self._name_width = max(NAME_MIN, natural["name"] - CELL_PAD - over)
-        return tuple(keep)
+        # Explicit widths: DataTable's own auto widths could stay at a header's width when rows
+        # arrived while the tab was hidden, cutting names and numbers.
+        widths = {k: natural[k] - CELL_PAD for k in keep}
+        if self._name_width is not None:
+            widths["name"] = min(widths["name"], self._name_width)
+        return tuple((k, widths[k]) for k in keep)
 
     def _sort_key(self, name: str) -> tuple:
         row = self.rows[name]
@@ -308,17 +314,18 @@ class LayersPane(PollingPane):
     def _rebuild(self, table: DataTable) -> None:
         """Columns (with the sort arrow) and rows from scratch; keeps the cursor on its row."""
         table.clear(columns=True)
-        self._columns = self._fit(table)
+        self._layout = self._fit(table)
+        self._columns = tuple(k for k, _ in self._layout)
         labels = dict(COLUMNS)
-        for key in self._columns:
-            table.add_column(self._header(key, labels[key]), key=key)
+        for key, w in self._layout:
+            table.add_column(self._header(key, labels[key]), key=key, width=w)
         for name in self._ordered():
             cells = self._cells(self.rows[name])
             table.add_row(*(cells[k] for k in self._columns), key=name)
         self._restore_cursor(table)
 
     def _update_cells(self, table: DataTable) -> None:
-        if self._fit(table) != self._columns:  # new values need other widths: columns change
+        if self._fit(table) != self._layout:  # new values need other widths: columns change
             self._rebuild(table)
             return
         for name, row in self.rows.items():
