@@ -9,7 +9,6 @@ the quit dialog; the other killed with SIGKILL under the open app.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import spawn_engine
 from screen import notes, screen_text
 from test_app_snapshots import write_finished_run
 from textual.pilot import Pilot
@@ -60,7 +60,6 @@ optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 epochs = 10
 '''
 SIZE = (120, 40)
-CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 class Engine:
@@ -68,21 +67,7 @@ class Engine:
 
     def __init__(self, recipe: Path, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.log = open(run_dir.parent / f"{run_dir.name}.log", "w")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dltui.engine",
-                "--run-dir",
-                str(run_dir),
-                "--detached",
-                str(recipe),
-            ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=CHILD_ENV,
-        )
+        self.proc = spawn_engine(recipe, run_dir, run_dir.parent / f"{run_dir.name}.log")
 
     def wait_ready(self, timeout: float = 90.0) -> Engine:
         """Until the socket is up and a few steps are in the store."""
@@ -102,7 +87,6 @@ class Engine:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        self.log.close()
 
     def meta(self) -> dict:
         with RunReader(self.run_dir) as r:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import CHILD_ENV, linear_recipe, run_cli
+from conftest import linear_recipe, run_cli, spawn_engine
 
 from dltui.run import wire
 from dltui.run.client import ControlClient
@@ -43,25 +43,14 @@ def test_a_full_disk_pauses_the_store_and_checkpoints_and_says_so(tmp_path, writ
     runs = tmp_path / "runs"
     run_dir = runs / "full"
     runs.mkdir()
-    log = open(tmp_path / "engine.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dltui.engine",
-            "--run-dir",
-            str(run_dir),
-            "--detached",
-            str(recipe),
-        ],
+    proc = spawn_engine(
+        recipe,
+        run_dir,
+        tmp_path / "engine.log",
         stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
         start_new_session=True,
-        env=CHILD_ENV,
         preexec_fn=_limit_file_size,
     )
-    log.close()
     client = ControlClient(run_dir, timeout=30)
     try:
         wait_for(lambda: (run_dir / wire.CONTROL_SOCKET).exists(), 90, "the engine")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CHILD_ENV, linear_recipe
+from conftest import linear_recipe, spawn_engine
 
 from dltui.run import wire
 from dltui.run.client import ControlClient
@@ -90,25 +90,14 @@ def engine(tmp_path, write_recipe):
     recipe = write_recipe(linear_recipe(n=200, batch=20, epochs=3, val=50))
     run_dir = tmp_path / "runs" / "hard"
     run_dir.parent.mkdir(parents=True)
-    log = open(tmp_path / "engine.log", "wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dltui.engine",
-            "--run-dir",
-            str(run_dir),
-            "--detached",
-            str(recipe),
-        ],
+    proc = spawn_engine(
+        recipe,
+        run_dir,
+        tmp_path / "engine.log",
         stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
         start_new_session=True,
-        env=CHILD_ENV,
         preexec_fn=_limit_fds,
     )
-    log.close()
 
     def up() -> bool:
         if proc.poll() is not None:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import CHILD_ENV, cli_argv, run_cli
+from conftest import CHILD_ENV, cli_argv, run_cli, spawn_engine
 from screen import notes, screen_text
 from test_app_snapshots import write_finished_run
 from textual.pilot import Pilot
@@ -76,21 +76,7 @@ def live(tmp_path_factory: pytest.TempPathFactory):
     recipe.write_text(RECIPE)
     run_dir = root / "runs" / "keys"
     run_dir.parent.mkdir()
-    log = open(root / "engine.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dltui.engine",
-            "--run-dir",
-            str(run_dir),
-            "--detached",
-            str(recipe),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=CHILD_ENV,
-    )
+    proc = spawn_engine(recipe, run_dir, root / "engine.log")
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -107,7 +93,6 @@ def live(tmp_path_factory: pytest.TempPathFactory):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
