@@ -17,6 +17,7 @@ from typing import Any
 from . import wire
 
 DB_NAME = "run.sqlite"
+_NO_END = 2**63 - 1  # "up to any step" in a step <= ? bound
 
 
 class RunNotFound(FileNotFoundError):
@@ -263,28 +264,56 @@ class RunReader:
 
     def layer_stats_latest(self) -> tuple[int | None, dict[str, dict[str, float]]]:
         """(step, {param name: {column: value}}) for the newest stats step."""
-        row = self.db.execute("SELECT max(step) FROM layer_stats").fetchone()
-        if row is None or row[0] is None:
-            return None, {}
+        step = self.layer_stat_bounds()[1]
+        return step, ({} if step is None else self.layer_stats_at(step))
+
+    def layer_stats_at(self, step: int) -> dict[str, dict[str, float]]:
+        """{param name: {column: value}} recorded at exactly this stats step ({} if none)."""
         cols = ", ".join("l." + c for c in wire.LAYER_STAT_COLUMNS)
         out = {}
         for r in self.db.execute(
             f"SELECT p.name, {cols} FROM layer_stats l JOIN params p ON p.id = l.param"
             " WHERE l.step = ?",
-            (row[0],),
+            (step,),
         ):
             out[r[0]] = dict(zip(wire.LAYER_STAT_COLUMNS, r[1:], strict=True))
-        return row[0], out
+        return out
+
+    # Scrubbing through the recorded stats steps: every query below is one descent of the
+    # layer_stats_by_step index (ORDER BY ... LIMIT 1), whatever the run's length; the steps
+    # are never listed or counted.
+    def layer_stat_bounds(self) -> tuple[int | None, int | None]:
+        """(first, last) recorded layer-stats step; (None, None) before the first."""
+        first = self.db.execute("SELECT step FROM layer_stats ORDER BY step LIMIT 1").fetchone()
+        last = self.db.execute("SELECT step FROM layer_stats ORDER BY step DESC LIMIT 1").fetchone()
+        return (first[0] if first else None), (last[0] if last else None)
+
+    def layer_stat_step_moved(self, step: int, records: int) -> int:
+        """The recorded stats step `records` recordings after `step` (before, when negative),
+        stopping at the first or last one; `step` need not be a recorded step itself."""
+        at = step
+        for _ in range(abs(records)):
+            row = self.db.execute(
+                "SELECT step FROM layer_stats WHERE step > ? ORDER BY step LIMIT 1"
+                if records > 0
+                else "SELECT step FROM layer_stats WHERE step < ? ORDER BY step DESC LIMIT 1",
+                (at,),
+            ).fetchone()
+            if row is None:
+                break
+            at = row[0]
+        return at
 
     def layer_stat_history(
-        self, param: str, column: str, limit: int = 200
+        self, param: str, column: str, limit: int = 200, until: int | None = None
     ) -> list[tuple[int, float]]:
+        """The newest `limit` (step, value) of one parameter's statistic, up to step `until`."""
         if column not in wire.LAYER_STAT_COLUMNS:
             raise ValueError(f"unknown layer statistic {column!r}")
         rows = self.db.execute(
             f"SELECT l.step, l.{column} FROM layer_stats l JOIN params p ON p.id = l.param"
-            " WHERE p.name = ? ORDER BY l.step DESC LIMIT ?",
-            (param, limit),
+            " WHERE p.name = ? AND l.step <= ? ORDER BY l.step DESC LIMIT ?",
+            (param, _NO_END if until is None else until, limit),
         ).fetchall()
         return rows[::-1]
 
@@ -297,10 +326,17 @@ class RunReader:
             yield step, name, kind, lo, hi, json.loads(counts)
 
     def histogram_latest(self, param: str, kind: str = "weight") -> dict | None:
+        return self.histogram_at(param, kind)
+
+    def histogram_at(
+        self, param: str, kind: str = "weight", step: int | None = None
+    ) -> dict | None:
+        """The newest histogram of `param` recorded at or before `step` (histograms are kept at a
+        lower rate than the stats, so it may be older than `step`); None if there is none."""
         row = self.db.execute(
             "SELECT h.step, h.lo, h.hi, h.counts FROM histograms h JOIN params p ON p.id = h.param"
-            " WHERE p.name = ? AND h.kind = ? ORDER BY h.step DESC LIMIT 1",
-            (param, kind),
+            " WHERE p.name = ? AND h.kind = ? AND h.step <= ? ORDER BY h.step DESC LIMIT 1",
+            (param, kind, _NO_END if step is None else step),
         ).fetchone()
         if row is None:
             return None
