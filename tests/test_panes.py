@@ -26,7 +26,7 @@ from dltui.run.client import ControlClient
 from dltui.tui.panes.console import ConsolePane
 from dltui.tui.panes.layers import LayersPane
 from dltui.tui.panes.model import ModelPane
-from dltui.tui.panes.tensors import READ_ONLY, TensorsPane
+from dltui.tui.panes.tensors import TensorsPane
 from dltui.tui.poller import RunPoller
 from dltui.tui.widgets.pane_base import PollingPane
 from dltui.tui.widgets.pane_histogram import PaneHistogram
@@ -430,12 +430,16 @@ async def test_tensors_inspect_view_and_bad_expression(engine):
 
 
 @sync
-async def test_tensors_read_only_run_says_why(finished_run):
+async def test_tensors_of_a_run_without_checkpoints_says_how_to_get_one(finished_run):
+    """A finished run's tensors come from its checkpoints (tests/test_finished_inspect.py);
+    this one saved none, and the tab says so and how to get one."""
     app = PaneApp(lambda: TensorsPane(finished_run, None))
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.2)
         pane = app.query_one(TensorsPane)
-        assert str(pane.query_one("#tensors-readonly", Static).render()) == READ_ONLY
+        source = pane.query_one("#tensors-source", Static)
+        await until(pilot, lambda: pane.checkpoint_error, what="no-checkpoint message")
+        text = str(source.render())
+        assert "saved no checkpoint" in text and "--resume" in text, text
         assert not pane.query_one("#tensors-body").display
 
 

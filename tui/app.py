@@ -21,6 +21,7 @@ from dltui.run.client import ControlClient, ControlError, EngineGone
 from dltui.run.reader import RunReader, pid_alive
 from dltui.run.status import RunStatus
 
+from .checkpoints import CheckpointServer
 from .keys import app_key, help_sections, palette_commands
 from .messages import CommandReplied, RunUpdated, acknowledgement
 from .panes.overview import OverviewPane
@@ -39,6 +40,7 @@ TABS = (
     ("tensors", "Tensors", "tensors", "TensorsPane"),
     ("model", "Model", "model", "ModelPane"),
     ("console", "Console", "console", "ConsolePane"),
+    ("metrics", "Metrics", "metrics", "MetricsPane"),
 )
 # The steering actions and the control each needs (meta['steering'], wire.STEERING_KEYS).
 STEERING = {
@@ -123,6 +125,8 @@ class DltuiApp(App[int]):
         self.ascii = self.ascii_mode = ascii  # panes read app.ascii_mode
         self.owns_engine = owns_engine
         self.client = ControlClient(self.run_dir, timeout=90.0)
+        # A finished run's Tensors and Model tabs read a checkpoint through this (started lazily)
+        self.checkpoints = CheckpointServer(self.run_dir)
         self.snapshot: RunSnapshot | None = None
         self.quit_choice: str | None = None  # 'stop' or 'detach' once the user quit a live run
         self._reply_state: dict = {}  # the engine's state: its newest reply, or what we just asked
@@ -165,6 +169,7 @@ class DltuiApp(App[int]):
         if self.ascii:
             ScrollBar.renderer = self._scrollbar_renderer
         self.client.close()
+        self.checkpoints.stop()  # no server outlives the dashboard
 
     def _panes(self) -> Iterable:
         return self.header.screen.query(".pane") if self.header.is_attached else ()
@@ -467,11 +472,15 @@ class DltuiApp(App[int]):
         from .screens.runs import RunsScreen
 
         def picked(paths: list[Path] | None) -> None:
-            if paths and Path(paths[0]).resolve() != self.run_dir.resolve():
+            if paths and len(paths) > 1:  # marked to compare: over this dashboard, Esc returns
+                from .screens.compare import CompareScreen
+
+                self.push_screen(CompareScreen(paths, ascii=self.ascii))
+            elif paths and Path(paths[0]).resolve() != self.run_dir.resolve():
                 self.quit_choice = "detach" if self.snapshot and self.snapshot.live else None
                 self.exit(result=Path(paths[0]))
 
-        self.push_screen(RunsScreen(self.run_dir.parent, self.run_dir), picked)
+        self.push_screen(RunsScreen(self.run_dir.parent, self.run_dir, compare=True), picked)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(help_sections(self, TABS, about_run(self.snapshot))))

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from dltui.run.reader import RunNotFound
 from dltui.run.runs import resolve_run
 
-CHECKPOINTS = "checkpoints"
+from .checkpoints import CheckpointUnavailable, find_checkpoint
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,15 +45,7 @@ def checkpoint_path(source: str, runs_dir: Path, which: str) -> Path:
     path = Path(source)
     if path.is_file():
         return path
-    run_dir = resolve_run(runs_dir, source)
-    folder = run_dir / CHECKPOINTS
-    name = which if which.endswith(".pt") else f"{which}.pt"
-    ck = folder / name
-    if not ck.is_file():
-        saved = sorted(p.name for p in folder.glob("*.pt")) if folder.is_dir() else []
-        have = f" It has: {', '.join(saved)}." if saved else " It has saved none."
-        raise RunNotFound(f"run {run_dir.name} has no checkpoint {name}.{have}")
-    return ck
+    return find_checkpoint(resolve_run(runs_dir, source), which)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -61,7 +53,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     try:
         ck = checkpoint_path(args.source, Path(args.runs_dir), args.checkpoint)
-    except RunNotFound as e:
+    except (RunNotFound, CheckpointUnavailable) as e:
         return die(str(e))
     argv = [sys.executable, "-m", "dltui.engine.offline", str(ck)]
     argv += [w for w in (args.name, args.expr) if w is not None]

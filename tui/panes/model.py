@@ -4,7 +4,9 @@ recipe's hyperparameters.
 
 A module's parameters come from the run's store (written at start, so a finished run shows them
 too); its dtypes, buffers, hooks and training flag from the live engine's `module` query, asked
-in a worker thread when the module is selected.
+in a worker thread when the module is selected. For a finished, stopped or crashed run the same
+query goes to the checkpoint the Tensors tab reads (tui/checkpoints.py): dtypes and buffers as
+saved; a checkpoint holds no training flag or hooks.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from textual.widgets import DataTable, Static, Tree
 
 from dltui.run.client import ControlClient, ControlError, EngineGone
 
+from ..checkpoints import CheckpointUnavailable, CheckpointUser
+from ..poller import RunSnapshot
 from ..widgets.format import fmt_count
 from ..widgets.pane_base import PollingPane
 
@@ -71,7 +75,7 @@ def module_detail(
     when the engine can't be asked: `note` says why)."""
     out = Text(row["name"], style="bold")
     out.append(f"  {row.get('type', '?')}", style="cyan")
-    if live is not None:
+    if live is not None and live.get("training") is not None:  # a checkpoint has no flag
         out.append("  training" if live.get("training") else "  eval mode", style="bold")
         if live.get("extra"):
             out.append(f"\n{live['extra']}", style="dim")
@@ -79,7 +83,8 @@ def module_detail(
     out.append("\nparameters (own)" if rows else "\nparameters (own): none", style="underline")
     for p in rows:
         name = p["name"].rsplit(".", 1)[-1]
-        grad = p.get("requires_grad", p.get("trainable"))
+        grad = p.get("requires_grad")
+        grad = p.get("trainable") if grad is None else grad
         out.append(f"\n  {name:<12} {shape_text(p['shape'], ascii_mode):<11}")
         out.append(f" {p.get('dtype', '?'):<9} {fmt_count(p['numel']):>6}")
         out.append("  grad" if grad else "  frozen", style="" if grad else "bold blue")
@@ -92,10 +97,11 @@ def module_detail(
         for b in buffers:
             out.append(f"\n  {b['name'].rsplit('.', 1)[-1]:<12} {shape_text(b['shape']):<11}")
             out.append(f" {b['dtype']:<9} {fmt_count(b['numel']):>6}")
-        hooks = live.get("hooks") or {}
-        out.append("\nhooks" if hooks else "\nhooks: none", style="underline")
-        for kind, names in hooks.items():
-            out.append(f"\n  {kind}: {', '.join(names)}")
+        hooks = live.get("hooks")
+        if hooks is not None:  # None: a checkpoint does not record them
+            out.append("\nhooks" if hooks else "\nhooks: none", style="underline")
+            for kind, names in hooks.items():
+                out.append(f"\n  {kind}: {', '.join(names)}")
     if note:
         out.append(f"\n{note}", style="dim")
     return out
@@ -103,9 +109,13 @@ def module_detail(
 
 ROOT = "(model)"
 NO_ENGINE = "training flag, dtypes, buffers and hooks: known while the engine runs"
+FROM_CHECKPOINT = (
+    "dtypes and buffers from checkpoint {name} (step {step}); training flag and hooks: known "
+    "while the engine runs"
+)
 
 
-class ModelPane(PollingPane):
+class ModelPane(CheckpointUser, PollingPane):
     """Module tree (left); the model's totals, the selected module and the hyperparameters
     (right; below the tree when narrow)."""
 
@@ -141,6 +151,7 @@ class ModelPane(PollingPane):
         self.params: list[dict] = []  # the store's parameter rows (name, shape, numel, trainable)
         self.selected: str | None = None
         self.described: ModelPane.Described | None = None  # the engine's newest answer
+        self._generation = 0  # the checkpoint load the shown answer came from
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="model-body"):
@@ -157,6 +168,17 @@ class ModelPane(PollingPane):
             return
         self.plain_tree(self.query_one(Tree))
         self.query_one("#hparams", DataTable).add_columns("name", "value")
+
+    def on_unmount(self) -> None:
+        self.stop_own_server()
+
+    def frame(self, snap: RunSnapshot | None) -> None:
+        """Also: the Tensors tab chose another checkpoint: describe the module from it."""
+        super().frame(snap)
+        loaded = self.server.loaded if snap is not None and not snap.live else None
+        if loaded is not None and loaded.generation != self._generation and self.selected:
+            self._generation = loaded.generation
+            self.select(self.selected)
 
     def fetch(self) -> Any:
         r = self.reader()
@@ -196,22 +218,32 @@ class ModelPane(PollingPane):
         self.selected, self.described = name, None
         self._draw_detail()
         snap = self.snapshot
-        if self.client is not None and (snap is None or snap.live):
+        if snap is not None and not snap.live:
+            self.describe(name, from_checkpoint=True)
+        elif self.client is not None:
             self.describe(name)
 
     @work(thread=True, exclusive=True, group="module")
-    def describe(self, name: str) -> None:
-        """Ask the engine about module `name` (answered at once, off the step boundary)."""
-        client = self.client
-        if client is None:
-            return
-        data, note = None, ""
+    def describe(self, name: str, from_checkpoint: bool = False) -> None:
+        """Ask the engine about module `name` (answered at once, off the step boundary), or the
+        checkpoint server (started here if no tab has yet: a torch import, seconds)."""
+        client, data, note = self.client, None, ""
         try:
+            if from_checkpoint:
+                loaded = self.server.load(None)
+                client = loaded.client
+                step = "?" if loaded.step is None else f"{loaded.step:,}"
+                note = FROM_CHECKPOINT.format(name=loaded.name, step=step)
+                self._generation = loaded.generation
+            if client is None:
+                return
             reply = client.request("module", name=name)
             if reply.ok:
                 data = reply.data
             else:
-                note = f"the engine says: {reply.error}"
+                note = f"the {'checkpoint' if from_checkpoint else 'engine'} says: {reply.error}"
+        except CheckpointUnavailable as e:
+            note = f"{NO_ENGINE}; {e}"
         except EngineGone:
             note = NO_ENGINE
         except ControlError as e:
@@ -236,7 +268,7 @@ class ModelPane(PollingPane):
         if d is not None:
             note = d.note
         elif snap is not None and not snap.live:
-            note = NO_ENGINE
+            note = "loading the run's checkpoint … (its dtypes and buffers)"
         else:
             note = "asking the engine…"
         own = own_params(self.params, row["name"])

@@ -2,8 +2,10 @@
 
 Select a tensor to see its layout (dtype, device, shape, stride, offset, storage, contiguity)
 and a drawing of its storage; type a view expression (`x.t()[1:3]`) to see the view's layout
-drawn beside the original. Every request goes to the live engine over the control socket, in a
-worker thread; a finished run has no engine, so this tab says so instead.
+drawn beside the original. Every request goes over a control socket, in a worker thread: to the
+live engine, or, for a finished, stopped or crashed run, to a checkpoint server started on one
+of its saved checkpoints (tui/checkpoints.py; `o` picks which), which answers the same requests
+with the same inspector, so views and drawings are the live ones.
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ from textual.widgets import Input, Static, Tree
 
 from dltui.run.client import ControlClient, ControlError, EngineGone
 
+from ..checkpoints import CheckpointUnavailable, CheckpointUser, Loaded, saved_checkpoints
+from ..poller import RunSnapshot
 from ..widgets.format import fmt_bytes, fmt_num
 from ..widgets.pane_base import PollingPane
 from ..widgets.pane_storage import PaneStorage
 from ..widgets.pane_values import PaneValues
 
-READ_ONLY = "tensors can be inspected only while the engine is running"
+NO_ENGINE_YET = "waiting for the engine to answer (it may still be starting)…"
 GROUPS = {
+    "weights": "weights",  # a state_dict saved outside a run: parameters and buffers unsplit
     "parameter": "parameters",
     "gradient": "gradients",
     "buffer": "buffers",
@@ -38,7 +43,7 @@ LIST_EVERY = 3  # re-list tensors every 3rd poll: gradients and optimizer state 
 SIDE_BY_SIDE_AT = 76  # inspector width from which base and view are drawn side by side
 
 
-class TensorsPane(PollingPane):
+class TensorsPane(CheckpointUser, PollingPane):
     """Tensor tree (left) and inspector (right): layout, storage drawings, values."""
 
     POLL_S = 2.0  # each poll is a request the engine answers at a step boundary: keep it rare
@@ -46,6 +51,7 @@ class TensorsPane(PollingPane):
         Binding("r", "refresh_list", "Refresh", id="tensors.refresh"),
         Binding("slash", "edit_expr", "View expr", key_display="/", id="tensors.expr"),
         Binding("t", "toggle_tree", "Hide/show list", id="tensors.toggle"),
+        Binding("o", "pick_checkpoint", "Checkpoint", id="tensors.checkpoint"),
         Binding("escape", "leave", "Leave the view box", show=False, id="tensors.leave"),
     ]
     DEFAULT_CSS = """
@@ -61,7 +67,8 @@ class TensorsPane(PollingPane):
     TensorsPane #tensor-drawings { height: auto; layout: vertical; }
     TensorsPane #tensor-drawings.-side { layout: horizontal; }
     TensorsPane #tensor-drawings.-side PaneStorage { width: 1fr; }
-    TensorsPane #tensors-readonly { padding: 1 2; color: $text-muted; }
+    TensorsPane #tensors-source { height: auto; color: $text-muted; }
+    TensorsPane #tensors-source.-blocking { padding: 1 2; }
     TensorsPane.-narrow #tensors-body { layout: vertical; }
     TensorsPane.-narrow #tensor-tree { width: 100%; height: 40%; }
     TensorsPane.-narrow #inspector { height: 60%; padding: 0; }
@@ -80,6 +87,15 @@ class TensorsPane(PollingPane):
             self.error: str | None = result.get("error")
             self.gone: str | None = result.get("gone")
 
+    class CheckpointLoaded(Message):
+        """The checkpoint server is up (`loaded`), or could not be started (`error`)."""
+
+        bubble = False
+
+        def __init__(self, loaded: Loaded | None, error: str | None = None) -> None:
+            super().__init__()
+            self.loaded, self.error = loaded, error
+
     def __init__(self, run_dir: Path, client: ControlClient | None, **kwargs: Any) -> None:
         super().__init__(run_dir, client, **kwargs)
         self.listing: list[dict] = []
@@ -89,9 +105,15 @@ class TensorsPane(PollingPane):
         self.view_info: dict | None = None
         self.error_text: str | None = None
         self._ticks = 0
+        self.engine = client  # the live engine's client; self.client is whichever is asked now
+        self.from_checkpoint = False  # the run has ended: tensors come from a saved checkpoint
+        self.loaded: Loaded | None = None
+        self.checkpoint_error: str | None = None
+        self._asking = False  # a load_checkpoint worker is under way
+        self._want: str | None = None  # the file it is for (None: whichever is loaded)
 
     def compose(self) -> ComposeResult:
-        yield Static(READ_ONLY, id="tensors-readonly")
+        yield Static("", id="tensors-source")
         with Horizontal(id="tensors-body"):
             tree: Tree[str] = Tree("tensors", id="tensor-tree")
             tree.show_root = False
@@ -113,14 +135,121 @@ class TensorsPane(PollingPane):
         if not self.app.is_running:  # mounted (deferred) as the app shuts down: no children
             return
         self.plain_tree(self.query_one(Tree))
-        self._set_gone(self.client is None)
         self.query_one(PaneValues).display = False
+        self._show_source()
 
-    def _set_gone(self, gone: bool) -> None:
-        self.query_one("#tensors-readonly").display = gone
-        self.query_one("#tensors-body").display = not gone
-        if gone:
-            self.client = None  # nothing left to ask; stop polling the socket
+    def on_unmount(self) -> None:
+        self.stop_own_server()
+
+    # -- where the tensors come from: the live engine, or a checkpoint -------------------------
+    def frame(self, snap: RunSnapshot | None) -> None:
+        if snap is not None and snap.live == self.from_checkpoint:
+            self._switch(not snap.live)
+        super().frame(snap)
+        if self.from_checkpoint and self.showing and self.client is None:
+            self._load_if_needed()
+
+    def _switch(self, ended: bool) -> None:
+        """The run ended (read a checkpoint from now on) or was resumed (ask its engine)."""
+        self.from_checkpoint = ended
+        self.client = None if ended else self.engine
+        self.listing, self.selected, self.base_info, self.view_info = [], None, None, None
+        self.loaded, self.checkpoint_error = None, None
+        self.query_one(Tree).clear()
+        self.redraw()
+        self._show_source()
+
+    def _load_if_needed(self) -> None:
+        """Lazily, when the tab is shown: the server costs a torch import (a second or two).
+        A load the Model tab started is waited for, not repeated."""
+        if self.checkpoint_error is None and not self._asking:
+            self.start_load(None)
+
+    def start_load(self, which: str | None) -> None:
+        """Serve checkpoint `which` (None: the one loaded, else the last): says so at once."""
+        self._asking, self.client, self.checkpoint_error = True, None, None
+        self._want = which
+        self._show_source(which or self.server.loading or "")
+        self.load_checkpoint(which)
+
+    @work(thread=True, group="checkpoint")
+    def load_checkpoint(self, which: str | None) -> None:
+        """Start (or replace) the checkpoint server off the UI thread."""
+        try:
+            loaded = self.server.load(which)
+        except CheckpointUnavailable as e:
+            self.post_message(self.CheckpointLoaded(None, str(e)))
+            return
+        self.post_message(self.CheckpointLoaded(loaded))
+
+    def on_tensors_pane_checkpoint_loaded(self, msg: CheckpointLoaded) -> None:
+        msg.stop()
+        if self._want is not None and msg.loaded is not None and msg.loaded.name != self._want:
+            return  # an earlier choice's answer; the newer one follows
+        self._asking = False
+        if not self.from_checkpoint:
+            return
+        if msg.loaded is None:
+            self.checkpoint_error = msg.error
+            self.client = None
+            self._show_source()
+            return
+        self._use(msg.loaded)
+
+    def _use(self, loaded: Loaded) -> None:
+        """Ask `loaded`'s server from now on; the selected tensor, if it is there too, stays."""
+        self.loaded, self.checkpoint_error = loaded, None
+        self.client = loaded.client
+        self.listing, self.base_info, self.view_info = [], None, None
+        self._show_source()
+        self.poll(force=True)
+        if self.selected is not None:
+            self.select(self.selected)
+
+    def _show_source(self, loading: str | None = None) -> None:
+        """The line above the tree: which checkpoint is read (or why none is)."""
+        line = self.query_one("#tensors-source", Static)
+        body = self.query_one("#tensors-body")
+        blocking = False
+        if not self.from_checkpoint:
+            text = Text("")
+        elif loading is not None or (self.client is None and self.checkpoint_error is None):
+            name = f"checkpoint {loading}" if loading else "the run's last checkpoint"
+            text = Text(f"loading {name} … (a reader process starts: torch loads once)")
+            blocking = True
+        elif self.checkpoint_error is not None:
+            text = Text(self.checkpoint_error)
+            if saved_checkpoints(self.run_dir):
+                text.append("\npress o to choose another checkpoint", style="bold")
+            blocking = True
+        else:
+            ck = self.loaded
+            step = f"step {ck.step:,}" if ck and ck.step is not None else "step unknown"
+            text = Text(f"run ended · checkpoint {ck.name if ck else '?'} · {step}", style="bold")
+            text.append("  o: choose another", style="dim")
+        line.update(text)
+        line.display = bool(text.plain)
+        line.set_class(blocking, "-blocking")
+        body.display = not blocking
+
+    def action_pick_checkpoint(self) -> None:
+        """o: choose which saved checkpoint a finished run's tensors come from."""
+        if not self.from_checkpoint:
+            self.notify("the run is live: its tensors come from the engine", timeout=4)
+            return
+        saved = saved_checkpoints(self.run_dir)
+        if not saved:
+            self.checkpoint_error = self.checkpoint_error or "this run saved no checkpoint"
+            self._show_source()
+            return
+        from ..screens.checkpoint_picker import CheckpointPicker
+
+        def chosen(name: str | None) -> None:
+            if name is not None and (self.loaded is None or name != self.loaded.name):
+                self.start_load(name)
+
+        current = self.loaded.name if self.loaded else None
+        self.app.push_screen(CheckpointPicker(saved, current), chosen)
 
     # -- polling (worker thread) ---------------------------------------------------------------
     def poll(self, force: bool = False) -> None:
@@ -179,9 +308,12 @@ class TensorsPane(PollingPane):
     # -- results (UI thread) -------------------------------------------------------------------
     def show(self, data: dict) -> None:
         if data.get("gone"):
-            self._set_gone(True)
+            self._lost(data["gone"])
             return
         listing = data.get("listing")
+        if listing is not None and self.error_text == NO_ENGINE_YET:
+            self.error_text = None  # it answers now
+            self.redraw()
         if listing is not None and listing != self.listing:
             self.listing = listing
             self._rebuild_tree()
@@ -194,7 +326,7 @@ class TensorsPane(PollingPane):
     def on_tensors_pane_inspected(self, msg: Inspected) -> None:
         msg.stop()
         if msg.gone:
-            self._set_gone(True)
+            self._lost(msg.gone)
             return
         if msg.tensor != self.selected:
             return  # an answer about a tensor no longer selected
@@ -210,6 +342,17 @@ class TensorsPane(PollingPane):
         elif msg.expr == self.good_expr and msg.view is not None:
             self.view_info = msg.view  # a poll: fresh values, same view; the error line stays
         self.redraw()
+
+    def _lost(self, why: str) -> None:
+        """Nobody answered: the engine is starting or just ended (the next snapshot says
+        which), or the checkpoint server is gone (o starts one again)."""
+        if self.from_checkpoint:
+            self.client = None
+            self.checkpoint_error = f"the checkpoint reader stopped ({why})"
+            self._show_source()
+        else:
+            self.error_text = NO_ENGINE_YET
+            self.redraw()
 
     def _rebuild_tree(self) -> None:
         tree: Tree[str] = self.query_one(Tree)
@@ -254,7 +397,8 @@ class TensorsPane(PollingPane):
     def select(self, name: str) -> None:
         """Inspect tensor `name` (with the current view expression, if any)."""
         self.selected, self.base_info, self.view_info = name, None, None
-        self.query_one("#tensor-summary", Static).update(f"asking the engine about {name}…")
+        source = "the checkpoint" if self.from_checkpoint else "the engine"
+        self.query_one("#tensor-summary", Static).update(f"asking {source} about {name}…")
         expr = self.query_one("#tensor-expr", Input).value.strip()
         self.inspect_tensor(name, expr if expr not in ("", "x") else None)
 
