@@ -3,6 +3,7 @@ parameter's gradient-norm history and weight/gradient histograms beside it."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +72,39 @@ class LayersPane(PollingPane):
     BINDINGS = [
         Binding("s", "sort_next", "Sort by next", id="layers.sort"),
         Binding("S", "sort_reverse", "Reverse sort", id="layers.reverse"),
+        # Scrubbing through the recorded stats steps. home/end are priority bindings: the
+        # focused table would take them for horizontal scrolling.
+        *(
+            Binding(key, f"scrub({n})", what, key_display=shown, tooltip=tip, id=f"layers.{i}")
+            for key, n, what, shown, tip, i in (
+                ("comma", -1, "Step back", ",", "Stats one recorded step earlier", "back"),
+                ("full_stop", 1, "Step on", ".", "Stats one recorded step later", "on"),
+                ("less_than_sign", -10, "Back 10", "<", "Ten recorded steps earlier", "back10"),
+                ("greater_than_sign", 10, "On 10", ">", "Ten recorded steps later", "on10"),
+            )
+        ),
+        Binding(
+            "home",
+            "scrub_to('first')",
+            "First",
+            tooltip="Stats of the first recorded step",
+            priority=True,
+            id="layers.first",
+        ),
+        Binding(
+            "end",
+            "scrub_to('latest')",
+            "Latest",
+            tooltip="Stats of the latest step, following a live run again",
+            priority=True,
+            id="layers.latest",
+        ),
     ]
     DEFAULT_CSS = """
     LayersPane { height: 1fr; }
     LayersPane #layers-body { height: 1fr; }
     LayersPane #layers-table { width: 1fr; height: 1fr; }
+    LayersPane #layers-step { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
     LayersPane #layers-side { width: 30; height: 1fr; padding: 0 0 0 1; }
     LayersPane #layers-title { height: auto; max-height: 2; text-style: bold; }
     LayersPane #layers-legend { height: 1; color: $text-muted; text-wrap: nowrap; }
@@ -94,9 +123,15 @@ class LayersPane(PollingPane):
     def __init__(self, run_dir: Path, client: ControlClient | None, **kwargs: Any) -> None:
         super().__init__(run_dir, client, **kwargs)
         self.rows: dict[str, dict[str, Any]] = {}  # param name -> values, in model order
-        self.step: int | None = None
+        self.step: int | None = None  # the stats step shown
+        self.last_step: int | None = None  # the newest recorded one
+        # The step the user scrubbed to; None: follow the newest. Moves asked for on the UI
+        # thread wait in _nav until the next fetch (worker thread) resolves them in the store.
+        self.pinned: int | None = None
+        self._nav: tuple[str, int] | None = None
+        self._nav_lock = threading.Lock()
         self.spikes: set[str] = set()
-        self._spike_at: dict[str, int] = {}  # layer -> step of its newest gradient-spike alert
+        self._spikes_at: dict[int, set[str]] = {}  # stats step -> layers the engine's alerts name
         self._alert_id = 0  # the engine's alert events read so far
         self._columns: tuple[str, ...] = tuple(k for k, _ in COLUMNS)
         self._layout: tuple[tuple[str, int], ...] = ()
@@ -105,6 +140,7 @@ class LayersPane(PollingPane):
         self.selected: str | None = None
 
     def compose(self) -> ComposeResult:
+        yield Static("", id="layers-step")
         with Horizontal(id="layers-body"):
             table: DataTable = DataTable(id="layers-table", cursor_type="row", zebra_stripes=True)
             yield table
@@ -124,16 +160,16 @@ class LayersPane(PollingPane):
                 "grad spike (engine alert)",
                 f"update ratio >{RATIO_HIGH:g} / <{RATIO_LOW:g}",
                 "grad=0 %: share of gradient entries exactly 0",
-                "s/S sort",
+                "s/S sort  , . < > Home End: step",
             ),
             (
                 "non-finite",
                 "grad spike",
                 f"upd ratio >{RATIO_HIGH:g}/<{RATIO_LOW:g}",
                 "grad=0 %: zero grad entries",
-                "s/S sort",
+                "s/S sort  , . < > step",
             ),
-            ("non-finite", "spike", "upd ratio", "s/S sort"),
+            ("non-finite", "spike", "upd ratio", "s/S sort  , . step"),
         ):
             out = Text(no_wrap=True)
             for kind, why in zip(("nonfinite", "spike", "high"), words, strict=False):
@@ -160,7 +196,9 @@ class LayersPane(PollingPane):
         if r is None:
             return None
         params = r.params()
-        step, stats = r.layer_stats_latest()
+        first, last = r.layer_stat_bounds()
+        step = last if last is None else self._resolve(r, first, last)
+        stats = {} if step is None else r.layer_stats_at(step)
         # A spike is what the engine's probe says it is (one definition): its gradient-norm
         # alerts name the layer and the stats step. Read each alert once, as it arrives.
         while True:
@@ -168,33 +206,106 @@ class LayersPane(PollingPane):
             for ev in alerts:
                 data = ev["data"] if isinstance(ev["data"], dict) else {}
                 if data.get("layer") and "g_norm" in data and ev["step"] is not None:
-                    self._spike_at[str(data["layer"])] = int(ev["step"])
+                    self._spikes_at.setdefault(int(ev["step"]), set()).add(str(data["layer"]))
             if alerts:
                 self._alert_id = alerts[-1]["id"]
             if len(alerts) < 500:
                 break
-        spikes = {name for name, at in self._spike_at.items() if at == step}
-        detail = self._detail(r, self.selected) if self.selected else None
-        return {"params": params, "step": step, "stats": stats, "spikes": spikes, "detail": detail}
+        spikes = self._spikes_at.get(step, set()) if step is not None else set()
+        detail = self._detail(r, self.selected, step) if self.selected else None
+        return {
+            "params": params,
+            "step": step,
+            "last": last,
+            "stats": stats,
+            "spikes": spikes,
+            "detail": detail,
+        }
+
+    def _resolve(self, r: Any, first: int, last: int) -> int:
+        """The step to show: the newest, or where the user's moves (, . < > Home End) lead."""
+        with self._nav_lock:
+            nav, self._nav = self._nav, None
+            pinned = self.pinned
+        if nav is not None:
+            kind, n = nav
+            if kind == "latest":
+                pinned = None
+            elif kind == "first":
+                pinned = first
+            else:
+                pinned = r.layer_stat_step_moved(last if pinned is None else pinned, n)
+            if pinned is not None and pinned >= last:
+                pinned = None  # moved onto the newest step: follow the run again
+            with self._nav_lock:
+                self.pinned = pinned
+        return last if pinned is None else pinned
 
     @staticmethod
-    def _detail(r: Any, name: str) -> dict[str, Any]:
+    def _detail(r: Any, name: str, step: int | None) -> dict[str, Any]:
+        """The parameter's gradient-norm history up to the shown step, and its histograms
+        as of that step (recorded at a lower rate: the newest at or before it)."""
         return {
             "name": name,
-            "history": r.layer_stat_history(name, "g_norm", HISTORY),
-            "weight": r.histogram_latest(name, "weight"),
-            "grad": r.histogram_latest(name, "grad"),
+            "step": step,
+            "history": r.layer_stat_history(name, "g_norm", HISTORY, until=step),
+            "weight": r.histogram_at(name, "weight", step),
+            "grad": r.histogram_at(name, "grad", step),
         }
 
     @work(thread=True, exclusive=True, group="detail")
     def fetch_detail(self, name: str) -> None:
         r = self.reader()
         if r is not None:
-            self.post_message(self.Detail(self._detail(r, name)))
+            self.post_message(self.Detail(self._detail(r, name, self.step)))
+
+    # -- scrubbing (UI thread asks, the fetch worker resolves) -----------------------------------
+    def action_scrub(self, records: int) -> None:
+        with self._nav_lock:
+            if self._nav is not None and self._nav[0] == "by":
+                records += self._nav[1]  # keys pressed faster than the store answers add up
+            self._nav = ("by", records)
+        self._scrub_fetch()
+
+    def action_scrub_to(self, where: str) -> None:
+        with self._nav_lock:
+            self._nav = (where, 0)
+        self._scrub_fetch()
+
+    @work(thread=True, group="scrub")
+    def _scrub_fetch(self) -> None:
+        """A fetch now, even on a finished run whose data key never moves; after the running
+        one, if any (one reader, one fetch at a time)."""
+        if not self._busy.acquire(timeout=5.0):
+            return
+        try:
+            data = self.fetch()
+        except Exception as e:  # a locked store: the poller's next frame tries again
+            data = e
+        finally:
+            self._busy.release()
+        if data is not None:
+            self.post_message(self.Fetched(data))
+
+    def _step_line(self) -> Text:
+        """Which step the table shows: the latest, or step N of M while scrubbed back."""
+        if self.step is None:
+            return Text("no layer statistics recorded yet", style="dim")
+        out = Text(no_wrap=True)
+        out.append("layer stats at ")
+        if self.pinned is None:
+            out.append(f"step {self.step}", style="bold")
+            out.append("  latest", style="green")
+            out.append("  (, . < > Home: earlier steps)", style="dim")
+        else:
+            out.append(f"step {self.step} of {self.last_step}", style="bold reverse")
+            out.append("  (press End for latest)", style="yellow")
+        return out
 
     # -- table (UI thread) ---------------------------------------------------------------------
     def show(self, data: dict[str, Any]) -> None:
-        self.step, self.spikes = data["step"], data["spikes"]
+        self.step, self.last_step, self.spikes = data["step"], data["last"], data["spikes"]
+        self.query_one("#layers-step", Static).update(self._step_line())
         rows: dict[str, dict[str, Any]] = {}
         for order, p in enumerate(data["params"]):
             s = data["stats"].get(p["name"], {})
@@ -383,8 +494,8 @@ class LayersPane(PollingPane):
         self._show_detail(message.data)
 
     def _show_detail(self, d: dict[str, Any]) -> None:
-        if d["name"] != self.selected:
-            return
+        if d["name"] != self.selected or d["step"] != self.step:
+            return  # read for another row or another step: a newer read is on its way
         row = self.rows.get(d["name"], {})
         title = Text(d["name"], style="bold")
         if self.step is not None:
