@@ -107,8 +107,18 @@ class Begun:
 def main(argv: list[str] | None = None) -> int:
     argv = argv if argv is not None else sys.argv[1:]
     args = parse(argv)
+    args.world = args.agent = None
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a rank of a torchrun job (engine/distributed.py)
+        from .distributed import follower_begin, world_from_env
+
+        args.world = world_from_env()
     try:
-        begun = begin(args, argv)
+        if args.world is not None and not args.world.leader:
+            begun = follower_begin(args, args.world)  # rank 0 owns the run directory
+        else:
+            begun = begin(args, argv)
+            if args.world is not None:  # `train --detach` knows its launcher's rank 0 by this
+                begun.store.set_meta(launcher_pid=os.getppid(), world_size=args.world.world_size)
     except UsageError as e:
         print(f"dltui: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -202,6 +212,14 @@ def run(args: argparse.Namespace, argv: list[str], begun: Begun) -> int:
         script=args.recipe,
         mode=kind,
     )
+    world = args.world
+    if world is not None:
+        ctx.rank, ctx.world_size = world.rank, world.world_size
+        if kind == wire.DRIVER_RECIPE:  # a script inits its own process group
+            from .distributed import init_group
+
+            args.device = init_group(world, args.device)
+            args.own_group = True
     session = Session(ctx)
     dltui._session = session
     if kind == wire.DRIVER_SCRIPT:
@@ -220,13 +238,18 @@ def _recipe(args: argparse.Namespace, argv: list[str], session: Any, begun: Begu
     if not args.detached:  # a detached engine's stderr is its log: the CLI said it already
         hint_misplaced(args.recipe, session.context.args)
     resume_ck = None
-    if args.resume is not None:
+    world = args.world
+    if args.resume is not None and (world is None or world.leader):
         ck_path = args.resume / "checkpoints" / "last.pt"
         if not ck_path.exists():
             raise UsageError(
                 f"run {args.resume} has no checkpoint to resume from ({ck_path} missing)."
             )
         resume_ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+    if args.resume is not None and world is not None:
+        from .distributed import share_checkpoint
+
+        resume_ck = share_checkpoint(world, resume_ck)  # every rank resumes from rank 0's
     from . import console
 
     try:
@@ -249,8 +272,14 @@ def _run(
             check_device(args.device, "--device")
     except RecipeError as e:
         raise UsageError(str(e)) from None
+    notes = []
+    if args.world is not None:
+        from .distributed import prepare_recipe
+
+        notes = prepare_recipe(recipe, args.world, args.seed)
 
     run_dir = begun.run_dir
+    from .learner import recipe_learner
     from .store import host_info
 
     store, gate, probe, callbacks = _observers(args, begun.store, sys.__stdout__)
@@ -259,7 +288,7 @@ def _run(
         max_steps=args.max_steps,
         seed=args.seed,
         device=args.device,
-        checkpoint_dir=run_dir / "checkpoints",
+        checkpoint_dir=_checkpoint_dir(args, run_dir),
         resume=resume_ck,
     )
     settings.context = session.context
@@ -271,7 +300,11 @@ def _run(
         raise UsageError(
             f"cannot resume {run_dir}: its checkpoint does not fit this recipe ({e})."
         ) from None
-    from .control import ControlServer, SocketInUse
+    if args.world is not None:
+        from .distributed import wrap_model
+
+        wrap_model(loop, args.world)
+    from .control import SocketInUse
 
     store.set_meta(
         run_id=run_dir.name,
@@ -293,10 +326,11 @@ def _run(
         driver=wire.DRIVER_RECIPE,
         file_args=session.context.args,
         optimizers=optimizer_meta(loop),
+        learner=recipe_learner(loop),  # loader arithmetic, optimizer, loss...: once
         steering={k: True for k in wire.STEERING_KEYS},
     )
     store.flush()  # running, with its meta, before its socket answers (launchers wait on that)
-    server = ControlServer(run_dir, gate, store, loop)
+    server = _control_server(args, run_dir, gate, store, loop)
     try:
         server.start()
     except SocketInUse as e:
@@ -306,6 +340,8 @@ def _run(
         store.event(wire.EV_RUN, f"resumed from checkpoint at step {loop.step}", step=loop.step)
     else:
         store.event(wire.EV_RUN, f"run started: {args.recipe} on {loop.device}", step=0)
+    for note in notes:
+        store.event(wire.EV_INFO, note, step=loop.step, level="warning")
 
     status, error = _drive(args, loop, store, gate, probe, server, session)
     code = EXIT_FAILED if status == wire.FAILED else EXIT_OK
@@ -387,7 +423,7 @@ def _run_script(args: argparse.Namespace, argv: list[str], session: Any, begun: 
 
     from dltui.run.scriptfile import script_traceback
 
-    from .control import ControlServer, SocketInUse
+    from .control import SocketInUse
     from .script import ScriptRun
     from .store import host_info
 
@@ -404,7 +440,7 @@ def _run_script(args: argparse.Namespace, argv: list[str], session: Any, begun: 
         store=store,
         probe=probe,
         max_steps=args.max_steps,
-        checkpoint_dir=run_dir / "checkpoints",
+        checkpoint_dir=_checkpoint_dir(args, run_dir),
     )
     store.set_meta(
         run_id=run_dir.name,
@@ -429,7 +465,7 @@ def _run_script(args: argparse.Namespace, argv: list[str], session: Any, begun: 
         **host_info(),
     )
     store.flush()
-    server = ControlServer(run_dir, gate, store, driver)
+    server = _control_server(args, run_dir, gate, store, driver)
     try:
         server.start()
     except SocketInUse as e:
@@ -486,11 +522,34 @@ def _observers(args: argparse.Namespace, store: Any, out: Any) -> tuple[Any, Any
         pause_on_anomaly=args.pause_on_anomaly,
     )
     callbacks: list[Any] = [probe]
+    if args.world is not None:
+        from .distributed import Agent
+
+        args.agent = Agent(args.world, run_dir, store, probe)
+        callbacks.append(args.agent)
     if args.headless:
         from .headless import HeadlessPrinter
 
         callbacks.append(HeadlessPrinter(probe, run_dir, every=args.log_every, out=out))
     return store, Gate(), probe, callbacks
+
+
+def _checkpoint_dir(args: argparse.Namespace, run_dir: Path) -> Path | None:
+    """Where checkpoints go: rank 0 writes them, once for every rank (None: not this rank)."""
+    return None if args.world is not None and not args.world.leader else run_dir / "checkpoints"
+
+
+def _control_server(
+    args: argparse.Namespace, run_dir: Path, gate: Any, store: Any, driver: Any
+) -> Any:
+    """The run's control server; under torchrun, one that steers every rank at one step."""
+    if args.agent is not None:
+        from .distributed import control_server
+
+        return control_server(run_dir, gate, store, driver, args.agent)
+    from .control import ControlServer
+
+    return ControlServer(run_dir, gate, store, driver)
 
 
 def _drive(
@@ -512,6 +571,10 @@ def _drive(
     )
     sampler.start()
     _install_signals(gate, args.detached)
+    if args.agent is not None:
+        from .distributed import install_signals
+
+        install_signals(args.agent, gate, args.detached)
     store.flush()  # readers must see the run's meta before it serves a single step
     session.attach(driver, probe)
     try:
@@ -522,6 +585,10 @@ def _drive(
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         server.close()
         sampler.stop()
+        if getattr(args, "own_group", False):
+            from .distributed import finish_group
+
+            finish_group()  # the engine's own process group (a script tears down its own)
 
 
 def _install_signals(gate: Any, detached: bool) -> None:

@@ -64,6 +64,68 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def endpoint(text: str) -> str:
+    """HOST:PORT (the rendezvous of a multi-node run: node 0's address and a free port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. node0:29400)")
+    return text
+
+
+def add_launch_options(p: argparse.ArgumentParser) -> None:
+    """`dltui train`'s torchrun options: several processes (ranks), one run."""
+    g = p.add_argument_group("several GPUs or nodes (torchrun: one run, every rank steered)")
+    g.add_argument(
+        "--nproc-per-node",
+        type=positive_int,
+        metavar="N",
+        help="processes (ranks) on this node, usually one per GPU; runs FILE under torchrun",
+    )
+    g.add_argument("--nnodes", type=positive_int, metavar="M", help="nodes in the job (default 1)")
+    g.add_argument(
+        "--node-rank",
+        type=whole_int,
+        metavar="K",
+        help="this node's index, 0..M-1 (node 0 holds rank 0 and the run)",
+    )
+    g.add_argument(
+        "--rdzv-endpoint",
+        type=endpoint,
+        metavar="HOST:PORT",
+        help="node 0's address and a free port, the same on every node",
+    )
+
+
+def launch_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the torchrun options, in one line (None: fine)."""
+    nnodes = args.nnodes or 1
+    if args.nproc_per_node is None:
+        if args.nnodes or args.node_rank is not None or args.rdzv_endpoint:
+            return "--nnodes, --node-rank and --rdzv-endpoint need --nproc-per-node N."
+        return None
+    if nnodes > 1 and not args.rdzv_endpoint:
+        return (
+            f"--nnodes {nnodes} needs --rdzv-endpoint HOST:PORT (node 0's address and a free port, "
+            "the same on every node)."
+        )
+    if args.node_rank is not None and not 0 <= args.node_rank < nnodes:
+        return f"--node-rank {args.node_rank} must be 0..{nnodes - 1} for --nnodes {nnodes}."
+    return None
+
+
+def torchrun_argv(args: argparse.Namespace, python: str) -> list[str]:
+    """The real torchrun, running the engine as a module on every rank."""
+    argv = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc_per_node)]
+    nnodes = args.nnodes or 1
+    if args.rdzv_endpoint:  # static rendezvous: node 0 hosts the store at HOST:PORT
+        host, _, port = args.rdzv_endpoint.rpartition(":")
+        argv += ["--nnodes", str(nnodes), "--node-rank", str(args.node_rank or 0)]
+        argv += ["--master-addr", host, "--master-port", port]
+    else:  # one node: a free port of its own, so two runs never meet
+        argv.append("--standalone")
+    return [*argv, "-m", "dltui.engine"]
+
+
 def add_kind_options(p: argparse.ArgumentParser) -> None:
     kind = p.add_mutually_exclusive_group()
     kind.add_argument(

@@ -16,9 +16,12 @@ from dltui.run import wire
 from dltui.run.options import (
     MAX_DIGITS,
     add_kind_options,
+    add_launch_options,
     add_run_options,
     hint_misplaced,
+    launch_error,
     split_file_argv,
+    torchrun_argv,
 )
 from dltui.run.progress import position
 from dltui.run.reader import DB_NAME, RunNotFound, RunReader, pid_alive
@@ -57,8 +60,11 @@ def die(msg: str, code: int = EXIT_USAGE) -> int:
 
 
 def engine_argv(args: argparse.Namespace, run_dir: Path, resume: bool, *flags: str) -> list[str]:
-    """The `python -m dltui.engine` command line for this `dltui train`."""
+    """The `python -m dltui.engine` command line for this `dltui train` (under torchrun with
+    --nproc-per-node: every rank runs the engine with the same run directory)."""
     argv = [sys.executable, "-m", "dltui.engine"]
+    if getattr(args, "nproc_per_node", None):
+        argv = torchrun_argv(args, sys.executable)
     argv += ["--resume", str(run_dir)] if resume else ["--run-dir", str(run_dir)]
     for name in PASS_THROUGH:
         v = getattr(args, name)
@@ -79,6 +85,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return die(
             f"{args.recipe}: file not found (looked for {Path(args.recipe).resolve()}). Check the path."
         )
+    why = launch_error(args)
+    if why:
+        return die(why)
+    if args.nproc_per_node and (args.node_rank or 0) > 0:
+        return join_job(args, runs_dir)
     resume = args.resume is not None
     if resume:
         try:
@@ -116,6 +127,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return start_engine(args, run_dir, argv)
 
 
+def join_job(args: argparse.Namespace, runs_dir: Path) -> int:
+    """Node K > 0 of a multi-node run: its ranks join the job; the run (its store, socket and
+    dashboard) lives on node 0, with rank 0. torchrun takes over this process."""
+    ranks = (
+        f"{args.node_rank * args.nproc_per_node}..{(args.node_rank + 1) * args.nproc_per_node - 1}"
+    )
+    print(
+        f"dltui: node {args.node_rank} of {args.nnodes}: ranks {ranks} join the run on "
+        f"{args.rdzv_endpoint.rpartition(':')[0]} (watch and steer it there).",
+        flush=True,
+    )
+    argv = engine_argv(args, runs_dir / "(node 0's run)", False, "--headless")
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
 def detach(args: argparse.Namespace, run_dir: Path, argv: list[str]) -> int:
     """`train --detach`: start the engine in the background and say what actually happened —
     started, failed (with the engine's own message), or still starting after --wait seconds."""
@@ -147,11 +174,13 @@ def detach(args: argparse.Namespace, run_dir: Path, argv: list[str]) -> int:
                 meta = r.meta()
         except (RunNotFound, OSError, ValueError, sqlite3.Error):
             meta = {}
-        if meta.get("pid") == proc.pid and meta.get("status") not in (None, wire.STARTING):
+        # Our engine: the process started, or (torchrun) the rank 0 it launched.
+        ours = meta.get("pid") if proc.pid in (meta.get("pid"), meta.get("launcher_pid")) else None
+        if ours is not None and meta.get("status") not in (None, wire.STARTING):
             client = ControlClient(run_dir, timeout=5)
             try:  # this engine answers on its socket (not another one's stale socket)
                 st = client.request("status").state or {}
-                if st.get("pid") == proc.pid:
+                if st.get("pid") == ours:
                     break
             except ControlError:
                 pass
@@ -253,6 +282,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         "last_events": events,
         "hint": None if live else next_step_hint(run_dir, info.status, meta),
         "store_trouble": (live or {}).get("store_trouble"),
+        "world_size": meta.get("world_size", 1),
+        "ranks": [{k: r.get(k) for k in RANK_FIELDS} for r in meta.get("ranks") or []],
     }
     if args.json:
         print(json.dumps(out, indent=2, default=str))
@@ -290,9 +321,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  store: cannot write the run store ({out['store_trouble']}); training goes on, "
             "its records are held until the disk takes them again. Free some space."
         )
+    for r in out["ranks"]:
+        st = r.get("step_time_s")
+        print(
+            f"  rank {r['rank']}: step {r['step']}  lr {', '.join(f'{x:.4g}' for x in r['lrs'] or [])}"
+            f"  {r['host']} {r['device']}"
+            + (f"  {st * 1e3:.1f} ms/step" if isinstance(st, (int, float)) else "")
+        )
     if out["hint"]:
         print(f"  {out['hint']}")
     return 0
+
+
+RANK_FIELDS = ("rank", "step", "lrs", "host", "device", "step_time_s", "data_time_s", "status")
 
 
 def next_step_hint(run_dir: Path, status: str, meta: dict) -> str | None:
@@ -590,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ascii", action="store_true", help="dashboard without Braille or box characters"
     )
     add_run_options(t)
+    add_launch_options(t)
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("runs", help="list runs")
