@@ -336,6 +336,8 @@ class Agent:
         self.final: dict[int, dict] = {}
         self.stop_asked: str | None = None  # rank > 0: a stop to ask rank 0 for
         self.stopping = False  # rank 0: a stop of every rank is decided or on its way
+        self.ranks: list[dict] = []  # rank 0: every rank's latest report
+        self._nudge = threading.Event()  # report now (a command was applied)
         self._alive = True
         self._threads: list[threading.Thread] = []
         self._chan = connect(world)  # the training thread's (commands) and the end's
@@ -382,6 +384,7 @@ class Agent:
         """Run fn(loop) at `step`: now if this is it, else hold the gate there and run it then."""
         self.apply_due(loop)  # earlier commands first
         if loop.step == step:
+            self._nudge.set()
             return fn(loop)
         if loop.step > step:
             raise RuntimeError(
@@ -426,6 +429,7 @@ class Agent:
                 continue
             if p.fut is not None:
                 p.fut.set_result(result)
+        self._nudge.set()
 
     # -- rank 0: deciding -------------------------------------------------------------------------
     def decide(self, loop: Any, req: dict, fn: Any) -> Any:
@@ -556,7 +560,8 @@ class Agent:
                 self._report()
             except Exception:  # the store went away (rank 0's launcher ended): nothing to tell
                 return
-            time.sleep(REPORT_S)
+            self._nudge.wait(REPORT_S)
+            self._nudge.clear()
 
     def _collector(self) -> None:
         """Rank 0: record the other ranks' reports, console lines and events."""
@@ -567,7 +572,8 @@ class Agent:
                 self._collect(chan, seen)
             except Exception as e:
                 self.store.event(wire.EV_INFO, f"ranks: {e!r}", level="warning")
-            time.sleep(REPORT_S)
+            self._nudge.wait(REPORT_S)
+            self._nudge.clear()
 
     def _collect(self, chan: Any, seen: dict[int, int]) -> list[dict]:
         ranks = [self.report()]
@@ -591,6 +597,7 @@ class Agent:
                 for _wall, step, kind, level, message, data in out["events"]:
                     data = {**(data if isinstance(data, dict) else {}), "rank": r}
                     self.store.event(kind, f"rank {r}: {message}", step, level, data)
+        self.ranks = ranks
         self.store.set_meta(world_size=self.world.world_size, ranks=ranks)
         return ranks
 
@@ -674,6 +681,9 @@ def control_server(run_dir: Path, gate: Any, store: Any, driver: Any, agent: Age
             agent.close()
             if agent.world.leader:
                 super().close()
+
+        def state(self) -> dict[str, Any]:
+            return {**super().state(), "world_size": agent.world.world_size, "ranks": agent.ranks}
 
         def _dispatch(self, req: wire.Request) -> Any:
             self._local.req = {"cmd": req.cmd, "args": req.args}

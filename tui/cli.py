@@ -283,7 +283,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         "hint": None if live else next_step_hint(run_dir, info.status, meta),
         "store_trouble": (live or {}).get("store_trouble"),
         "world_size": meta.get("world_size", 1),
-        "ranks": [{k: r.get(k) for k in RANK_FIELDS} for r in meta.get("ranks") or []],
+        "ranks": [
+            {k: r.get(k) for k in RANK_FIELDS}
+            for r in (live or {}).get("ranks") or meta.get("ranks") or []
+        ],
     }
     if args.json:
         print(json.dumps(out, indent=2, default=str))
