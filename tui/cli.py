@@ -568,11 +568,38 @@ def print_reply(cmd: str, reply, run_dir: Path) -> None:
     print(describe_state(reply.state or {}))
 
 
+def unknown_run(runs_dir: Path, spec: str, e: RunNotFound) -> str:
+    """One line for a run name that resolves to nothing: the runs there are, by name."""
+    if "matches several" in str(e):
+        return str(e)
+    names = [r.id for r in list_runs(runs_dir)]
+    if not names:
+        return f"no run '{spec}': {runs_dir}/ has no runs (start one with `dltui train FILE`)."
+    shown = ", ".join(names[-8:]) + (f" and {len(names) - 8} older" if len(names) > 8 else "")
+    return f"no run '{spec}' in {runs_dir}/; its runs: {shown}."
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
     runs_dir = Path(args.runs_dir)
+    specs = list(dict.fromkeys(args.run))  # a run named twice is shown once
+    if len(specs) > 1:  # several runs: the compare view
+        paths = []
+        for spec in specs:
+            try:
+                paths.append(resolve_run(runs_dir, spec))
+            except RunNotFound as e:
+                return die(unknown_run(runs_dir, spec, e))
+        if len({p.resolve() for p in paths}) > 1:
+            from dltui.tui.screens.compare import run_compare
+
+            return run_compare(paths, ascii=args.ascii)
+        args.run = specs[:1]
     try:
         if args.run:
-            run_dir = resolve_run(runs_dir, args.run)
+            try:
+                run_dir = resolve_run(runs_dir, args.run[0])
+            except RunNotFound as e:
+                return die(unknown_run(runs_dir, args.run[0], e))
         else:
             # The one live run, or the only run; when several could be meant, the Runs screen.
             runs = list_runs(runs_dir)
@@ -665,8 +692,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_ctl)
 
-    a = sub.add_parser("attach", help="open the dashboard on a run (default: the latest live run)")
-    a.add_argument("run", nargs="?")
+    a = sub.add_parser(
+        "attach",
+        help="open the dashboard on a run (default: the latest live run); "
+        "with several runs, compare them",
+    )
+    a.add_argument("run", nargs="*", help="run ids (or dirs); two or more: the compare view")
     a.add_argument("--ascii", action="store_true", help="no Braille or box characters")
     a.set_defaults(func=cmd_attach)
 

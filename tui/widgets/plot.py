@@ -26,6 +26,7 @@ from .format import fmt_duration, fmt_num, fmt_ticks, join_lines
 
 MARKER_STYLE = "magenta"
 CURSOR_STYLE = "reverse"
+MARK_EVERY = 6  # cells between a compared run's glyphs along its line
 OUTLIER_FENCE = 3.0  # points beyond Q3 + 3 IQR (or below Q1 - 3 IQR) leave the y range
 
 
@@ -43,6 +44,7 @@ class Trace:
     smooth: bool = True  # EMA applies (not to the LR: its curve is exact)
     lasts: tuple[float | None, ...] = ()
     points: bool = False  # drawn with a mark at each point (validation: one per epoch)
+    mark: str = ""  # a compared run's glyph: along its line and in the legend (no colour needed)
 
     @property
     def last(self) -> tuple[int, float] | None:
@@ -206,6 +208,8 @@ class Plot(Widget):
         return lines
 
     def _glyph(self, t: Trace) -> str:
+        if t.mark:
+            return ("-" if self.ascii else "━") + t.mark + " "
         if t.points:
             return "-o " if self.ascii else "━● "
         return "-- " if self.ascii else "━ "
@@ -330,6 +334,9 @@ class Plot(Widget):
                         canvas.mark(
                             x // canvas.sx, y // canvas.sy, "o" if self.ascii else "●", style
                         )
+        for i, t in enumerate(self.traces):
+            if t.mark:
+                self._run_marks(canvas, t, i, to_dot)
         x = self.cursor_x()
         if x is not None:
             canvas.cursor(to_dot((x, y_lo))[0] // canvas.sx, CURSOR_STYLE)
@@ -344,6 +351,21 @@ class Plot(Widget):
         if axes:
             out.append(self._xaxis(x_lo, x_hi, lw, w))
         return join_lines(out)
+
+    def _run_marks(self, canvas: Canvas, t: Trace, i: int, to_dot) -> None:
+        """A trace's glyph at each of its points (validation) or every MARK_EVERY cells along its
+        line, each trace at its own phase, so two runs on one curve both show."""
+        values = ema(t.values, t.counts, self.smoothing) if self._smoothed(t) else t.values
+        every = 1 if t.points else MARK_EVERY
+        last_col = None
+        for p in self._xy(t, values):
+            if p is None:
+                continue
+            x, y = to_dot(p)
+            col = x // canvas.sx
+            if col != last_col and (col + 2 * i) % every == 0:
+                canvas.mark(col, y // canvas.sy, t.mark, t.color)
+                last_col = col
 
     def _ylabels(self, y_hi: float, y_lo: float) -> list[str]:
         """Top, middle and bottom labels, with the digits it takes to tell them apart (an LR

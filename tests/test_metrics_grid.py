@@ -1,0 +1,178 @@
+"""The Metrics tab (issue 12, item 7): every recorded scalar as a small chart, paged, filtered by
+name, one opened full size. The runs are real engine runs of tests/scripts/many_scalars.py, a
+script logging 32 scalars a step through dltui.log (two engines, started side by side once for
+the module)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import start_cli
+from screen import screen_text
+from test_panes import PaneApp, sync, until
+from textual.widgets import Input, TabbedContent
+
+from dltui.run import wire
+from dltui.run.reader import RunReader
+from dltui.tui.app import make_app
+from dltui.tui.panes.metrics import MetricsPane, chart_title, run_sources
+from dltui.tui.screens.compare import CompareApp, CompareScreen
+from dltui.tui.screens.dialogs import HelpScreen
+from dltui.tui.widgets.plot import Plot
+
+SCRIPT = Path(__file__).resolve().parent / "scripts" / "many_scalars.py"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    """Two finished script runs (30 and 20 steps, different LRs), each with 40+ scalars."""
+    root = tmp_path_factory.mktemp("metrics")
+    started = [
+        start_cli(
+            *("train", "--headless", "--runs-dir", root / "runs", SCRIPT, steps, lr),
+            cwd=root,
+            tag=f"run{steps}",
+        )
+        for steps, lr in (("30", "0.05"), ("20", "0.2"))
+    ]
+    for s in started:
+        done = s.wait()
+        assert done.returncode == 0, done.stderr
+    dirs = list((root / "runs").iterdir())
+    assert len(dirs) == 2
+    return sorted(dirs, key=steps_of, reverse=True)  # started in the same second: either name
+
+
+def steps_of(run_dir: Path) -> int:
+    with RunReader(run_dir) as r:
+        return r.step_range("loss")[1]
+
+
+def scalars_of(run_dir: Path) -> list[tuple[str, str]]:
+    with RunReader(run_dir) as r:
+        return r.series_names()
+
+
+def grid_titles(pane: MetricsPane) -> list[str]:
+    return [p.border_title for p in pane.plots() if p.styles.visibility != "hidden"]
+
+
+@sync
+async def test_pages_filters_and_opens_one_full_size(runs):
+    names = scalars_of(runs[0])
+    assert len(names) >= 30  # the script logs dozens: the grid must page them
+    app = PaneApp(lambda: MetricsPane(runs[0], None, classes="pane"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = app.query_one(MetricsPane)
+        await until(pilot, lambda: pane.data is not None and grid_titles(pane), what="charts")
+        per_page = pane.page_size
+        assert per_page == 3 * 4  # 120 columns / 38, 39 rows / 8
+        assert grid_titles(pane)[0].endswith(chart_title(*names[0]))  # the selected one: ▶
+        assert [t.removeprefix("▶ ") for t in grid_titles(pane)] == [
+            chart_title(*k) for k in names[:per_page]
+        ]
+        status = screen_text(app).splitlines()[0]
+        assert f"scalars 1-{per_page} of {len(names)}" in status and "page 1/" in status
+        # every chart of the page has its run's curve
+        assert all(p.traces for p in pane.plots())
+
+        await pilot.press("pagedown")
+        await until(pilot, lambda: pane.data.page == 1, what="page 2")
+        await until(
+            pilot, lambda: grid_titles(pane)[1] == chart_title(*names[per_page + 1]), what="p2"
+        )
+        await pilot.press("pageup")
+        await until(pilot, lambda: pane.data.page == 0, what="back to page 1")
+
+        # / filters by name; every word must appear
+        await pilot.press("slash")
+        assert isinstance(app.focused, Input)
+        await pilot.press(*"unit_03")
+        await until(pilot, lambda: len(grid_titles(pane)) == 2, what="filtered")
+        assert sorted(t.removeprefix("▶ ") for t in grid_titles(pane)) == [
+            "unit_03/mean",
+            "unit_03/std",
+        ]
+        assert "of 2 (of " in screen_text(app).splitlines()[0]
+        await pilot.press("enter")  # leaves the box, keeps the filter
+        assert app.focused is pane
+        await pilot.press("right")  # select the second chart, open it full size
+        await pilot.press("enter")
+        zoom = pane.query_one("#metrics-zoom", Plot)
+        await until(pilot, lambda: zoom.display and zoom.traces, what="full size")
+        assert zoom.border_title == "unit_03/std"
+        assert zoom.size.width > 100
+        # the full-size chart reads its series at its own width: more points than a small one
+        await until(pilot, lambda: len(zoom.traces[0].steps) == 30, what="every step")
+        await pilot.press("escape")  # back to the grid, filter kept
+        await until(pilot, lambda: not zoom.display and len(grid_titles(pane)) == 2)
+        await pilot.press("escape")  # clears the filter
+        await until(pilot, lambda: len(grid_titles(pane)) == per_page, what="filter cleared")
+        assert pane.filter_text == ""
+
+        await pilot.press("slash", *"no_such_scalar")
+        await until(pilot, lambda: "no scalar matches" in screen_text(app))
+        await pilot.press("escape")
+        await until(pilot, lambda: len(grid_titles(pane)) == per_page)
+
+        # a click on a chart opens it
+        target = pane.plots()[4]
+        await pilot.click(target, offset=(10, 4))
+        await until(pilot, lambda: zoom.display, what="clicked open")
+        assert zoom.border_title == chart_title(*names[4])
+
+
+@sync
+async def test_small_terminal_and_ascii(runs):
+    app = PaneApp(lambda: MetricsPane(runs[0], None, classes="pane"), ascii_mode=True)
+    app.add_class("-ascii")  # as DltuiApp(ascii=True) does
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = app.query_one(MetricsPane)
+        await until(pilot, lambda: pane.data is not None and grid_titles(pane), what="charts")
+        assert pane.page_size == 2 * 2
+        text = screen_text(app)
+        assert not any(0x2500 <= ord(c) <= 0x28FF for c in text), text  # no box, no Braille
+        assert "> " + chart_title(*scalars_of(runs[0])[0]) in text  # the selection, in words
+
+
+@sync
+async def test_dashboard_has_the_metrics_tab(runs):
+    app = make_app(runs[0])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.snapshot is not None, what="snapshot")
+        await pilot.press("6")
+        tabs = app.screen.query_one(TabbedContent)
+        assert tabs.active == "metrics"
+        await until(pilot, lambda: app.screen.query(MetricsPane), what="pane loaded")
+        pane = app.screen.query_one(MetricsPane)
+        await until(pilot, lambda: pane.data is not None and grid_titles(pane), what="charts")
+        assert app.focused is pane
+        assert "6 Metrics" in screen_text(app)
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        rows = dict(app.screen.sections)["Metrics tab"]
+        assert ("pagedown", "Next page") in rows and ("slash", "Filter the charts by name") in rows
+
+
+@sync
+async def test_compare_grid_overlays_every_run(runs):
+    app = CompareApp(runs)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, CompareScreen), what="screen")
+        await pilot.press("2")
+        pane = app.screen.grid
+        await until(pilot, lambda: pane.data is not None and grid_titles(pane), what="charts")
+        assert app.focused is pane
+        loss = next(p for p in pane.plots() if p.border_title.endswith("loss"))
+        sources = run_sources(runs)
+        assert [t.color for t in loss.traces] == [s.color for s in sources]
+        assert len({t.mark for t in loss.traces}) == 2
+        # one run logged 30 steps, the other 20: each curve is its own
+        assert [t.steps[-1] for t in loss.traces] == [30, 20]
+        # val-only scalars are charted too, with both runs
+        assert (("acc", wire.VAL)) in scalars_of(runs[0])
+        await pilot.press("n")  # n/p page in the compare view (no run to step there)
+        await until(pilot, lambda: pane.data.page == 1, what="page 2")
+        await pilot.press("p")
+        await until(pilot, lambda: pane.data.page == 0, what="page 1")

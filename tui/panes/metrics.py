@@ -1,0 +1,431 @@
+"""The Metrics tab: every recorded scalar as a small chart, paged, filtered by name, any one full size.
+
+It shows one run (the dashboard's tab: train and validation colours as on the Overview) or
+several (the compare view's tab: each chart overlays the runs, one colour and glyph per run).
+Like the other panes it fetches only when the store's scalar counter moved, on a thread, and
+only the charts of the page on screen, each downsampled to its own width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from textual import events, on
+from textual.actions import SkipAction
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid
+from textual.widgets import Input, Static
+
+from dltui.run import wire
+from dltui.run.client import ControlClient
+from dltui.run.reader import RunNotFound, RunReader, Series
+
+from ..widgets.pane_base import PollingPane
+from ..widgets.plot import Plot, Trace
+from .overview import TRAIN_COLOR, VAL_COLOR, _trace
+
+CHART_W, CHART_H = 38, 8  # the smallest chart that still reads: legend, 5 rows, x labels
+RUN_COLORS = ("cyan", "yellow", "green", "bright_magenta", "bright_blue", "red", "white")
+RUN_MARKS = ("●", "■", "▲", "◆", "✚", "★", "▼")
+ASCII_MARKS = ("o", "x", "+", "*", "#", "@", "v")
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """One run a chart draws: where its store is, its legend label, colour and glyph."""
+
+    path: Path
+    label: str = ""
+    color: str = ""
+    mark: str = ""  # "" for the dashboard's one run (train/val colours instead)
+
+
+def run_sources(paths: Sequence[Path], ascii: bool = False) -> list[RunSource]:
+    """A colour and a glyph per compared run (glyphs: readable under NO_COLOR and --ascii)."""
+    marks = ASCII_MARKS if ascii else RUN_MARKS
+    return [
+        RunSource(Path(p), Path(p).name, RUN_COLORS[i % len(RUN_COLORS)], marks[i % len(marks)])
+        for i, p in enumerate(paths)
+    ]
+
+
+def short_labels(names: Sequence[str]) -> list[str]:
+    """The part of each run id that tells it from the others: the '-'-separated words all share
+    at the start and the end dropped ('20261201-010203-mnist' -> '010203')."""
+    parts = [n.split("-") for n in names]
+    if len(parts) < 2:
+        return list(names)
+    shortest = min(len(p) for p in parts)
+    lead = 0
+    while lead < shortest - 1 and len({p[lead] for p in parts}) == 1:
+        lead += 1
+    tail = 0
+    while tail < shortest - 1 - lead and len({p[-1 - tail] for p in parts}) == 1:
+        tail += 1
+    out = ["-".join(p[lead : len(p) - tail]) for p in parts]
+    return out if len(set(out)) == len(out) and all(out) else list(names)
+
+
+def legend_labels(sources: Sequence[RunSource], width: int) -> list[str]:
+    """Run names in a chart's legend: whole when they fit its width, else their distinct part."""
+    full = [s.label for s in sources]
+    need = sum(len(n) + 12 for n in full)  # glyph, value and gap per run
+    return full if need <= width else short_labels(full)
+
+
+def chart_title(name: str, phase: str) -> str:
+    return name if phase == wire.TRAIN else f"{name} ({phase})"
+
+
+def first_wall(r: RunReader) -> float | None:
+    """The wall time of the run's first recorded scalar: where its time axis starts (the
+    meta's `started` moves when a run is resumed in its own directory)."""
+    row = r.db.execute("SELECT wall FROM scalars ORDER BY rowid LIMIT 1").fetchone()
+    return None if row is None else float(row[0])
+
+
+def run_trace(
+    s: Series, src: RunSource, phase: str, t0: float | None, label: str | None = None
+) -> Trace:
+    """One run's series as a trace, its wall times shifted to seconds since the run's start
+    (runs started hours apart line up on the time axis; the plot's own t0 is then 0)."""
+    val = phase != wire.TRAIN
+    if src.mark:
+        color, text = src.color, src.label if label is None else label
+    else:
+        color, text = (VAL_COLOR if val else TRAIN_COLOR), phase
+    t = _trace(s, text, color, smooth=not val, points=val)
+    walls = tuple(w - (t0 or 0.0) for w in t.walls)
+    return dataclasses.replace(t, walls=walls, mark=src.mark)
+
+
+class Readers:
+    """A RunReader per run, opened on first use (a store not there yet is retried later)."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = [Path(p) for p in paths]
+        self._open: dict[Path, RunReader] = {}
+
+    def get(self, path: Path) -> RunReader | None:
+        if path not in self._open:
+            try:
+                self._open[path] = RunReader(path)
+            except (RunNotFound, OSError):
+                return None
+        return self._open[path]
+
+    def names(self) -> list[tuple[str, str]]:
+        """Every (name, phase) any of the runs recorded, in the order first recorded."""
+        out: dict[tuple[str, str], None] = {}
+        for p in self.paths:
+            r = self.get(p)
+            for key in r.series_names() if r else ():
+                out.setdefault(key, None)
+        return list(out)
+
+    def close(self) -> None:
+        for r in self._open.values():
+            r.close()
+        self._open.clear()
+
+
+@dataclass
+class GridData:
+    """One fetch: the names the filter kept, the page shown, and each chart's series per run."""
+
+    total: int  # scalars recorded
+    keys: list[tuple[str, str]]  # the filter's matches
+    page: int
+    shown: list[tuple[str, str]]
+    series: dict[tuple[str, str], list[Series | None]]  # per source, in order
+    t0s: list[float | None]
+
+
+def matches(key: tuple[str, str], text: str) -> bool:
+    hay = chart_title(*key).lower()
+    return all(w in hay for w in text.lower().split())
+
+
+class MetricsPane(PollingPane, can_focus=True):
+    """A grid of small charts, one per recorded scalar; Enter or a click opens one full size."""
+
+    BINDINGS = [
+        Binding("pagedown", "page(1)", "Next page", id="metrics.next_page"),
+        Binding("pageup", "page(-1)", "Prev page", id="metrics.prev_page"),
+        Binding(
+            "slash", "filter", "Filter", tooltip="Filter the charts by name", id="metrics.filter"
+        ),
+        Binding("enter", "open", "Open", tooltip="The selected chart full size", id="metrics.open"),
+        Binding("escape", "back", "Back", tooltip="Close the full-size chart, or clear the filter"),
+        Binding("x", "toggle_x", "X", tooltip="x axis: step or elapsed time", id="metrics.x_axis"),
+        Binding("left", "select(-1, 0)", "Select", show=False, key_display="left"),
+        Binding("right", "select(1, 0)", "Select", show=False, key_display="right"),
+        Binding("up", "select(0, -1)", "Select", show=False, key_display="up"),
+        Binding("down", "select(0, 1)", "Select", show=False, key_display="down"),
+    ]
+    SCOPED_CSS = False  # every rule names MetricsPane; the --ascii one starts at App.-ascii
+    DEFAULT_CSS = """
+    MetricsPane { layout: vertical; }
+    MetricsPane #metrics-status { height: 1; color: $text-muted; text-wrap: nowrap; }
+    MetricsPane #metrics-filter { height: 3; display: none; }
+    MetricsPane #metrics-filter.shown { display: block; }
+    MetricsPane #metrics-grid { height: 1fr; grid-gutter: 0; }
+    MetricsPane #metrics-grid Plot { height: 1fr; }
+    MetricsPane #metrics-zoom { display: none; height: 1fr; }
+    MetricsPane.-zoomed #metrics-grid { display: none; }
+    MetricsPane.-zoomed #metrics-zoom { display: block; }
+    MetricsPane Plot.-selected { border: heavy $accent; }
+    App.-ascii MetricsPane Plot.-selected { border: ascii $accent; }
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        client: ControlClient | None,
+        sources: Sequence[RunSource] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(run_dir, client, **kwargs)
+        self.sources = list(sources or [RunSource(Path(run_dir))])
+        self.readers = Readers([s.path for s in self.sources])
+        self.filter_text = ""
+        self.page = 0
+        self.cols, self.rows = 1, 1
+        self.selected = 0  # index on the page
+        self.zoomed: tuple[str, str] | None = None
+        self.x_time = False
+        self.data: GridData | None = None
+        # Kept, not queried: the clock may tick while the app is tearing the tree down.
+        self.status = Static(id="metrics-status")
+        self.box = Input(placeholder="filter: words in the scalar's name", id="metrics-filter")
+        self.grid = Grid(id="metrics-grid")
+        self.zoom = Plot(ascii=self.ascii_mode, id="metrics-zoom", classes="panel")
+
+    @property
+    def page_size(self) -> int:
+        return self.cols * self.rows
+
+    def compose(self) -> ComposeResult:
+        yield self.status
+        yield self.box
+        yield self.grid
+        yield self.zoom
+
+    def on_resize(self) -> None:
+        cols = max(1, self.size.width // CHART_W)
+        rows = max(1, (self.size.height - 1) // CHART_H)
+        if (cols, rows) != (self.cols, self.rows) or not self.plots():
+            first = self.page * self.page_size  # keep the first chart shown on the page
+            self.cols, self.rows = cols, rows
+            self.page = first // self.page_size
+            self._layout_grid()
+            self.refetch()
+
+    def _layout_grid(self) -> None:
+        grid = self.grid
+        grid.styles.grid_size_columns, grid.styles.grid_size_rows = self.cols, self.rows
+        plots = self.plots()
+        if len(plots) > self.page_size:
+            for p in plots[self.page_size :]:
+                p.remove()
+        elif len(plots) < self.page_size:
+            grid.mount_all(
+                Plot(ascii=self.ascii_mode, classes="panel")
+                for _ in range(self.page_size - len(plots))
+            )
+        self.selected = min(self.selected, self.page_size - 1)
+
+    def plots(self) -> list[Plot]:
+        return [p for p in self.grid.children if isinstance(p, Plot)]
+
+    def refetch(self) -> None:
+        """Read now (a key changed what is shown), or at the next frame if a read is running."""
+        self._fetched_at = 0.0
+        if self.snapshot is not None:
+            self.frame(self.snapshot)
+
+    # -- the data path ---------------------------------------------------------------------
+    def data_key(self, snap: Any) -> object:
+        plots = self.plots()
+        buckets = (self.zoom if self.zoomed or not plots else plots[0]).plot_buckets()
+        return (
+            snap.scalars_seen,
+            self.filter_text,
+            self.page,
+            self.page_size,
+            self.zoomed,
+            buckets,
+        )
+
+    def fetch(self) -> GridData:
+        # the key frame() took for this fetch, on the UI thread (no widget is read from here)
+        _, text, page, size, zoomed, buckets = self._key
+        names = self.readers.names()
+        keys = [k for k in names if matches(k, text)]
+        pages = max(1, -(-len(keys) // size))
+        page = min(page, pages - 1)
+        shown = [zoomed] if zoomed else keys[page * size : (page + 1) * size]
+        series: dict[tuple[str, str], list[Series | None]] = {}
+        t0s = []
+        for src in self.sources:
+            r = self.readers.get(src.path)
+            t0s.append(first_wall(r) if r else None)
+        for k in shown:
+            series[k] = []
+            for src in self.sources:
+                r = self.readers.get(src.path)
+                series[k].append(r.series(k[0], k[1], buckets) if r else None)
+        return GridData(len(names), keys, page, shown, series, t0s)
+
+    def on_unmount(self) -> None:
+        if self._busy.acquire(timeout=1.0):
+            try:
+                self.readers.close()
+            finally:
+                self._busy.release()
+
+    def show(self, data: GridData) -> None:
+        self.data = data
+        self.page = data.page
+        if self.zoomed:
+            self._draw(self.zoom, self.zoomed)
+        else:
+            for i, plot in enumerate(self.plots()):
+                key = data.shown[i] if i < len(data.shown) else None
+                plot.set_class(i == self.selected and key is not None, "-selected")
+                plot.styles.visibility = "visible" if key else "hidden"  # the last page's rest
+                self._draw(plot, key)
+        self._status()
+
+    def _draw(self, plot: Plot, key: tuple[str, str] | None) -> None:
+        data = self.data
+        if key is None or data is None:
+            plot.border_title = ""
+            plot.empty_text = ""
+            plot.set_data([], [])
+            return
+        labels = legend_labels(self.sources, plot.size.width)
+        traces = [
+            run_trace(s, src, key[1], t0, label)
+            for s, src, t0, label in zip(
+                data.series.get(key, ()), self.sources, data.t0s, labels, strict=False
+            )
+            if s is not None and len(s)
+        ]
+        title = chart_title(*key)
+        if plot.has_class("-selected"):  # said in words too: a border colour needs colour
+            title = ("> " if self.ascii_mode else "▶ ") + title
+        if plot.border_title != title:
+            plot.border_title = title
+        plot.empty_text = "nothing recorded"
+        plot.set_options(smoothing=0.0, log_y=False, x_time=self.x_time, t0=0.0)
+        plot.set_data(traces, [])
+
+    def _status(self) -> None:
+        data = self.data
+        if data is None:
+            return
+        n = len(data.keys)
+        pages = max(1, -(-n // self.page_size))
+        filt = f"  filter: {self.filter_text!r}" if self.filter_text else ""
+        if self.zoomed:
+            text = f"{chart_title(*self.zoomed)}  (Esc: back to the grid){filt}"
+        elif not n:
+            text = f"no scalar matches {self.filter_text!r} (Esc clears)" if filt else "no scalars"
+        else:
+            first = data.page * self.page_size
+            text = (
+                f"scalars {first + 1}-{min(n, first + self.page_size)} of {n}"
+                + (f" (of {data.total})" if n != data.total else "")
+                + f"  page {data.page + 1}/{pages}  pgup/pgdn  / filter  enter open{filt}"
+            )
+        self.status.update(text)
+
+    # -- keys ------------------------------------------------------------------------------
+    def action_page(self, move: int) -> None:
+        n = len(self.data.keys) if self.data else 0
+        pages = max(1, -(-n // self.page_size))
+        new = min(pages - 1, max(0, self.page + move))
+        if new != self.page and not self.zoomed:
+            self.page = new
+            self.refetch()
+
+    def action_select(self, dx: int, dy: int) -> None:
+        if self.zoomed or self.data is None or not self.data.shown:
+            return
+        i = self.selected + dx + dy * self.cols
+        self.selected = min(len(self.data.shown) - 1, max(0, i))
+        self.show(self.data)
+
+    def action_open(self, index: int | None = None) -> None:
+        if self.zoomed or self.data is None:
+            return
+        i = self.selected if index is None else index
+        if i < len(self.data.shown):
+            self.selected = i
+            self.zoomed = self.data.shown[i]
+            self.add_class("-zoomed")
+            self._status()
+            self.call_after_refresh(self.refetch)  # the full-size plot's width, once laid out
+
+    def action_back(self) -> None:
+        box = self.box
+        if self.zoomed:
+            self.zoomed = None
+            self.remove_class("-zoomed")
+            self.refetch()
+        elif box.has_class("shown") or self.filter_text:
+            box.value = ""
+            box.remove_class("shown")
+            self.focus()
+        else:
+            raise SkipAction()  # nothing to close here: Esc is the screen's (the compare view's back)
+
+    def action_filter(self) -> None:
+        self.box.add_class("shown")
+        self.box.focus()
+
+    @on(Input.Changed, "#metrics-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        if event.value != self.filter_text:
+            self.filter_text, self.page, self.selected = event.value, 0, 0
+            self.refetch()
+
+    @on(Input.Submitted, "#metrics-filter")
+    def _filter_done(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.focus()
+
+    def action_toggle_x(self) -> None:
+        self.x_time = not self.x_time
+        self.notify(f"x axis: {'elapsed time' if self.x_time else 'step'}", timeout=2)
+        if self.data is not None:
+            self.show(self.data)
+
+    def on_click(self, event: events.Click) -> None:
+        """A click on a small chart opens it full size."""
+        plots = self.plots()
+        node = event.widget
+        while node is not None and node is not self:
+            if node in plots:
+                self.action_open(plots.index(node))
+                return
+            node = node.parent
+
+
+class CompareMetricsPane(MetricsPane):
+    """The compare view's grid: no run to steer there, so n and p page too."""
+
+    BINDINGS = [
+        Binding("n", "page(1)", "Next page", show=False),
+        Binding("p", "page(-1)", "Prev page", show=False),
+    ]
+
+    def action_toggle_x(self) -> None:
+        self.screen.action_toggle_x()  # the compare view's x: its curves and this grid together
