@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Static
 from dltui.run import wire
 from dltui.run.client import ControlClient
 
+from ..widgets.columns import fit_columns, keep_end, measure
 from ..widgets.format import fmt_count, fmt_num
 from ..widgets.pane_base import PollingPane
 from ..widgets.pane_histogram import PaneHistogram
@@ -39,7 +40,6 @@ COLUMNS = (
 SORTABLE = [key for key, _ in COLUMNS]
 # When the table is too narrow for every column, these go first (numbers are never cut).
 DROP_ORDER = ("shape", "gw", "nonfinite", "numel", "zero_frac", "w_norm")
-CELL_PAD = 2  # DataTable's cell padding, one cell each side
 NAME_MIN = 12  # below this the name column keeps the end of a long name: …layer3.0.conv1.weight
 # The update/weight ratio is healthy around 1e-3 (Karpathy's rule of thumb); flag two decades off.
 RATIO_HIGH, RATIO_LOW = 1e-1, 1e-5
@@ -362,41 +362,24 @@ class LayersPane(PollingPane):
 
     def _name_shown(self, name: str) -> str:
         """The name, or its end after a '…' when the name column had to shrink."""
-        room = getattr(self, "_name_width", None)
-        if room is None or len(name) <= room:
-            return name
-        return ("..." if self.ascii_mode else "…") + name[
-            len(name) - room + (3 if self.ascii_mode else 1) :
-        ]
+        return keep_end(name, getattr(self, "_name_width", None), self.ascii_mode)
 
     def _fit(self, table: DataTable) -> tuple[str, ...]:
         """The columns that fit the table's width whole, dropping by DROP_ORDER; the name
         column shrinks (keeping the end of each name) only when nothing else can go."""
-        self._name_width = None
-        width = table.size.width - 2  # the vertical scrollbar
-        if width <= 0:
-            return tuple((k, len(label) + 2) for k, label in COLUMNS)
-        natural: dict[str, int] = {}
-        for key, label in COLUMNS:
-            w = len(label) + 2  # room for the sort arrow
-            for row in self.rows.values():
-                cell = self._cells(row)[key] if key != "name" else Text(row["name"])
-                w = max(w, cell.cell_len)
-            natural[key] = w + CELL_PAD
-        keep = [k for k, _ in COLUMNS]
-        for key in DROP_ORDER:
-            if sum(natural[k] for k in keep) <= width:
-                break
-            keep.remove(key)
-        over = sum(natural[k] for k in keep) - width
-        if over > 0:
-            self._name_width = max(NAME_MIN, natural["name"] - CELL_PAD - over)
+        headers = {key: len(label) + 2 for key, label in COLUMNS}  # room for the sort arrow
+        cells = ({**self._cells(row), "name": row["name"]} for row in self.rows.values())
         # Explicit widths: DataTable's own auto widths could stay at a header's width when rows
         # arrived while the tab was hidden, cutting names and numbers.
-        widths = {k: natural[k] - CELL_PAD for k in keep}
-        if self._name_width is not None:
-            widths["name"] = min(widths["name"], self._name_width)
-        return tuple((k, widths[k]) for k in keep)
+        fit = fit_columns(
+            measure(headers, cells),
+            table.size.width,
+            DROP_ORDER,
+            shrink="name",
+            shrink_min=NAME_MIN,
+        )
+        self._name_width = fit.shrunk
+        return fit.widths
 
     def _sort_key(self, name: str) -> tuple:
         row = self.rows[name]

@@ -110,6 +110,7 @@ class TensorsPane(CheckpointUser, PollingPane):
         self.loaded: Loaded | None = None
         self.checkpoint_error: str | None = None
         self._asking = False  # a load_checkpoint worker is under way
+        self._ready = False  # mounted with its children
         self._want: str | None = None  # the file it is for (None: whichever is loaded)
 
     def compose(self) -> ComposeResult:
@@ -137,12 +138,15 @@ class TensorsPane(CheckpointUser, PollingPane):
         self.plain_tree(self.query_one(Tree))
         self.query_one(PaneValues).display = False
         self._show_source()
+        self._ready = True
 
     def on_unmount(self) -> None:
         self.stop_own_server()
 
     # -- where the tensors come from: the live engine, or a checkpoint -------------------------
     def frame(self, snap: RunSnapshot | None) -> None:
+        if not self._ready:  # the frame clock may tick before this pane's children mount
+            return
         if snap is not None and snap.live == self.from_checkpoint:
             self._switch(not snap.live)
         super().frame(snap)
