@@ -334,6 +334,7 @@ class Agent:
         self.host = socket.gethostname()
         self.status = wire.RUNNING
         self.final: dict[int, dict] = {}
+        self.dead: set[int] = set()  # ranks found gone without a word
         self.stop_asked: str | None = None  # rank > 0: a stop to ask rank 0 for
         self.stopping = False  # rank 0: a stop of every rank is decided or on its way
         self.ranks: list[dict] = []  # rank 0: every rank's latest report
@@ -584,8 +585,10 @@ class Agent:
                 ranks.append(rep)
                 if rep.get("final"):
                     self.final[r] = rep
+                elif r not in self.dead and self._gone(rep):
+                    self._died(r, rep)
                 if rep.get("stop"):
-                    self.request_stop(f"{rep['stop']} on rank {r}")
+                    self.request_stop(rep["stop"])
             top = int(chan.add(f"outn/{r}", 0))
             while seen[r] < top and _has(chan, f"out/{r}/{seen[r] + 1}"):
                 seen[r] += 1
@@ -600,6 +603,33 @@ class Agent:
         self.ranks = ranks
         self.store.set_meta(world_size=self.world.world_size, ranks=ranks)
         return ranks
+
+    def _gone(self, rep: dict) -> bool:
+        """A rank on this host whose process is gone without its last report (SIGKILL, OOM)."""
+        if rep.get("host") != self.host or not isinstance(rep.get("pid"), int):
+            return False
+        try:
+            os.kill(rep["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+
+    def _died(self, r: int, rep: dict) -> None:
+        """Said at once, from this thread: rank 0 itself is likely stuck in a collective waiting
+        for the dead rank (its signal handlers can't run there) until torchrun kills it."""
+        self.dead.add(r)
+        self.store.event(
+            wire.EV_ERROR,
+            f"rank {r} (pid {rep['pid']}) died at step {rep.get('step')} without a word (killed? "
+            "out of memory?); the other ranks cannot go on, torchrun ends them",
+            step=rep.get("step"),
+            level="error",
+            data={"rank": r},
+        )
+        self.store.set_meta(status=wire.FAILED, ended=time.time(), failed_rank=r)
+        self.store.flush()
 
     def _final_collect(self, loop: Any, status: str, error: BaseException | None) -> None:
         """Rank 0 at its end: the other ranks' last reports, and which rank failed, if one did."""
@@ -617,7 +647,7 @@ class Agent:
         except Exception:  # the store is gone: the launcher has ended
             pass
         failed = {r: rep for r, rep in self.final.items() if rep.get("status") == wire.FAILED}
-        missing = sorted(set(range(1, self.world.world_size)) - set(self.final))
+        missing = sorted(set(range(1, self.world.world_size)) - set(self.final) - self.dead)
         for r, rep in sorted(failed.items()):
             self.store.event(
                 wire.EV_ERROR,
@@ -751,7 +781,8 @@ def install_signals(agent: Agent, gate: Any, detached: bool) -> None:
             if interrupts > 1:
                 gate.request_stop(f"interrupted twice ({name})", now=True)
                 raise KeyboardInterrupt
-        agent.request_stop(f"{'interrupted' if signum == signal.SIGINT else 'terminated'} ({name})")
+        what = "interrupted" if signum == signal.SIGINT else "terminated"
+        agent.request_stop(f"{what} ({name}) on rank {agent.world.rank}")
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
