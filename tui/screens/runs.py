@@ -23,20 +23,16 @@ from textual.widgets.data_table import CellDoesNotExist
 from dltui.run.catalog import Catalog, RunRow
 from dltui.run.status import RunStatus
 
+from ..widgets.columns import Fit, fit_columns, keep_end, measure
 from ..widgets.format import fmt_count, fmt_duration, fmt_num
 
 REFRESH_S = 1.0
 COLUMNS = ("", "run", "status", "progress", "best", "started", "duration", "hparams")
 # (no script column: a run id ends with its script's name; the filter still searches the path)
-WIDTHS = {  # every cell's text fits its column (hparams take the rest of the width)
-    "": 1,
-    "run": 28,
-    "status": 10,
-    "progress": 14,
-    "best": 12,
-    "started": 11,
-    "duration": 8,
-}
+# Too narrow for all (80 columns): these go first, whole; a run id already says when it started.
+DROP_ORDER = ("started", "duration", "hparams", "best", "progress")
+HPARAMS_MIN = 12  # hparams take the width left, at least this much, else the column goes
+RUN_MIN = 16  # a run id shrinks (keeping its end, the script's name) only when nothing can go
 SORTS = {  # column name -> key (None sorts last)
     "started": lambda r: r.started or 0.0,
     "status": lambda r: r.status,
@@ -64,9 +60,19 @@ def started_text(r: RunRow) -> str:
     return time.strftime("%m-%d %H:%M", time.localtime(r.started)) if r.started else "-"
 
 
-def hparams_text(r: RunRow, limit: int = 40) -> str:
-    s = " ".join(f"{k}={fmt_num(v) if isinstance(v, float) else v}" for k, v in r.hparams.items())
-    return s if len(s) <= limit else s[: limit - 1] + "…"
+def hparams_text(r: RunRow, limit: int | None = 40) -> str:
+    """`lr=0.01 width=64`: as many whole name=value pairs as fit in `limit`, then `…` (a value
+    is never cut in the middle)."""
+    pairs = [f"{k}={fmt_num(v) if isinstance(v, float) else v}" for k, v in r.hparams.items()]
+    s = " ".join(pairs)
+    if limit is None or len(s) <= limit:
+        return s
+    out = ""
+    for pair in pairs:
+        if len(out) + len(pair) + 2 > limit:  # room for the pair, a space and the '…'
+            break
+        out += pair + " "
+    return out + "…"
 
 
 def status_cell(r: RunRow) -> Text:
@@ -92,7 +98,7 @@ class RunsScreen(Screen[list[Path] | None]):
         Binding("escape", "back", "Back"),
     ]
     DEFAULT_CSS = """
-    RunsScreen #runs-title { height: 1; padding: 0 1; background: $boost; }
+    RunsScreen #runs-title { height: auto; padding: 0 1; background: $boost; }
     RunsScreen #runs-filter { height: 3; display: none; }
     RunsScreen #runs-filter.shown { display: block; }
     RunsScreen DataTable { height: 1fr; }
@@ -110,8 +116,8 @@ class RunsScreen(Screen[list[Path] | None]):
         self.filter_text = ""
         self.sort_by, self.descending = "started", True
         self._order: list[str] = []  # the run ids drawn, in order, and their cells
-        self._cells: dict[str, tuple] = {}
-        self._hp_width = 40
+        self._cells: dict[str, dict[str, Text]] = {}
+        self._fit = Fit(())  # the columns shown and their widths
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -123,13 +129,13 @@ class RunsScreen(Screen[list[Path] | None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        # Fixed widths: a measured (auto) width costs a render of every cell of 1,000 runs.
-        for name in COLUMNS:
-            table.add_column(name, key=name, width=WIDTHS.get(name, 12))
         self.reload()
         self.set_interval(REFRESH_S, self.reload)
-        table.focus()
+        self.query_one(DataTable).focus()
+
+    def on_resize(self) -> None:
+        if self.is_mounted:
+            self.show_rows(self.rows)  # columns dropped or brought back to fit the new width
 
     @work(thread=True, exclusive=True, group="runs-refresh")
     def reload(self) -> None:
@@ -142,41 +148,62 @@ class RunsScreen(Screen[list[Path] | None]):
         rows = [r for r in self.rows if r.matches(self.filter_text)]
         return sorted(rows, key=SORTS[self.sort_by], reverse=self.descending)
 
-    def cells(self, r: RunRow) -> tuple[Text, ...]:
-        """The row's cells as Text (a plain str would be parsed for markup when measured)."""
+    def cells(self, r: RunRow, fit: Fit | None = None) -> dict[str, Text]:
+        """The row's cells by column, as Text (a plain str would be parsed for markup when
+        measured); with `fit`, as shown in its widths (else whole, to measure)."""
         mark = "✓" if r.id in self.marked else ("▶" if self._is_current(r) else "")
+        widths = dict(fit.widths) if fit is not None else {}
+        shrunk = fit.shrunk if fit is not None else None
         words = (
             progress_text(r),
             best_text(r),
             started_text(r),
             fmt_duration(r.duration),
-            hparams_text(r, self._hp_width),
+            hparams_text(r, widths.get("hparams")),
         )
-        return (Text(mark), Text(r.id), status_cell(r), *(Text(w) for w in words))
+        cells = (Text(mark), Text(keep_end(r.id, shrunk)), status_cell(r), *map(Text, words))
+        return dict(zip(COLUMNS, cells, strict=True))
+
+    def fit(self, shown: list[RunRow]) -> Fit:
+        """The columns that fit the screen's width whole (tui/widgets/columns.py)."""
+        width = self.query_one(DataTable).size.width or self.size.width
+        natural = measure({c: max(1, len(c)) for c in COLUMNS}, (self.cells(r) for r in shown))
+        return fit_columns(
+            natural,
+            width,
+            DROP_ORDER,
+            shrink="run",
+            shrink_min=RUN_MIN,
+            flex="hparams",
+            flex_min=HPARAMS_MIN,
+        )
 
     def show_rows(self, rows: list[RunRow]) -> None:
         """Redraw: cells that changed are updated in place (a live run's progress); the table is
-        rebuilt only when the runs shown or their order change."""
+        rebuilt only when the runs shown, their order or the columns that fit change."""
         self.rows = rows
         table = self.query_one(DataTable)
         shown = self.visible()
-        rebuild = [r.id for r in shown] != self._order
-        if rebuild:
-            self._fit_columns(max((len(r.id) for r in shown), default=10))
-        drawn = {r.id: self.cells(r) for r in shown}
-        if not rebuild:
+        fit = self.fit(shown)
+        drawn = {r.id: self.cells(r, fit) for r in shown}
+        keep = self.cursor_run()
+        if fit != self._fit:
+            self._fit = fit
+            table.clear(columns=True)
+            for key, width in fit.widths:
+                table.add_column(key, key=key, width=width)
+            self._order = []  # rows again, below
+        if [r.id for r in shown] == self._order:
             for run_id, cells in drawn.items():
-                old = self._cells.get(run_id)
-                for col, (new, was) in enumerate(zip(cells, old or (), strict=False)):
-                    if str(new) != str(was) or getattr(new, "style", None) != getattr(
-                        was, "style", None
-                    ):
-                        table.update_cell(run_id, COLUMNS[col], new)
+                old = self._cells.get(run_id, {})
+                for key in fit.keys:
+                    new, was = cells[key], old.get(key)
+                    if was is None or new.plain != was.plain or new.style != was.style:
+                        table.update_cell(run_id, key, new)
         else:
-            keep = self.cursor_run()
             table.clear()
             for run_id, cells in drawn.items():
-                table.add_row(*cells, key=run_id)
+                table.add_row(*(cells[k] for k in fit.keys), key=run_id)
             if keep in drawn:
                 table.move_cursor(row=table.get_row_index(keep))
         self._order, self._cells = list(drawn), drawn
@@ -187,17 +214,6 @@ class RunsScreen(Screen[list[Path] | None]):
             f"Runs in {self.runs_dir}/  {len(shown)} of {len(rows)} shown, {live} live  "
             f"sorted by {self.sort_by} {order}  marked {len(self.marked)}{filt}"
         )
-
-    def _fit_columns(self, id_width: int) -> None:
-        """Run ids whole (however long the script's name); hparams take what width is left."""
-        table = self.query_one(DataTable)
-        cols = {str(k.value): c for k, c in table.columns.items()}
-        cols["run"].width = id_width
-        fixed = sum(c.width for k, c in cols.items() if k != "hparams")
-        cols["hparams"].width = self._hp_width = max(
-            12, self.size.width - fixed - 2 * len(cols) - 2
-        )
-        table.refresh()
 
     def _is_current(self, r: RunRow) -> bool:
         return self.current is not None and Path(r.path).resolve() == self.current
