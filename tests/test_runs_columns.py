@@ -79,5 +79,5 @@ def test_fit_columns_drops_then_shrinks_then_gives_flex_the_rest() -> None:
     fit = fit_columns(natural, 30, ("free", "b"), shrink="name", shrink_min=12, flex="free")
     assert fit.keys == ("a", "name") and fit.shrunk == 30 - 2 - 4 - 4
     assert keep_end("layer3.0.conv1.weight", 10) == "…v1.weight"
-    assert keep_end("layer3.0.conv1.weight", 10, ascii=True) == "...weight"
+    assert keep_end("layer3.0.conv1.weight", 10, ascii=True) == "....weight"
     assert measure({"a": 1}, [{"a": "wide value"}]) == {"a": 10}
