@@ -339,6 +339,8 @@ class Agent:
         self.stopping = False  # rank 0: a stop of every rank is decided or on its way
         self.ranks: list[dict] = []  # rank 0: every rank's latest report
         self._nudge = threading.Event()  # report now (a command was applied)
+        self._report_lock = threading.Lock()
+        self._final_sent = False
         self._alive = True
         self._threads: list[threading.Thread] = []
         self._chan = connect(world)  # the training thread's (commands) and the end's
@@ -496,7 +498,15 @@ class Agent:
         return rep
 
     def _report(self, final: bool = False, error: BaseException | None = None) -> None:
-        """Rank > 0: this rank's report, console lines and events, and a stop to ask for."""
+        """Rank > 0: this rank's report, console lines and events, and a stop to ask for. The
+        last one (final) is never followed by another: the reporter thread stops first."""
+        with self._report_lock:
+            if self._final_sent:
+                return
+            self._final_sent = final
+            self._send_report(final, error)
+
+    def _send_report(self, final: bool, error: BaseException | None) -> None:
         chan = self._chan if final else self._rchan
         rep = self.report()
         if final:
@@ -582,11 +592,13 @@ class Agent:
             key = f"rank/{r}"
             if _has(chan, key):
                 rep = json.loads(chan.get(key))
+                if not rep.get("final") and r not in self.dead and self._gone(rep):
+                    rep = json.loads(chan.get(key))  # its last report may have come meanwhile
+                    if not rep.get("final"):
+                        self._died(r, rep)
                 ranks.append(rep)
                 if rep.get("final"):
                     self.final[r] = rep
-                elif r not in self.dead and self._gone(rep):
-                    self._died(r, rep)
                 if rep.get("stop"):
                     self.request_stop(rep["stop"])
             top = int(chan.add(f"outn/{r}", 0))

@@ -7,6 +7,7 @@ run that is stopped with `ctl stop`. Each ends with no process left.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ import torch.distributed as dist
 from conftest import REPO, TEST_RECIPES, events_of, run_cli
 
 from dltui.run.options import launch_error, parse, torchrun_argv
+from dltui.run.ranks import straggler
 from dltui.run.reader import RunReader, pid_alive
 
 pytestmark = pytest.mark.skipif(
@@ -198,6 +200,43 @@ def test_sigterm_to_one_rank_stops_both_with_one_checkpoint(recipe_run: DistRun)
     assert [e["step"] for e in cks if "SIGTERM" in e["message"]] == [s0["step"]]
     assert (recipe_run.run_dir / "checkpoints" / "last.pt").exists()
     assert all(r["step"] == s0["step"] for r in recipe_run.meta()["ranks"])
+
+
+def test_dashboard_system_panel_shows_the_ranks(recipe_run: DistRun) -> None:
+    """The real dashboard on the (now ended) distributed run: its System panel's Ranks view."""
+    from dltui.tui.app import make_app
+    from dltui.tui.widgets.system import SystemPanel
+
+    async def look() -> str:
+        app = make_app(recipe_run.run_dir)
+        async with app.run_test(size=(160, 45)) as pilot:
+            panel = app.query_one(SystemPanel)
+            deadline = time.monotonic() + 20
+            while "rank 1" not in (text := str(panel.render())):
+                assert time.monotonic() < deadline, text
+                await pilot.pause(0.05)
+            return text
+
+    text = asyncio.run(look())
+    assert "2 ranks" in text and "slowest rank" in text
+    assert "rank 0" in text and "rank 1" in text
+
+
+def test_straggler_and_rank_lines() -> None:
+    from dltui.tui.widgets.ranks import rank_lines
+
+    ranks = [
+        {"rank": 1, "step": 10, "lrs": [0.1], "host": "a", "device": "cuda:1", "step_time_s": 0.05},
+        {"rank": 0, "step": 10, "lrs": [0.1], "host": "a", "device": "cuda:0", "step_time_s": 0.04},
+    ]
+    s = straggler(ranks)
+    assert (s.rank, s.fastest_rank, s.lagging) == (1, 0, True)
+    assert s.as_json()["ratio"] == 1.25
+    lines = [str(t) for t in rank_lines({"ranks": ranks, "world_size": 2})]
+    assert lines[0].startswith("2 ranks  slowest rank 1 50.0 ms/step, fastest rank 0 40.0 ms")
+    assert lines[1].startswith(" rank 0") and lines[2].startswith(" rank 1")  # rank order
+    assert rank_lines({"ranks": ranks[:1]}) == [] and rank_lines({}) == []
+    assert straggler(ranks[:1]) is None
 
 
 def _rank_pid(run: DistRun, rank: int) -> int:

@@ -24,6 +24,7 @@ from dltui.run.options import (
     torchrun_argv,
 )
 from dltui.run.progress import position
+from dltui.run.ranks import ranks_of, straggler
 from dltui.run.reader import DB_NAME, RunNotFound, RunReader, pid_alive
 from dltui.run.runs import (
     DEFAULT_RUNS_DIR,
@@ -285,9 +286,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         "world_size": meta.get("world_size", 1),
         "ranks": [
             {k: r.get(k) for k in RANK_FIELDS}
-            for r in (live or {}).get("ranks") or meta.get("ranks") or []
+            for r in ranks_of({"ranks": (live or {}).get("ranks") or meta.get("ranks")})
         ],
     }
+    slow = straggler(out["ranks"])
+    out["straggler"] = slow.as_json() if slow else None
     if args.json:
         print(json.dumps(out, indent=2, default=str))
         return 0
@@ -323,6 +326,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"  store: cannot write the run store ({out['store_trouble']}); training goes on, "
             "its records are held until the disk takes them again. Free some space."
+        )
+    if slow is not None:
+        print(
+            f"  {out['world_size']} ranks: slowest rank {slow.rank} {slow.step_time_s * 1e3:.1f} "
+            f"ms/step, fastest rank {slow.fastest_rank} {slow.fastest_s * 1e3:.1f} ms "
+            f"({slow.ratio:.2f}x)"
         )
     for r in out["ranks"]:
         st = r.get("step_time_s")

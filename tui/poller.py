@@ -47,6 +47,7 @@ STEERING_KEYS = (
     "models",
     wire.META_GPUS,
     wire.META_GPU_PROCESSES,
+    "ranks",  # a torchrun run's ranks (engine/distributed.py), renewed every half second
 )
 FIRST_EVENTS = 2000  # read when the dashboard opens: enough to find commands among checkpoints
 MAX_EVENTS = 100  # the events list shows the newest few; memory stays flat over a long run

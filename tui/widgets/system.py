@@ -17,6 +17,7 @@ from dltui.run import wire
 from ..poller import RunSnapshot
 from . import gpu as G
 from .format import fmt_bytes, join_lines
+from .ranks import rank_lines
 from .sparkline import sparkline
 
 LABEL_W, VALUE_W = 11, 14
@@ -46,6 +47,7 @@ class SystemPanel(Widget):
             tuple(snap.system.items()),
             repr(snap.meta.get(wire.META_GPUS)),
             repr(snap.meta.get(wire.META_GPU_PROCESSES)),
+            repr(snap.meta.get("ranks")),  # a distributed run's Ranks view (widgets/ranks.py)
             snap.live,
         )
         self.snap = snap
@@ -113,7 +115,7 @@ class SystemPanel(Widget):
             subtitle += ("  " if subtitle else "") + f"{G.RUN_MARK} this run"
         if self.border_subtitle != subtitle:
             self.border_subtitle = subtitle
-        notes = self._notes(pic)
+        notes = self._notes(pic) + rank_lines(s.meta)
         procs = self._process_lines(pic)
         loose_cuda = self._cuda_lines(pic, mapped=False)
         # (GPU lines, full host lines, process lines it must leave room for), best first
