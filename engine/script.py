@@ -425,6 +425,9 @@ class ScriptRun:
         if self.optimizers:
             self.optimizer = next(iter(self.optimizers.values()))
         self._publish_models()
+        from .learner import script_learner  # loaders, loss, schedulers found: once
+
+        self.store.set_meta(learner=script_learner(self, objs))
         self._emit("on_run_start")
 
     def _publish_models(self) -> None:

@@ -45,6 +45,7 @@ STEERING_KEYS = (
     "steering",
     "optimizers",
     "models",
+    "learner",  # what the Run panel shows: a script's is found at its first step
     wire.META_GPUS,
     wire.META_GPU_PROCESSES,
     "ranks",  # a torchrun run's ranks (engine/distributed.py), renewed every half second

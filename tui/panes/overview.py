@@ -28,6 +28,7 @@ from ..messages import SeriesFetched
 from ..poller import RunSnapshot
 from ..widgets.events import EventList
 from ..widgets.format import fmt_count
+from ..widgets.learner import RunPanel
 from ..widgets.plot import Plot, Trace
 from ..widgets.system import SystemPanel
 
@@ -190,6 +191,13 @@ class OverviewPane(Widget, can_focus=True):
             id="overview.events_filter",
         ),
         Binding(
+            "i",
+            "toggle_run_panel",
+            "Run",
+            tooltip="Under 100 columns: the Run panel (samples, batches, optimizer, loss) or events",
+            id="overview.run_panel",
+        ),
+        Binding(
             "left_square_bracket",
             "scroll_events(1)",
             "Older",
@@ -247,6 +255,7 @@ class OverviewPane(Widget, can_focus=True):
         )
         self.system = SystemPanel(ascii=ascii, id="system", classes="panel")
         self.events = EventList(id="events", classes="panel")
+        self.run_panel = RunPanel(id="run-panel", classes="panel")  # what the run computes
 
     def compose(self) -> ComposeResult:
         loss, metric, lr = self.plots
@@ -256,12 +265,18 @@ class OverviewPane(Widget, can_focus=True):
         with Horizontal(id="ov-row2"):
             yield lr
             yield self.system
-        yield self.events
+        with Horizontal(id="ov-row3"):
+            yield self.events
+            yield self.run_panel
 
     def on_mount(self) -> None:
         titles = ("loss", "metric", "learning rate", "system", "events")
         for widget, title in zip((*self.plots, self.system, self.events), titles, strict=True):
             widget.border_title = title
+
+    def on_resize(self) -> None:
+        # Under the app's -w-wide breakpoint the events and the Run panel take turns (i).
+        self.events.border_title = "events  i: run" if self.size.width < 100 else "events"
 
     def on_show(self) -> None:
         self.frame(getattr(self.app, "snapshot", None))  # back from another tab: catch up now
@@ -305,6 +320,7 @@ class OverviewPane(Widget, can_focus=True):
             if self._snap_new:
                 self.system.show(snap)
                 self.events.show(snap)
+                self.run_panel.show(snap)
             self._snap_new = self._series_new = False
             self._draw()  # each plot repaints only if its data or settings differ
         key = self._fetch_key(snap)
@@ -424,6 +440,9 @@ class OverviewPane(Widget, can_focus=True):
     def action_filter_events(self) -> None:
         what = self.events.cycle_filter()
         self.notify(f"events: {what}", timeout=2)
+
+    def action_toggle_run_panel(self) -> None:
+        self.run_panel.toggle()
 
     def action_scroll_events(self, lines: int) -> None:
         self.events.scroll_by_lines(lines)
