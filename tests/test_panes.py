@@ -437,7 +437,7 @@ async def test_tensors_of_a_run_without_checkpoints_says_how_to_get_one(finished
     async with app.run_test(size=(80, 24)) as pilot:
         pane = app.query_one(TensorsPane)
         source = pane.query_one("#tensors-source", Static)
-        await until(pilot, lambda: pane.checkpoint_error, what="no-checkpoint message")
+        await until(pilot, lambda: pane.source.error, what="no-checkpoint message")
         text = str(source.render())
         assert "saved no checkpoint" in text and "--resume" in text, text
         assert not pane.query_one("#tensors-body").display

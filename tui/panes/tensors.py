@@ -23,8 +23,9 @@ from textual.widgets import Input, Static, Tree
 
 from dltui.run.client import ControlClient, ControlError, EngineGone
 
-from ..checkpoints import CheckpointUnavailable, CheckpointUser, Loaded, saved_checkpoints
+from ..checkpoints import Loaded
 from ..poller import RunSnapshot
+from ..widgets.checkpoint_source import CheckpointSource
 from ..widgets.format import fmt_bytes, fmt_num
 from ..widgets.pane_base import PollingPane
 from ..widgets.pane_storage import PaneStorage
@@ -43,7 +44,7 @@ LIST_EVERY = 3  # re-list tensors every 3rd poll: gradients and optimizer state 
 SIDE_BY_SIDE_AT = 76  # inspector width from which base and view are drawn side by side
 
 
-class TensorsPane(CheckpointUser, PollingPane):
+class TensorsPane(PollingPane):
     """Tensor tree (left) and inspector (right): layout, storage drawings, values."""
 
     POLL_S = 2.0  # each poll is a request the engine answers at a step boundary: keep it rare
@@ -67,8 +68,6 @@ class TensorsPane(CheckpointUser, PollingPane):
     TensorsPane #tensor-drawings { height: auto; layout: vertical; }
     TensorsPane #tensor-drawings.-side { layout: horizontal; }
     TensorsPane #tensor-drawings.-side PaneStorage { width: 1fr; }
-    TensorsPane #tensors-source { height: auto; color: $text-muted; }
-    TensorsPane #tensors-source.-blocking { padding: 1 2; }
     TensorsPane.-narrow #tensors-body { layout: vertical; }
     TensorsPane.-narrow #tensor-tree { width: 100%; height: 40%; }
     TensorsPane.-narrow #inspector { height: 60%; padding: 0; }
@@ -87,15 +86,6 @@ class TensorsPane(CheckpointUser, PollingPane):
             self.error: str | None = result.get("error")
             self.gone: str | None = result.get("gone")
 
-    class CheckpointLoaded(Message):
-        """The checkpoint server is up (`loaded`), or could not be started (`error`)."""
-
-        bubble = False
-
-        def __init__(self, loaded: Loaded | None, error: str | None = None) -> None:
-            super().__init__()
-            self.loaded, self.error = loaded, error
-
     def __init__(self, run_dir: Path, client: ControlClient | None, **kwargs: Any) -> None:
         super().__init__(run_dir, client, **kwargs)
         self.listing: list[dict] = []
@@ -107,14 +97,10 @@ class TensorsPane(CheckpointUser, PollingPane):
         self._ticks = 0
         self.engine = client  # the live engine's client; self.client is whichever is asked now
         self.from_checkpoint = False  # the run has ended: tensors come from a saved checkpoint
-        self.loaded: Loaded | None = None
-        self.checkpoint_error: str | None = None
-        self._asking = False  # a load_checkpoint worker is under way
         self._ready = False  # mounted with its children
-        self._want: str | None = None  # the file it is for (None: whichever is loaded)
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="tensors-source")
+        yield CheckpointSource(self.run_dir, id="tensors-source")
         with Horizontal(id="tensors-body"):
             tree: Tree[str] = Tree("tensors", id="tensor-tree")
             tree.show_root = False
@@ -137,11 +123,7 @@ class TensorsPane(CheckpointUser, PollingPane):
             return
         self.plain_tree(self.query_one(Tree))
         self.query_one(PaneValues).display = False
-        self._show_source()
         self._ready = True
-
-    def on_unmount(self) -> None:
-        self.stop_own_server()
 
     # -- where the tensors come from: the live engine, or a checkpoint -------------------------
     def frame(self, snap: RunSnapshot | None) -> None:
@@ -153,107 +135,52 @@ class TensorsPane(CheckpointUser, PollingPane):
         if self.from_checkpoint and self.showing and self.client is None:
             self._load_if_needed()
 
+    @property
+    def source(self) -> CheckpointSource:
+        return self.query_one(CheckpointSource)
+
+    @property
+    def loaded(self) -> Loaded | None:
+        """The checkpoint the tensors come from (None: a live run's engine, or none yet)."""
+        return self.source.loaded if self.from_checkpoint else None
+
     def _switch(self, ended: bool) -> None:
         """The run ended (read a checkpoint from now on) or was resumed (ask its engine)."""
         self.from_checkpoint = ended
         self.client = None if ended else self.engine
         self.listing, self.selected, self.base_info, self.view_info = [], None, None, None
-        self.loaded, self.checkpoint_error = None, None
         self.query_one(Tree).clear()
         self.redraw()
-        self._show_source()
+        self.source.activate(ended)
 
     def _load_if_needed(self) -> None:
-        """Lazily, when the tab is shown: the server costs a torch import (a second or two).
-        A load the Model tab started is waited for, not repeated."""
-        if self.checkpoint_error is None and not self._asking:
-            self.start_load(None)
+        """Lazily, when the tab is shown: the server costs a torch import (a second or two)."""
+        self.source.ensure()
 
-    def start_load(self, which: str | None) -> None:
-        """Serve checkpoint `which` (None: the one loaded, else the last): says so at once."""
-        self._asking, self.client, self.checkpoint_error = True, None, None
-        self._want = which
-        self._show_source(which or self.server.loading or "")
-        self.load_checkpoint(which)
-
-    @work(thread=True, group="checkpoint")
-    def load_checkpoint(self, which: str | None) -> None:
-        """Start (or replace) the checkpoint server off the UI thread."""
-        try:
-            loaded = self.server.load(which)
-        except CheckpointUnavailable as e:
-            self.post_message(self.CheckpointLoaded(None, str(e)))
-            return
-        self.post_message(self.CheckpointLoaded(loaded))
-
-    def on_tensors_pane_checkpoint_loaded(self, msg: CheckpointLoaded) -> None:
+    def on_checkpoint_source_changed(self, msg: CheckpointSource.Changed) -> None:
+        """Ask the new checkpoint's server from now on (the selected tensor, if it is there
+        too, stays); while none is served, the line says why and the body is hidden."""
         msg.stop()
-        if self._want is not None and msg.loaded is not None and msg.loaded.name != self._want:
-            return  # an earlier choice's answer; the newer one follows
-        self._asking = False
+        self.query_one("#tensors-body").display = not self.source.blocking
         if not self.from_checkpoint:
             return
-        if msg.loaded is None:
-            self.checkpoint_error = msg.error
-            self.client = None
-            self._show_source()
-            return
-        self._use(msg.loaded)
-
-    def _use(self, loaded: Loaded) -> None:
-        """Ask `loaded`'s server from now on; the selected tensor, if it is there too, stays."""
-        self.loaded, self.checkpoint_error = loaded, None
-        self.client = loaded.client
+        self.client = msg.loaded.client if msg.loaded is not None else None
         self.listing, self.base_info, self.view_info = [], None, None
-        self._show_source()
+        if msg.loaded is None:
+            return
         self.poll(force=True)
         if self.selected is not None:
             self.select(self.selected)
-
-    def _show_source(self, loading: str | None = None) -> None:
-        """The line above the tree: which checkpoint is read (or why none is)."""
-        line = self.query_one("#tensors-source", Static)
-        body = self.query_one("#tensors-body")
-        blocking = False
-        if not self.from_checkpoint:
-            text = Text("")
-        elif loading is not None or (self.client is None and self.checkpoint_error is None):
-            name = f"checkpoint {loading}" if loading else "the run's last checkpoint"
-            text = Text(f"loading {name} … (a reader process starts: torch loads once)")
-            blocking = True
-        elif self.checkpoint_error is not None:
-            text = Text(self.checkpoint_error)
-            if saved_checkpoints(self.run_dir):
-                text.append("\npress o to choose another checkpoint", style="bold")
-            blocking = True
-        else:
-            ck = self.loaded
-            step = f"step {ck.step:,}" if ck and ck.step is not None else "step unknown"
-            text = Text(f"run ended · checkpoint {ck.name if ck else '?'} · {step}", style="bold")
-            text.append("  o: choose another", style="dim")
-        line.update(text)
-        line.display = bool(text.plain)
-        line.set_class(blocking, "-blocking")
-        body.display = not blocking
+        if self.showing and not self.has_focus_within:
+            # the list was hidden while loading, so the tab's keys had nothing focused to reach
+            self.query_one(Tree).focus()
 
     def action_pick_checkpoint(self) -> None:
         """o: choose which saved checkpoint a finished run's tensors come from."""
-        if not self.from_checkpoint:
+        if self.from_checkpoint:
+            self.source.pick()
+        else:
             self.notify("the run is live: its tensors come from the engine", timeout=4)
-            return
-        saved = saved_checkpoints(self.run_dir)
-        if not saved:
-            self.checkpoint_error = self.checkpoint_error or "this run saved no checkpoint"
-            self._show_source()
-            return
-        from ..screens.checkpoint_picker import CheckpointPicker
-
-        def chosen(name: str | None) -> None:
-            if name is not None and (self.loaded is None or name != self.loaded.name):
-                self.start_load(name)
-
-        current = self.loaded.name if self.loaded else None
-        self.app.push_screen(CheckpointPicker(saved, current), chosen)
 
     # -- polling (worker thread) ---------------------------------------------------------------
     def poll(self, force: bool = False) -> None:
@@ -351,9 +278,7 @@ class TensorsPane(CheckpointUser, PollingPane):
         """Nobody answered: the engine is starting or just ended (the next snapshot says
         which), or the checkpoint server is gone (o starts one again)."""
         if self.from_checkpoint:
-            self.client = None
-            self.checkpoint_error = f"the checkpoint reader stopped ({why})"
-            self._show_source()
+            self.source.lost(why)
         else:
             self.error_text = NO_ENGINE_YET
             self.redraw()
