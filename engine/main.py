@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             begun = begin(args, argv)
             if args.world is not None:  # `train --detach` knows its launcher's rank 0 by this
                 begun.store.set_meta(launcher_pid=os.getppid(), world_size=args.world.world_size)
+            elif not begun.fresh:  # a torchrun run resumed as one process: one rank now
+                begun.store.set_meta(world_size=1, ranks=[])
     except UsageError as e:
         print(f"dltui: {e}", file=sys.stderr)
         return EXIT_USAGE
