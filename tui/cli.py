@@ -131,11 +131,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 def join_job(args: argparse.Namespace, runs_dir: Path) -> int:
     """Node K > 0 of a multi-node run: its ranks join the job; the run (its store, socket and
     dashboard) lives on node 0, with rank 0. torchrun takes over this process."""
-    ranks = (
-        f"{args.node_rank * args.nproc_per_node}..{(args.node_rank + 1) * args.nproc_per_node - 1}"
-    )
+    first = args.node_rank * args.nproc_per_node
+    last = first + args.nproc_per_node - 1
+    ranks = f"ranks {first}..{last}" if last > first else f"rank {first}"
     print(
-        f"dltui: node {args.node_rank} of {args.nnodes}: ranks {ranks} join the run on "
+        f"dltui: node {args.node_rank} of {args.nnodes}: {ranks} join the run on "
         f"{args.rdzv_endpoint.rpartition(':')[0]} (watch and steer it there).",
         flush=True,
     )
