@@ -158,9 +158,32 @@ def write_finished_run(
         progress=progress,
         host="elsewhere",
         pid=1,
+        learner=learner_meta(steps_per_epoch),
     )
     st.close()
     return run_dir
+
+
+def learner_meta(steps_per_epoch: int) -> dict:
+    """meta['learner'] as the engine records it, from real torch objects of the run's shape."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from dltui.engine import learner
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.1), nn.Linear(16, 4, bias=False))
+    data = DataLoader(TensorDataset(torch.zeros(32 * steps_per_epoch - 7, 8)), batch_size=32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return {
+        "source": "recipe",
+        "train": learner.loader_arithmetic(data, 1, steps_per_epoch),
+        "val": None,
+        "optimizers": [learner.optimizer_description("optimizer", opt)],
+        "loss": learner.loss_description(nn.CrossEntropyLoss()),
+        "schedulers": [],
+        "eval": {"grad": False, **learner.eval_changes([model])},
+    }
 
 
 @pytest.fixture(scope="module")
