@@ -77,6 +77,8 @@ def test_tensors_and_model_tabs_of_a_finished_run(finished: Path) -> None:
             await pilot.press("3")
             await until(pilot, lambda: pane.listing, "the checkpoint's tensor list")
             assert f"checkpoint last.pt · step {last['step']}" in source_line(pane)
+            # the list was hidden while loading: it takes the focus, so / and o reach the tab
+            await until(pilot, lambda: pane.query_one(Tree).has_focus, "the list focused")
             groups = [str(g.label) for g in pane.query_one(Tree).root.children]
             assert groups == ["parameters (6)", "buffers (3)", "optimizer state (6)"], groups
 
