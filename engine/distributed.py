@@ -386,14 +386,11 @@ class Agent:
     def at(self, loop: Any, step: int, fn: Any, fut: Future | None) -> Any:
         """Run fn(loop) at `step`: now if this is it, else hold the gate there and run it then."""
         self.apply_due(loop)  # earlier commands first
-        if loop.step == step:
+        if loop.step >= step:
+            if loop.step > step:
+                self._late(loop, step)
             self._nudge.set()
             return fn(loop)
-        if loop.step > step:
-            raise RuntimeError(
-                f"rank {self.world.rank} is at step {loop.step}, past step {step} where the "
-                "command was to apply"
-            )
         gate = loop.gate
         if self.saved is None:
             self.saved = (gate.paused, gate.step_target)
@@ -417,7 +414,7 @@ class Agent:
         for p in due:
             try:
                 if p.at < loop.step:
-                    raise RuntimeError(f"missed step {p.at} (at {loop.step})")
+                    self._late(loop, p.at)
                 result = p.fn(loop)
             except BaseException as e:
                 if p.fut is not None:
@@ -433,6 +430,18 @@ class Agent:
             if p.fut is not None:
                 p.fut.set_result(result)
         self._nudge.set()
+
+    def _late(self, loop: Any, step: int) -> None:
+        """This rank passed the agreed step before it heard of the command: its ranks do not meet
+        in a collective every step (no DDP). Applied now, late, and said."""
+        self.store.event(
+            wire.EV_ALERT,
+            f"rank {self.world.rank} applies a command at step {loop.step}, after step {step} "
+            "where it was due: the ranks do not wait for each other every step (no DDP?)",
+            step=loop.step,
+            level="warning",
+            data={"due": step},
+        )
 
     # -- rank 0: deciding -------------------------------------------------------------------------
     def decide(self, loop: Any, req: dict, fn: Any) -> Any:

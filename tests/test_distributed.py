@@ -298,3 +298,55 @@ def test_nnodes_without_endpoint_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "--rdzv-endpoint HOST:PORT" in done.stderr
     assert not (tmp_path / "runs").exists()
+
+
+# -- the agreed-step mechanism, in process (a real TCPStore and Gate; no ranks) ---------------
+
+
+@pytest.fixture
+def agent(tmp_path: Path):
+    import socket
+
+    from dltui.engine.distributed import Agent, RankStore, World
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    master = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+    world = World(rank=1, world_size=2, local_rank=1, addr="127.0.0.1", port=port)
+    a = Agent(world, tmp_path, RankStore(tmp_path, world), probe=None)
+    yield a
+    del master
+
+
+def test_a_command_for_a_later_step_holds_the_gate_there_then_applies(agent) -> None:
+    from types import SimpleNamespace
+
+    from dltui.engine.gate import Gate
+
+    gate = Gate()
+    loop = SimpleNamespace(step=5, gate=gate, lrs=lambda: [0.1])
+    applied: list[int] = []
+    agent.at(loop, 7, lambda lp: applied.append(lp.step), None)
+    assert (gate.paused, gate.step_target, applied) == (True, 7, [])  # runs on to step 7
+    loop.step = 6
+    agent.on_idle(loop)
+    assert applied == []
+    loop.step = 7
+    agent.on_idle(loop)  # the gate holds at 7 and calls on_idle: the command applies
+    assert applied == [7] and (gate.paused, gate.step_target) == (False, None)  # its own state
+
+
+def test_a_rank_past_the_step_applies_late_and_says_so(agent) -> None:
+    """Ranks that never meet in a collective (a script without DDP) can pass the agreed step:
+    the command applies there, with an alert (it was dropped silently before)."""
+    from types import SimpleNamespace
+
+    from dltui.engine.gate import Gate
+
+    loop = SimpleNamespace(step=9, gate=Gate(), lrs=lambda: [0.1])
+    applied: list[int] = []
+    agent.at(loop, 7, lambda lp: applied.append(lp.step), None)
+    assert applied == [9]
+    _, events = agent.store.take()
+    assert any("after step 7 where it was due" in e[4] for e in events)
