@@ -264,6 +264,7 @@ class RankStore:
         self._console: deque = deque(maxlen=10_000)
         self._events: deque = deque(maxlen=1_000)
         self.closed = threading.Event()
+        self.system_latest: dict[str, float] = {}
 
     def start(self) -> None: ...
     def flush(self, timeout: float = 30.0) -> None: ...
@@ -271,7 +272,9 @@ class RankStore:
     def layer_stats(self, step: int, rows: Any) -> None: ...
     def histogram(self, *args: Any) -> None: ...
     def scalars(self, *args: Any) -> None: ...
-    def system(self, wall: float, values: dict) -> None: ...
+    def system(self, wall: float, values: dict) -> None:
+        self.system_latest = values  # the sampler's, ~1 Hz: this rank's GPU goes in its report
+
     def truncate_after(self, step: int) -> None: ...
 
     def set_meta(self, **values: Any) -> None:
@@ -501,9 +504,16 @@ class Agent:
             "status": self.status,
             "wall": time.time(),
         }
-        cuda = _cuda_memory(getattr(loop, "device", None))
+        device = getattr(loop, "device", None)
+        cuda = _cuda_memory(device)
         if cuda is not None:
             rep["cuda_allocated"] = cuda
+        sampled = getattr(self.store, "system_latest", None)  # a rank > 0's own GPU readings
+        if sampled and getattr(device, "type", None) == "cuda":
+            d = device.index or 0
+            rep["gpu"] = {
+                k: v for k, v in sampled.items() if k.startswith((f"cuda{d}.", f"gpu{d}."))
+            }
         return rep
 
     def _report(self, final: bool = False, error: BaseException | None = None) -> None:

@@ -345,7 +345,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-RANK_FIELDS = ("rank", "step", "lrs", "host", "device", "step_time_s", "data_time_s", "status")
+RANK_FIELDS = (
+    *("rank", "step", "lrs", "host", "device", "step_time_s", "data_time_s", "status"),
+    *("memory_rss", "cuda_allocated", "gpu"),
+)
 
 
 def next_step_hint(run_dir: Path, status: str, meta: dict) -> str | None:
