@@ -23,6 +23,7 @@ PANE_EXTRA: dict[str, list[tuple[str, str]]] = {
     "tensors": [("up/down, enter", "inspect the tensor under the cursor")],
     "model": [("up/down, enter", "a module's parameters, shapes, hooks and training flag")],
     "console": [("up/down, pgup/pgdn", "scroll back; the view stops following the tail")],
+    "metrics": [("click", "open that chart full size (esc: back to the grid)")],
 }
 ANYWHERE = [
     ("ctrl+p", "command palette: every action here, found by typing part of its name"),

@@ -161,12 +161,30 @@ class MetricsPane(PollingPane, can_focus=True):
             "slash", "filter", "Filter", tooltip="Filter the charts by name", id="metrics.filter"
         ),
         Binding("enter", "open", "Open", tooltip="The selected chart full size", id="metrics.open"),
-        Binding("escape", "back", "Back", tooltip="Close the full-size chart, or clear the filter"),
+        Binding(
+            "escape",
+            "back",
+            "Back",
+            tooltip="Close the full-size chart, or clear the filter",
+            id="metrics.back",
+        ),
         Binding("x", "toggle_x", "X", tooltip="x axis: step or elapsed time", id="metrics.x_axis"),
-        Binding("left", "select(-1, 0)", "Select", show=False, key_display="left"),
-        Binding("right", "select(1, 0)", "Select", show=False, key_display="right"),
-        Binding("up", "select(0, -1)", "Select", show=False, key_display="up"),
-        Binding("down", "select(0, 1)", "Select", show=False, key_display="down"),
+        *(
+            Binding(
+                key,
+                f"select({dx}, {dy})",
+                "Select",
+                show=False,
+                tooltip=f"Select {where}",
+                id=f"metrics.select_{key}",
+            )
+            for key, dx, dy, where in (
+                ("left", -1, 0, "the chart on the left"),
+                ("right", 1, 0, "the chart on the right"),
+                ("up", 0, -1, "the chart above"),
+                ("down", 0, 1, "the chart below"),
+            )
+        ),
     ]
     SCOPED_CSS = False  # every rule names MetricsPane; the --ascii one starts at App.-ascii
     DEFAULT_CSS = """
@@ -423,8 +441,8 @@ class CompareMetricsPane(MetricsPane):
     """The compare view's grid: no run to steer there, so n and p page too."""
 
     BINDINGS = [
-        Binding("n", "page(1)", "Next page", show=False),
-        Binding("p", "page(-1)", "Prev page", show=False),
+        Binding("n", "page(1)", "Next page", show=False, id="compare.next_page"),
+        Binding("p", "page(-1)", "Prev page", show=False, id="compare.prev_page"),
     ]
 
     def action_toggle_x(self) -> None:

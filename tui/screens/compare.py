@@ -112,11 +112,23 @@ class CompareScreen(Screen[None]):
     """Two or more runs side by side; Esc goes back (or quits, when it is the whole app)."""
 
     BINDINGS = [
-        Binding("x", "toggle_x", "X", tooltip="x axis: step or time since each run's start"),
-        Binding("m", "next_metric", "Metric", tooltip="Next scalar on the third chart"),
-        Binding("1", "show_tab('curves')", "Curves", show=False),
-        Binding("2", "show_tab('grid')", "Metrics", show=False),
-        Binding("escape", "back", "Back"),
+        Binding(
+            "x",
+            "toggle_x",
+            "X",
+            tooltip="x axis: step or time since each run's start",
+            id="compare.x_axis",
+        ),
+        Binding(
+            "m",
+            "next_metric",
+            "Metric",
+            tooltip="Next scalar on the third chart",
+            id="compare.metric",
+        ),
+        Binding("1", "show_tab('curves')", "Curves", show=False, id="compare.curves"),
+        Binding("2", "show_tab('grid')", "Metrics", show=False, id="compare.grid"),
+        Binding("escape", "back", "Back", tooltip="Leave the comparison", id="compare.back"),
     ]
     DEFAULT_CSS = """
     CompareScreen #cmp-key { height: auto; max-height: 4; padding: 0 1; background: $boost; }
