@@ -110,7 +110,7 @@ def _has(store: Any, key: str) -> bool:
 
 
 # -- recipes: process group, sampler, DDP ------------------------------------------------------
-def init_group(world: World, device: str | None) -> str | None:
+def init_group(world: World, device: str | None, timeout_s: float | None = None) -> str | None:
     """Init the process group for a recipe run; returns the device this rank should use."""
     import torch
     import torch.distributed as dist
@@ -123,7 +123,8 @@ def init_group(world: World, device: str | None) -> str | None:
         torch.cuda.set_device(index)
         device = f"cuda:{index}"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        extra = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
+        dist.init_process_group("nccl" if cuda else "gloo", **extra)
     return device
 
 

@@ -62,6 +62,23 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--log-every", type=float, default=5.0, help="seconds between headless status lines"
     )
+    p.add_argument(
+        "--dist-timeout",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="torchrun recipes: the process group's timeout for one collective (default "
+        "torch's); pauses never count against it",
+    )
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (v > 0 and v < 1e9):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
+    return v
 
 
 def endpoint(text: str) -> str:

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 WAIT_S = 45.0
+PG_TIMEOUT_S = 10.0
 SCRIPT = REPO / "tests" / "scripts" / "ddp_script.py"
 
 
@@ -95,10 +96,10 @@ class DistRun:
         self.until("every process to end", lambda: not any(pid_alive(p) for p in pids))
 
 
-def start(tmp: Path, file: Path, *args: str) -> DistRun:
+def start(tmp: Path, file: Path, *opts: str) -> DistRun:
     runs = tmp / "runs"
     done = run_cli(
-        "train", "--nproc-per-node", "2", "--detach", "--runs-dir", runs, file, *args, cwd=tmp
+        "train", "--nproc-per-node", "2", "--detach", "--runs-dir", runs, *opts, file, cwd=tmp
     )
     assert done.returncode == 0, done.stderr + done.stdout
     (run_dir,) = [d for d in runs.iterdir() if d.is_dir()]  # listed once, for both ranks
@@ -113,7 +114,13 @@ def kill_all(run: DistRun, pids: set[int]) -> None:
 
 @pytest.fixture(scope="module")
 def recipe_run(tmp_path_factory: pytest.TempPathFactory):
-    run = start(tmp_path_factory.mktemp("ddp"), TEST_RECIPES / "ddp_recipe.py")
+    # A short process-group timeout: a pause longer than it must not trip it (ranks wait
+    # between steps, outside collectives).
+    run = start(
+        tmp_path_factory.mktemp("ddp"),
+        TEST_RECIPES / "ddp_recipe.py",
+        *("--dist-timeout", str(PG_TIMEOUT_S)),
+    )
     pids: set[int] = set()
     try:
         run.until("both ranks to report", lambda: len(run.meta().get("ranks") or []) == 2)
@@ -144,9 +151,11 @@ def test_pause_then_step_3_moves_both_ranks_by_3(recipe_run: DistRun) -> None:
     at = {rank: evs[-1]["step"] for rank, evs in paused.items()}
     assert at[0] == at[1], at  # the same step on both ranks
     p = at[0]
+    held_since = time.monotonic()
     recipe_run.until(
         "both ranks held", lambda: {r["step"] for r in recipe_run.ranks().values()} == {p}
     )
+    time.sleep(max(0.0, PG_TIMEOUT_S + 1 - (time.monotonic() - held_since)))  # past the timeout
     reply = recipe_run.ctl("step", "3")
     assert reply["ok"] and reply["state"]["step"] == p + 3
     ranks = recipe_run.until(

@@ -52,6 +52,7 @@ PASS_THROUGH = (
     "hist_every",
     "metric_every",
     "log_every",
+    "dist_timeout",
 )
 
 
