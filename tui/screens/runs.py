@@ -9,6 +9,7 @@ Keys: Enter opens the run under the cursor; where runs can be compared, space ma
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from rich.text import Text
@@ -118,6 +119,7 @@ class RunsScreen(Screen[list[Path] | None]):
         self._order: list[str] = []  # the run ids drawn, in order, and their cells
         self._cells: dict[str, dict[str, Text]] = {}
         self._fit = Fit(())  # the columns shown and their widths
+        self._fit_width = 0  # the width they were fitted to
 
     def compose(self) -> ComposeResult:
         with Vertical():
@@ -134,7 +136,7 @@ class RunsScreen(Screen[list[Path] | None]):
         self.query_one(DataTable).focus()
 
     def on_resize(self) -> None:
-        if self.is_mounted:
+        if self.is_mounted and self._width() != self._fit_width:
             self.show_rows(self.rows)  # columns dropped or brought back to fit the new width
 
     @work(thread=True, exclusive=True, group="runs-refresh")
@@ -148,26 +150,33 @@ class RunsScreen(Screen[list[Path] | None]):
         rows = [r for r in self.rows if r.matches(self.filter_text)]
         return sorted(rows, key=SORTS[self.sort_by], reverse=self.descending)
 
-    def cells(self, r: RunRow, fit: Fit | None = None) -> dict[str, Text]:
-        """The row's cells by column, as Text (a plain str would be parsed for markup when
-        measured); with `fit`, as shown in its widths (else whole, to measure)."""
+    def cells(self, r: RunRow) -> dict[str, Text]:
+        """The row's cells by column, whole, as Text (a plain str would be parsed for markup
+        when measured)."""
         mark = "✓" if r.id in self.marked else ("▶" if self._is_current(r) else "")
-        widths = dict(fit.widths) if fit is not None else {}
-        shrunk = fit.shrunk if fit is not None else None
         words = (
             progress_text(r),
             best_text(r),
             started_text(r),
             fmt_duration(r.duration),
-            hparams_text(r, widths.get("hparams")),
+            hparams_text(r, None),
         )
-        cells = (Text(mark), Text(keep_end(r.id, shrunk)), status_cell(r), *map(Text, words))
+        cells = (Text(mark), Text(r.id), status_cell(r), *map(Text, words))
         return dict(zip(COLUMNS, cells, strict=True))
 
-    def fit(self, shown: list[RunRow]) -> Fit:
+    def fitted(self, r: RunRow, cells: dict[str, Text], fit: Fit) -> dict[str, Text]:
+        """The cells as shown in `fit`'s widths: hparams as many as fit, a shrunk run id's end."""
+        room = dict(fit.widths).get("hparams")
+        if room is not None and cells["hparams"].cell_len > room:
+            cells = {**cells, "hparams": Text(hparams_text(r, room))}
+        if fit.shrunk is not None:
+            cells = {**cells, "run": Text(keep_end(r.id, fit.shrunk))}
+        return cells
+
+    def fit(self, whole: Iterable[dict[str, Text]]) -> Fit:
         """The columns that fit the screen's width whole (tui/widgets/columns.py)."""
-        width = self.query_one(DataTable).size.width or self.size.width
-        natural = measure({c: max(1, len(c)) for c in COLUMNS}, (self.cells(r) for r in shown))
+        width = self._fit_width = self._width()
+        natural = measure({c: max(1, len(c)) for c in COLUMNS}, whole)
         return fit_columns(
             natural,
             width,
@@ -178,14 +187,18 @@ class RunsScreen(Screen[list[Path] | None]):
             flex_min=HPARAMS_MIN,
         )
 
+    def _width(self) -> int:
+        return self.query_one(DataTable).size.width or self.size.width
+
     def show_rows(self, rows: list[RunRow]) -> None:
         """Redraw: cells that changed are updated in place (a live run's progress); the table is
         rebuilt only when the runs shown, their order or the columns that fit change."""
         self.rows = rows
         table = self.query_one(DataTable)
         shown = self.visible()
-        fit = self.fit(shown)
-        drawn = {r.id: self.cells(r, fit) for r in shown}
+        whole = [self.cells(r) for r in shown]
+        fit = self.fit(whole)
+        drawn = {r.id: self.fitted(r, c, fit) for r, c in zip(shown, whole, strict=True)}
         keep = self.cursor_run()
         if fit != self._fit:
             self._fit = fit
