@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -125,6 +126,30 @@ def test_tensors_and_model_tabs_of_a_finished_run(finished: Path) -> None:
             assert proc.poll() is None and folder.is_dir()
         assert proc.poll() is not None, "the checkpoint server outlived the dashboard"
         assert not folder.exists()
+
+    asyncio.run(go())
+
+
+def test_a_crashed_runs_tensors_come_from_its_checkpoint(finished: Path, tmp_path: Path) -> None:
+    """An engine killed outright leaves its run marked running with a dead pid: crashed."""
+    crashed = tmp_path / "runs" / finished.name
+    shutil.copytree(finished, crashed)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with sqlite3.connect(crashed / "run.sqlite") as db:
+        for key, value in (("status", "running"), ("pid", dead.pid)):
+            db.execute("UPDATE meta SET value = ? WHERE key = ?", (json.dumps(value), key))
+
+    async def go() -> None:
+        app = make_app(crashed)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: app.snapshot is not None, "the first snapshot")
+            assert app.snapshot.state.value == "crashed"
+            await pilot.press("3")
+            await until(pilot, lambda: app.screen.query("TensorsPane"), "the Tensors tab")
+            pane = app.screen.query_one("TensorsPane")
+            await until(pilot, lambda: pane.listing, "the checkpoint's tensor list")
+            assert "checkpoint last.pt" in source_line(pane)
 
     asyncio.run(go())
 
