@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -80,7 +81,7 @@ def checkpoint_steps(run_dir: Path) -> dict[str, int]:
                 if len(evs) < 1000:
                     return out
                 after = evs[-1]["id"]
-    except (RunNotFound, OSError, ValueError):
+    except (RunNotFound, OSError, ValueError, sqlite3.Error):  # steps are a hint: go without
         return out
 
 
