@@ -11,6 +11,7 @@ import pytest
 from conftest import start_cli
 from screen import screen_text
 from test_panes import PaneApp, sync, until
+from textual import events
 from textual.widgets import Input, TabbedContent
 
 from dltui.run import wire
@@ -149,6 +150,14 @@ async def test_dashboard_has_the_metrics_tab(runs):
         await until(pilot, lambda: pane.data is not None and grid_titles(pane), what="charts")
         assert app.focused is pane
         assert "6 Metrics" in screen_text(app)
+        # '/unit_05/s' arriving in one burst (a fast typist, a paste): all of it is the filter,
+        # none of it a key of the app ('5' is the Console tab's) or a second '/'
+        for ch in "/unit_05/s":
+            app.post_message(events.Key("slash" if ch == "/" else ch, ch))
+        await until(pilot, lambda: pane.filter_text == "unit_05/s", what="the burst filtered")
+        assert tabs.active == "metrics"
+        await until(pilot, lambda: grid_titles(pane) == ["▶ unit_05/std"], what="one chart")
+        await pilot.press("escape", "escape")
         await pilot.press("question_mark")
         await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
         rows = dict(app.screen.sections)["Metrics tab"]

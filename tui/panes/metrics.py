@@ -157,8 +157,15 @@ class MetricsPane(PollingPane, can_focus=True):
     BINDINGS = [
         Binding("pagedown", "page(1)", "Next page", id="metrics.next_page"),
         Binding("pageup", "page(-1)", "Prev page", id="metrics.prev_page"),
+        # priority: handled as the key arrives, so the box has the focus before the keys typed
+        # right after it ('/unit_05' in one burst must not switch to tab 5)
         Binding(
-            "slash", "filter", "Filter", tooltip="Filter the charts by name", id="metrics.filter"
+            "slash",
+            "filter",
+            "Filter",
+            tooltip="Filter the charts by name",
+            id="metrics.filter",
+            priority=True,
         ),
         Binding("enter", "open", "Open", tooltip="The selected chart full size", id="metrics.open"),
         Binding(
@@ -405,8 +412,10 @@ class MetricsPane(PollingPane, can_focus=True):
             raise SkipAction()  # nothing to close here: Esc is the screen's (the compare view's back)
 
     def action_filter(self) -> None:
+        if self.screen.focused is self.box:
+            raise SkipAction()  # a '/' typed in the box is part of the name (unit_00/mean)
         self.box.add_class("shown")
-        self.box.focus()
+        self.screen.set_focus(self.box)  # now, not after the keys already queued
 
     @on(Input.Changed, "#metrics-filter")
     def _filter_changed(self, event: Input.Changed) -> None:
