@@ -11,6 +11,7 @@ The same `inspect()` does the work, so layouts, storage drawing and limits are t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
@@ -314,7 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(data))
         return 0
     server = CheckpointServer(args.serve, args.checkpoint, tensors, step, trainable)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # A hang-up (the terminal closed, tmux killed, SSH dropped) reaches the dashboard's whole
+    # process group: end cleanly then too, not by the default action that leaves the socket.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(0))
     server.start()
     threading.Thread(
         target=watch, args=(args.parent, args.serve / wire.CONTROL_SOCKET), daemon=True
@@ -326,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         server.close()
+        if args.parent is not None:  # a dashboard's private folder: gone with us (if empty)
+            with contextlib.suppress(OSError):
+                args.serve.rmdir()
     return 0
 
 

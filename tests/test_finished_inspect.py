@@ -171,7 +171,7 @@ PARENT = """
 import sys, threading, time
 from pathlib import Path
 from dltui.tui.checkpoints import CheckpointServer
-servers = [CheckpointServer(Path(sys.argv[1])) for _ in range(2)]
+servers = [CheckpointServer(Path(sys.argv[1])) for _ in range(3)]
 loads = [threading.Thread(target=s.load, args=("best",)) for s in servers]
 for t in loads: t.start()
 for t in loads: t.join()
@@ -180,26 +180,32 @@ time.sleep(600)
 """
 
 
-def test_no_orphan_server_when_its_folder_goes_or_the_dashboard_dies(finished: Path) -> None:
-    """Two servers of one parent: removing one's socket folder ends it; killing the parent
-    outright (no cleanup runs) ends the other."""
+def test_no_orphan_server_on_hangup_folder_removed_or_dashboard_killed(finished: Path) -> None:
+    """Three servers of one parent: a hang-up (a closed terminal) ends one cleanly; removing
+    one's socket folder ends it; killing the parent outright (no cleanup runs) ends the last.
+    None leaves its folder behind."""
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT, str(finished)],
         env=CHILD_ENV,
         stdout=subprocess.PIPE,
         text=True,
     )
-    folders: list[str] = []
+    folders: list[Path] = []
     try:
-        pid1, folder1, pid2, folder2 = parent.stdout.readline().split()
-        folders = [folder1, folder2]
-        shutil.rmtree(folder1)  # its socket folder removed (a tmp cleaner): it ends itself
-        assert wait_gone(int(pid1)), "the server outlived its socket folder"
-        assert not wait_gone(int(pid2), timeout=0.2)
+        words = parent.stdout.readline().split()
+        pids = [int(w) for w in words[::2]]
+        folders = [Path(w) for w in words[1::2]]
+        os.kill(pids[0], signal.SIGHUP)  # tmux kill-session, a dropped SSH connection
+        shutil.rmtree(folders[1])  # a tmp cleaner
+        assert wait_gone(pids[0]) and wait_gone(pids[1]), "a server outlived its end"
+        assert not wait_gone(pids[2], timeout=0.2)
         os.kill(parent.pid, signal.SIGKILL)  # a dashboard killed outright runs no cleanup
         parent.wait()
-        assert wait_gone(int(pid2)), "the server outlived its killed parent"
-        assert not (Path(folder2) / "control.sock").exists()
+        assert wait_gone(pids[2]), "the server outlived its killed parent"
+        deadline = time.monotonic() + 5
+        while any(f.exists() for f in folders) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [f for f in folders if f.exists()], "a server left its folder behind"
     finally:
         parent.kill()
         parent.wait()
