@@ -1,19 +1,20 @@
 """The Metrics tab (issue 12, item 7): every recorded scalar as a small chart, paged, filtered by
-name, one opened full size. The runs are real engine runs of tests/scripts/many_scalars.py, a
-script logging 32 scalars a step through dltui.log (two engines, started side by side once for
-the module)."""
+name, one opened full size. The run is a real engine run of tests/scripts/many_scalars.py, a
+script logging 32 scalars a step through dltui.log (one engine for the module); the compare
+grid's second run is a store written with the engine's RunStore."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from conftest import start_cli
+from conftest import run_cli
 from screen import screen_text
 from test_panes import PaneApp, sync, until
 from textual import events
 from textual.widgets import Input, TabbedContent
 
+from dltui.engine.store import RunStore
 from dltui.run import wire
 from dltui.run.reader import RunReader
 from dltui.tui.app import make_app
@@ -27,27 +28,22 @@ SCRIPT = Path(__file__).resolve().parent / "scripts" / "many_scalars.py"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> list[Path]:
-    """Two finished script runs (30 and 20 steps, different LRs), each with 40+ scalars."""
+    """A finished script run (30 steps, 40+ scalars) by a real engine, and a second run of 20
+    steps with some of the same names, written with the engine's RunStore (one torch start)."""
     root = tmp_path_factory.mktemp("metrics")
-    started = [
-        start_cli(
-            *("train", "--headless", "--runs-dir", root / "runs", SCRIPT, steps, lr),
-            cwd=root,
-            tag=f"run{steps}",
-        )
-        for steps, lr in (("30", "0.05"), ("20", "0.2"))
-    ]
-    for s in started:
-        done = s.wait()
-        assert done.returncode == 0, done.stderr
-    dirs = list((root / "runs").iterdir())
-    assert len(dirs) == 2
-    return sorted(dirs, key=steps_of, reverse=True)  # started in the same second: either name
-
-
-def steps_of(run_dir: Path) -> int:
-    with RunReader(run_dir) as r:
-        return r.step_range("loss")[1]
+    done = run_cli("train", "--headless", "--runs-dir", root / "runs", SCRIPT, "30", cwd=root)
+    assert done.returncode == 0, done.stderr
+    (first,) = (root / "runs").iterdir()
+    other = root / "runs" / "20990101-000000-other"
+    other.mkdir()
+    st = RunStore(other / "run.sqlite")
+    st.start()
+    for step in range(1, 21):
+        values = {"loss": 3.0 / step, "unit_00/mean": 0.01 * step, "extra/1": float(step)}
+        st.scalars(step, 0, wire.TRAIN, 1000.0 + step, values)
+    st.set_meta(started=1000.0, progress={"step": 20})
+    st.close(wire.FINISHED)
+    return [first, other]
 
 
 def scalars_of(run_dir: Path) -> list[tuple[str, str]]:
