@@ -22,6 +22,7 @@ from textual.widgets import Static, Tree
 
 from dltui.tui.app import make_app
 from dltui.tui.checkpoints import saved_checkpoints
+from dltui.tui.cli import build_parser
 from dltui.tui.inspect_cli import checkpoint_path
 from dltui.tui.screens.checkpoint_picker import CheckpointPicker
 
@@ -213,10 +214,11 @@ def test_no_orphan_server_on_hangup_folder_removed_or_dashboard_killed(finished:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_inspect_run_picks_last_by_default_and_takes_best_or_a_file(finished: Path) -> None:
+def test_inspect_run_takes_last_best_or_a_file(finished: Path) -> None:
     runs = finished.parent
     for which, name in (("last", "last.pt"), ("best", "best.pt"), ("best.pt", "best.pt")):
         assert checkpoint_path(finished.name, runs, which) == finished / "checkpoints" / name
+    assert build_parser().parse_args(["inspect", finished.name]).checkpoint == "last"
     res = run_cli(
         "inspect",
         finished.name,
@@ -230,5 +232,3 @@ def test_inspect_run_picks_last_by_default_and_takes_best_or_a_file(finished: Pa
     assert res.returncode == 0, res.stderr
     kinds = {t["name"]: t["kind"] for t in json.loads(res.stdout)}
     assert kinds["1.running_var"] == "buffer" and kinds["1.weight"] == "parameter"
-    res = run_cli("inspect", finished.name, "0.weight", "--json", "--runs-dir", runs, cwd=runs)
-    assert json.loads(res.stdout)["step"] == saved(finished, "last.pt")["step"]  # last by default
