@@ -314,7 +314,7 @@ def test_events_list_scrolls(tmp_path: Path) -> None:
                 await pilot.press("left_square_bracket")  # back to the oldest
             await pilot.pause(0.3)
             text = screen_text(app)
-            events = text.split("─ events ─")[-1]
+            events = text.split("─ events")[-1]
             assert "run started" in events and "run finished" not in events, events
             assert "newer above" in text
 

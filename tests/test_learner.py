@@ -25,7 +25,7 @@ from dltui.engine import learner
 from dltui.run.reader import RunReader
 from dltui.tui.app import make_app
 from dltui.tui.widgets import learner as view
-from dltui.tui.widgets.learner import RunPanel
+from dltui.tui.widgets.learner import SIDE_BY_SIDE, RunPanel
 
 RECIPE = '''
 """100 samples in batches of 32, a Dropout and a BatchNorm; ~20 ms a step, never ends."""
@@ -211,17 +211,17 @@ async def shows(pilot, app, text: str, timeout: float = 20.0) -> str:
 ARITHMETIC = "100 samples / batch 32 = 4 steps per epoch (last batch 4)"
 
 
-@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (150, 40)])
 def test_run_panel_fits_and_eval_says_what_it_switches(live: Path, size) -> None:
     async def go() -> None:
         app = make_app(live)
         async with app.run_test(size=size) as pilot:
-            if size == (80, 24):  # the events and the Run panel take turns: i
-                await shows(pilot, app, "events  i: run")
+            if size[0] < SIDE_BY_SIDE:  # the events and the Run panel take turns: i
+                await shows(pilot, app, "─ events  i: run ─")  # the key, where the panel goes
                 assert ARITHMETIC not in screen_text(app)
                 await pilot.press("i")
                 await shows(pilot, app, "i: events")
-            await shows(pilot, app, "100 samples / batch 32 = 4 steps per")  # (wraps at 120)
+            await shows(pilot, app, "100 samples / batch 32 = 4 steps per")  # (may wrap)
             rows = [text for _, text, _ in app.screen.query_one(RunPanel).lines()]
             assert rows[:4] == [
                 ARITHMETIC,
@@ -229,15 +229,17 @@ def test_run_panel_fits_and_eval_says_what_it_switches(live: Path, size) -> None
                 "CrossEntropyLoss(reduction=mean, label_smoothing=0.1)",
                 "StepLR(step_size=3, gamma=0.5), stepped every epoch",
             ]
-            if size == (80, 24):
+            if size[0] < SIDE_BY_SIDE:
                 await pilot.press("i")
-                await shows(pilot, app, "events  i: run")
+                await shows(pilot, app, "─ events  i: run ─")
             # The charts keep their room: the panel shares the events' strip (6 rows at 24, 9
             # taller), so the plots are as tall as before it came.
             strip, loss = (
                 app.screen.query_one(q).outer_size.height for q in ("#ov-row3", "#plot-loss")
             )
             assert (strip, loss) == ((6, 7) if size[1] == 24 else (9, 15))
+            if size[0] >= SIDE_BY_SIDE:  # both whole, side by side
+                assert "─ events ─" in screen_text(app) and "─ run ─" in screen_text(app)
             # Eval mode: the panel comes (at 80 columns too) and says what eval() switches.
             await pilot.press("e")
             await shows(pilot, app, "run: EVAL mode")

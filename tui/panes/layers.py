@@ -72,10 +72,13 @@ class LayersPane(PollingPane):
     BINDINGS = [
         Binding("s", "sort_next", "Sort by next", id="layers.sort"),
         Binding("S", "sort_reverse", "Reverse sort", id="layers.reverse"),
-        # Scrubbing through the recorded stats steps. home/end are priority bindings: the
-        # focused table would take them for horizontal scrolling.
+        # Scrubbing through the recorded stats steps, out of the footer (the step line above
+        # the table names them). home/end are priority bindings: the focused table would take
+        # them for horizontal scrolling.
         *(
-            Binding(key, f"scrub({n})", what, key_display=shown, tooltip=tip, id=f"layers.{i}")
+            Binding(
+                key, f"scrub({n})", what, False, key_display=shown, tooltip=tip, id=f"layers.{i}"
+            )
             for key, n, what, shown, tip, i in (
                 ("comma", -1, "Step back", ",", "Stats one recorded step earlier", "back"),
                 ("full_stop", 1, "Step on", ".", "Stats one recorded step later", "on"),
@@ -87,6 +90,7 @@ class LayersPane(PollingPane):
             "home",
             "scrub_to('first')",
             "First",
+            show=False,
             tooltip="Stats of the first recorded step",
             priority=True,
             id="layers.first",
@@ -95,6 +99,7 @@ class LayersPane(PollingPane):
             "end",
             "scrub_to('latest')",
             "Latest",
+            show=False,
             tooltip="Stats of the latest step, following a live run again",
             priority=True,
             id="layers.latest",
@@ -160,16 +165,16 @@ class LayersPane(PollingPane):
                 "grad spike (engine alert)",
                 f"update ratio >{RATIO_HIGH:g} / <{RATIO_LOW:g}",
                 "grad=0 %: share of gradient entries exactly 0",
-                "s/S sort  , . < > Home End: step",
+                "s/S sort",
             ),
             (
                 "non-finite",
                 "grad spike",
                 f"upd ratio >{RATIO_HIGH:g}/<{RATIO_LOW:g}",
                 "grad=0 %: zero grad entries",
-                "s/S sort  , . < > step",
+                "s/S sort",
             ),
-            ("non-finite", "spike", "upd ratio", "s/S sort  , . step"),
+            ("non-finite", "spike", "upd ratio", "s/S sort"),
         ):
             out = Text(no_wrap=True)
             for kind, why in zip(("nonfinite", "spike", "high"), words, strict=False):

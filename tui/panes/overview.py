@@ -28,7 +28,7 @@ from ..messages import SeriesFetched
 from ..poller import RunSnapshot
 from ..widgets.events import EventList
 from ..widgets.format import fmt_count
-from ..widgets.learner import RunPanel
+from ..widgets.learner import SIDE_BY_SIDE, RunPanel
 from ..widgets.plot import Plot, Trace
 from ..widgets.system import SystemPanel
 
@@ -194,7 +194,7 @@ class OverviewPane(Widget, can_focus=True):
             "i",
             "toggle_run_panel",
             "Run",
-            tooltip="Under 100 columns: the Run panel (samples, batches, optimizer, loss) or events",
+            tooltip="Under 140 columns: the Run panel (samples, batches, optimizer, loss) or events",
             id="overview.run_panel",
         ),
         Binding(
@@ -275,8 +275,10 @@ class OverviewPane(Widget, can_focus=True):
             widget.border_title = title
 
     def on_resize(self) -> None:
-        # Under the app's -w-wide breakpoint the events and the Run panel take turns (i).
-        self.events.border_title = "events  i: run" if self.size.width < 100 else "events"
+        # Too narrow for both whole: the events and the Run panel take turns (i).
+        turns = self.size.width < SIDE_BY_SIDE
+        self.query_one("#ov-row3").set_class(turns, "-turns")
+        self.events.border_title = "events  i: run" if turns else "events"
 
     def on_show(self) -> None:
         self.frame(getattr(self.app, "snapshot", None))  # back from another tab: catch up now

@@ -15,6 +15,9 @@ from .format import join_lines
 
 LABEL_W = 6  # "optim " and friends: one column of labels
 COMPACT_BELOW = 44  # narrower than this (the panel at 80 columns): no labels, short forms
+# The Overview's width from which the panel sits beside the events: below, the events' messages
+# (a 28-column prefix, then the text) would be cut, so the two take turns (i).
+SIDE_BY_SIDE = 140
 
 
 def hp(v: Any) -> str:
@@ -172,7 +175,7 @@ class RunPanel(Widget):
         self.in_eval = False
         self.script = False
         self.waiting = "waiting for the run to start"
-        self.chosen = False  # `i`: shown in the events' place (under 100 columns)
+        self.chosen = False  # `i`: shown in the events' place (under SIDE_BY_SIDE columns)
 
     def show(self, snap: RunSnapshot) -> None:
         learner = snap.meta.get("learner")
