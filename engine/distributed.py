@@ -35,6 +35,7 @@ Design (README "Several GPUs and nodes (torchrun)" says it for users):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -844,3 +845,31 @@ def finish_group() -> None:
             dist.destroy_process_group()
         except Exception as e:  # a peer already gone: nothing left to tear down cleanly
             print(f"dltui: process group teardown: {e}", file=sys.__stderr__)
+
+
+# -- the launcher -----------------------------------------------------------------------------
+def launch(argv: list[str]) -> int:
+    """torchrun itself (torch.distributed.run's main), ending as the engine would: with the
+    failing rank's exit status and without torchrun's traceback (each rank has already said what
+    went wrong, in one line, and the run records it); 128+N after signal N."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    # torchrun's own per-process lines ("failed (exitcode: 2)", "sending SIGTERM") repeat what
+    # the ranks and the run store say; its OMP banner goes with setting what it would set.
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        torchrun(argv)
+    except ChildFailedError as e:
+        _, failure = e.get_first_failure()
+        code = failure.exitcode
+        return code if isinstance(code, int) and 0 < code < 256 else 1
+    except SignalException as e:
+        return 128 + int(e.sigval)
+    return 0
+
+
+if __name__ == "__main__":  # `python -m dltui.engine.distributed TORCHRUN-ARGS`: dltui train's
+    sys.exit(launch(sys.argv[1:]))

@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, argv, begun)
     except UsageError as e:
         begun.abandon(str(e))
-        print(f"dltui: {e}", file=sys.stderr)
+        if args.world is None or args.world.leader:  # every rank has the same file: one says it
+            print(f"dltui: {e}", file=sys.stderr)
         return EXIT_USAGE
     except BaseException as e:
         if begun.store.status_written is None:  # not ended by the driver: say so in the store

@@ -131,8 +131,10 @@ def launch_error(args: argparse.Namespace) -> str | None:
 
 
 def torchrun_argv(args: argparse.Namespace, python: str) -> list[str]:
-    """The real torchrun, running the engine as a module on every rank."""
-    argv = [python, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc_per_node)]
+    """The real torchrun (torch.distributed.run's main, which engine/distributed.py's launch()
+    calls to end with the failing rank's status and no traceback), running the engine as a
+    module on every rank."""
+    argv = [python, "-m", "dltui.engine.distributed", "--nproc-per-node", str(args.nproc_per_node)]
     nnodes = args.nnodes or 1
     if args.rdzv_endpoint:  # static rendezvous: node 0 hosts the store at HOST:PORT
         host, _, port = args.rdzv_endpoint.rpartition(":")

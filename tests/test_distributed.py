@@ -284,7 +284,7 @@ def test_torchrun_command_line() -> None:
     p = build_parser()
     one = p.parse_args(["train", "--nproc-per-node", "2", "f.py"])
     assert torchrun_argv(one, "py") == [
-        *("py", "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"),
+        *("py", "-m", "dltui.engine.distributed", "--nproc-per-node", "2", "--standalone"),
         *("-m", "dltui.engine"),
     ]
     two = p.parse_args(
@@ -359,3 +359,18 @@ def test_a_rank_past_the_step_applies_late_and_says_so(agent) -> None:
     assert applied == [9]
     _, events = agent.store.take()
     assert any("after step 7 where it was due" in e[4] for e in events)
+
+
+def test_a_bad_recipe_under_torchrun_is_one_line(tmp_path: Path) -> None:
+    """Every rank finds the same mistake: one says it, torchrun adds no traceback, exit 2."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "import torch\nmodel = torch.nn.Linear(2, 2)\noptimizer = 3\n"
+        "loss_fn = torch.nn.MSELoss()\ntrain_loader = []\n"
+    )
+    done = run_cli("train", "--nproc-per-node", "2", "--headless", bad.name, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert (
+        done.stderr.strip() == "dltui: bad.py: `optimizer` is an int, not a torch.optim.Optimizer."
+    )
+    assert not any((tmp_path / "runs").iterdir())  # the run that never began left nothing

@@ -140,7 +140,7 @@ def join_job(args: argparse.Namespace, runs_dir: Path) -> int:
         f"{args.rdzv_endpoint.rpartition(':')[0]} (watch and steer it there).",
         flush=True,
     )
-    argv = engine_argv(args, runs_dir / "(node 0's run)", False, "--headless")
+    argv = engine_argv(args, runs_dir / "(node 0's run)", args.resume is not None, "--headless")
     os.execv(sys.executable, argv)
     return 0  # not reached
 
