@@ -10,7 +10,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,23 @@ class Callback:
     ) -> None:
         """Something the user should know that does not stop the run (a skipped fp16 step, a
         dropped metric, an optimizer step refused during evaluation)."""
+
+
+def hooks_of(callbacks: list, hook: str, cache: dict) -> list[tuple[Any, Callable]]:
+    """(callback, bound method) of each callback that implements `hook`: the no-op methods of
+    Callback are left out, so a step pays only for observers that do something. `cache` (the
+    driver's) keeps the list until the callbacks change."""
+    got = cache.get(hook)
+    if got is not None and got[0] == len(callbacks):
+        return got[1]
+    base = getattr(Callback, hook, None)
+    found = []
+    for cb in callbacks:
+        fn = getattr(cb, hook, None)  # an observer that is no Callback may lack some hooks
+        if fn is not None and (base is None or getattr(fn, "__func__", None) is not base):
+            found.append((cb, fn))
+    cache[hook] = (len(callbacks), found)
+    return found
 
 
 class EngineError(Exception):
@@ -91,6 +108,18 @@ def to_device(x: Any, device: torch.device) -> Any:
     if isinstance(x, dict):
         return {k: to_device(v, device) for k, v in x.items()}
     return x
+
+
+def _needs_move(x: Any, device: torch.device) -> bool:
+    """Does any tensor of this batch live off `device`? (Asked of the first batch: a loader
+    yields its batches on one device.)"""
+    if isinstance(x, torch.Tensor):
+        return x.device != device
+    if isinstance(x, (list, tuple)):
+        return any(_needs_move(v, device) for v in x)
+    if isinstance(x, dict):
+        return any(_needs_move(v, device) for v in x.values())
+    return False
 
 
 def batch_size_of(x: Any) -> int:
@@ -212,6 +241,7 @@ class Loop:
         self.r = recipe
         self.s = settings
         self.callbacks = callbacks
+        self._hooks: dict[str, tuple[int, list]] = {}  # hook -> the callbacks that implement it
         self.gate = gate
         self.context = settings.context or recipe.context or dltui.Context()
         self.epochs = settings.epochs or recipe.epochs
@@ -234,7 +264,10 @@ class Loop:
         self.epoch_step = 0  # optimizer steps done in the current epoch
         self.best_val_loss = math.inf
         self.last_input: Any = None
-        self.last_output: Any = None
+        self._last_output: Any = None
+        self._move: bool | None = None  # do batches need moving to the device? (1st batch)
+        self._main = next(iter(self.optimizers))  # the main optimizer's name
+        self._tokens: bool | None = None  # are the inputs token ids? (decided on the 1st batch)
         self.last_val: dict[str, float] = {}
         self.epoch_rng: dict[str, Any] | None = None  # the RNGs as the current epoch began
         self.steps_per_epoch = self._steps_per_epoch()
@@ -265,9 +298,9 @@ class Loop:
                         state[k] = v.to(self.device)
 
     def _emit(self, hook: str, *args: Any) -> None:
-        for cb in self.callbacks:
+        for cb, fn in hooks_of(self.callbacks, hook, self._hooks):
             try:
-                getattr(cb, hook)(self, *args)
+                fn(self, *args)
             except (StopRun, EngineError):
                 raise
             except Exception as e:  # an observer is dltui's code: never "the recipe's error"
@@ -296,14 +329,19 @@ class Loop:
             if train
             else (self.r.eval_step, self.r.eval_form)
         )
+        if self.stepper.dtype is None:  # no autocast: no context to enter, step after step
+            return self._call(fn, form, batch, train)
         with self.stepper.autocast():
-            if fn is None:
-                x, target = batch
-                if train:  # a val batch must not pair with the last train step's output
-                    self.last_input = x
-                output = self.model(x)
-                return Result(_one_loss(self.r.loss_fn(output, target)), output, target)
-            value = fn(batch, self.ctx) if form == "ctx" else fn(self.model, batch)
+            return self._call(fn, form, batch, train)
+
+    def _call(self, fn: Any, form: str | None, batch: Any, train: bool) -> Result:
+        if fn is None:
+            x, target = batch
+            if train:  # a val batch must not pair with the last train step's output
+                self.last_input = x
+            output = self.model(x)
+            return Result(_one_loss(self.r.loss_fn(output, target)), output, target)
+        value = fn(batch, self.ctx) if form == "ctx" else fn(self.model, batch)
         return read_result(value, "train_step" if train else "eval_step")
 
     # -- the run ---------------------------------------------------------------------------
@@ -413,10 +451,13 @@ class Loop:
             for _ in itertools.islice(it, skip):
                 self.batch += 1
             set_rng_state(now, self.r.train_loader)  # the RNGs as they were at the checkpoint
-        first = True
+        first, gate = True, self.gate
         while True:
-            self.gate.boundary(self)
-            if self._should_stop():
+            if gate.busy:  # one attribute read when nothing is pending
+                gate.boundary(self)
+                if gate.stop_reason is not None:
+                    return EARLY
+            if self.s.max_steps is not None and self.step >= self.s.max_steps:
                 return EARLY
             if self.r.steps_per_epoch is not None and self.epoch_step >= self.r.steps_per_epoch:
                 return DONE
@@ -439,7 +480,7 @@ class Loop:
         t0 = time.perf_counter()
         data_time, m, samples, tokens = 0.0, 0, 0, 0
         loss_sum: torch.Tensor | None = None
-        extras: dict[str, Any] = {}
+        extras: dict[str, Any] | None = None
         res: Result | None = None
         for micro in range(k):
             tf = time.perf_counter()
@@ -447,11 +488,17 @@ class Loop:
                 batch = next(it)
             except StopIteration:
                 break
-            batch = to_device(batch, self.device)
+            if self._move is None:
+                self._move = _needs_move(batch, self.device)
+            if self._move:
+                batch = to_device(batch, self.device)
             data_time += time.perf_counter() - tf
             m, self.batch, self.ctx.micro = m + 1, self.batch + 1, micro
             samples += batch_size_of(batch)
-            tokens += tokens_of(batch)
+            if self._tokens is None:  # is the input [B, T] integers (a language model's)?
+                self._tokens = tokens_of(batch) > 0
+            if self._tokens:
+                tokens += tokens_of(batch)
             st.begin_micro(last=micro == k - 1)
             if st.closure_driven:
                 res = self._closure_step(batch)
@@ -461,8 +508,10 @@ class Loop:
                     st.backward(res.loss)
             loss = res.loss.detach()
             loss_sum = loss if loss_sum is None else loss_sum + loss
-            for name, v in res.scalars.items():
-                extras[name] = extras.get(name, 0.0) + v
+            if res.scalars:
+                extras = extras if extras is not None else {}
+                for name, v in res.scalars.items():
+                    extras[name] = extras.get(name, 0.0) + v
         if m == 0:
             return None
         if not st.owned and not st.closure_driven:
@@ -480,31 +529,42 @@ class Loop:
         self.epoch_step += 1
         if self.r.train_step is not None:
             self.last_input = _first_tensor(batch)
-        self.last_output = (
-            res.output.detach() if isinstance(res.output, torch.Tensor) else res.output
-        )
+        self._last_output = res.output  # detached when read (last_output): not every step
         t2 = time.perf_counter()
-        scalars = {name: v / m for name, v in extras.items()}
-        main = next(iter(self.optimizers))
         lrs = st.lrs_used()
-        for name, values in lrs.items():
-            if name != main:
-                scalars.update({wire.lr_name(i, name): v for i, v in enumerate(values)})
-        for name, norm in st.grad_norms.items():
-            scalars["grad_norm" if name == main else f"grad_norm/{name}"] = norm
+        scalars = {name: v / m for name, v in extras.items()} if extras else {}
+        if len(lrs) > 1:
+            main = self._main
+            for name, values in lrs.items():
+                if name != main:
+                    scalars.update({wire.lr_name(i, name): v for i, v in enumerate(values)})
+        if st.grad_norms:
+            main = self._main
+            for name, norm in st.grad_norms.items():
+                scalars["grad_norm" if name == main else f"grad_norm/{name}"] = norm
         if tokens and t2 > t0:
             scalars["tokens_per_s"] = tokens / (t2 - t0)
         return StepOutput(
-            loss_sum / m,
+            loss_sum if m == 1 else loss_sum / m,
             res.output,
             res.target,
             samples,
             t2 - t0,
             data_time,
             time.time(),
-            lrs[main],
+            lrs[self._main],
             scalars,
         )
+
+    @property
+    def last_output(self) -> Any:
+        """The model's output of the last training step, detached."""
+        out = self._last_output
+        return out.detach() if isinstance(out, torch.Tensor) else out
+
+    @last_output.setter
+    def last_output(self, value: Any) -> None:
+        self._last_output = value
 
     def _closure_step(self, batch: Any) -> Result:
         """A closure optimizer (LBFGS): forward and backward run inside its step, as often as

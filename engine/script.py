@@ -31,7 +31,7 @@ from dltui.run.scriptfile import run_as_main
 
 from .discover import ModelSet, ParamView, find_models, named_objects
 from .gate import Gate
-from .loop import Callback, StepOutput
+from .loop import Callback, StepOutput, hooks_of
 
 PROMOTE_AFTER = 50  # another optimizer's steps before it replaces a run optimizer that never steps
 
@@ -121,6 +121,7 @@ class ScriptRun:
         self.path = Path(path)
         self.argv = argv  # the script's sys.argv
         self.callbacks = callbacks
+        self._hooks: dict[str, tuple[int, list]] = {}  # hook -> the callbacks that implement it
         self.gate = gate
         self.session = session
         self.store = store
@@ -191,8 +192,8 @@ class ScriptRun:
             cb.on_idle(self)
 
     def _emit(self, hook: str, *args: Any) -> None:
-        for cb in self.callbacks:
-            getattr(cb, hook)(self, *args)
+        for _, fn in hooks_of(self.callbacks, hook, self._hooks):
+            fn(self, *args)
 
     # -- running the script ----------------------------------------------------------------
     def run(self) -> tuple[str, BaseException | None]:
@@ -392,6 +393,11 @@ class ScriptRun:
         n = len(ls)
         if main:
             self._n_backward_at_step += n
+        if n == 1:  # the usual step: one backward, its loss as it is (no new tensor)
+            x = ls[0][0]
+            if x.dtype != torch.float32:
+                x = x.float()
+            return x if x.dim() == 0 else x.reshape(())
         undo = n > 1 and all(k == n for _, k in ls)
         vals = [x.float().reshape(()) * n if undo else x.float().reshape(()) for x, _ in ls]
         return vals[0] if n == 1 else torch.stack(vals).mean()
@@ -401,6 +407,8 @@ class ScriptRun:
         if self._max_steps_reached():
             self.save_checkpoint("last", reason="max steps")
             raise StopScript(wire.FINISHED, f"--max-steps {self.max_steps} reached")
+        if not self.gate.busy:  # one attribute read when nothing is pending
+            return
         self.gate.boundary(self)
         if self.gate.stop_reason is not None:
             if not self.gate.stop_now:

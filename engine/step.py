@@ -141,11 +141,10 @@ class Stepper:
             loss = loss / self.k  # the window's gradient is the mean over its micro-batches
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
-        with (
-            torch.autocast(self.device.type, enabled=False)
-            if self.dtype
-            else contextlib.nullcontext()
-        ):
+        if self.dtype:
+            with torch.autocast(self.device.type, enabled=False):
+                loss.backward(**kwargs)
+        else:
             loss.backward(**kwargs)
         self.backward_called = True
 

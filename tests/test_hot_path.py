@@ -1,0 +1,129 @@
+"""The per-step path's shortcuts keep their meaning (issue: the hot path costs almost nothing).
+
+The gate is one attribute read when nothing is pending, observers' no-op hooks are not called,
+batches already on the device are not moved again, the model's output is detached only when
+read. Each shortcut is checked against what it must not lose: a command, a stop, a pause set
+from another thread, an observer that does implement a hook.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from dltui.engine import loop as loop_mod
+from dltui.engine.gate import Gate
+from dltui.engine.loop import Callback, Loop, Settings, _needs_move, hooks_of
+from dltui.engine.recipe import Recipe
+
+
+class Boundary:
+    """The least a gate needs of a driver."""
+
+    step = 0
+
+    def idle(self) -> None: ...
+
+    def eval_pass(self) -> dict:
+        return {}
+
+
+def test_gate_is_busy_exactly_while_it_has_work():
+    gate, drv = Gate(), Boundary()
+    assert gate.busy is False
+    fut = gate.submit(lambda loop: "done")
+    assert gate.busy is True
+    gate.boundary(drv)
+    assert fut.result(timeout=1) == "done" and gate.busy is False
+
+    t = threading.Thread(target=lambda: setattr(gate, "paused", True))  # e.g. a rank's agent
+    t.start()
+    t.join()
+    assert gate.busy is True
+    gate.step_target = 3  # `step 3` while paused: busy until the steps are run and it holds again
+    drv.step = 2
+    gate.boundary(drv)
+    assert gate.busy is True
+    gate.paused, gate.step_target = False, None
+    gate.boundary(drv)
+    assert gate.busy is False
+
+    gate.mode = "eval"
+    assert gate.busy is True
+    gate.mode = "train"
+    gate.boundary(drv)
+    assert gate.busy is False
+
+    gate.request_stop("user")
+    assert gate.busy is True
+    gate.boundary(drv)
+    assert gate.busy is True and gate.stop_reason == "user"  # a stop stays: the loop ends
+
+
+def test_hooks_of_leaves_out_callbacks_noops_and_follows_the_list():
+    calls = []
+
+    class Counts(Callback):
+        def on_step_end(self, loop, out):
+            calls.append("class")
+
+    class Plain:  # not a Callback at all: every hook it has is called
+        def on_step_end(self, loop, out):
+            calls.append("plain")
+
+    quiet, own = Callback(), Callback()
+    own.on_step_end = lambda loop, out: calls.append("instance")
+    cbs, cache = [quiet, Counts(), own], {}
+    found = hooks_of(cbs, "on_step_end", cache)
+    assert [cb for cb, _ in found] == [cbs[1], own]
+    for _, fn in found:
+        fn(None, None)
+    assert calls == ["class", "instance"]
+    cbs.append(Plain())
+    assert len(hooks_of(cbs, "on_step_end", cache)) == 3  # the cache follows a longer list
+    assert hooks_of(cbs, "on_epoch_end", cache) == []
+
+
+def test_needs_move_looks_at_every_tensor_of_the_batch():
+    cpu = torch.device("cpu")
+    meta = torch.empty(2, device="meta")
+    assert _needs_move((torch.zeros(2), torch.zeros(2)), cpu) is False
+    assert _needs_move((torch.zeros(2), meta), cpu) is True
+    assert _needs_move({"x": torch.zeros(2), "y": [meta]}, cpu) is True
+    assert _needs_move(["text", 3], cpu) is False
+
+
+def test_a_run_on_the_cpu_moves_no_batch_and_detaches_the_output_when_read(monkeypatch):
+    moved = []
+    real = loop_mod.to_device
+    monkeypatch.setattr(loop_mod, "to_device", lambda x, d: moved.append(1) or real(x, d))
+    model = nn.Linear(4, 2)
+    data = TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
+    recipe = Recipe(
+        path=loop_mod.Path("hot.py"),
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_fn=nn.CrossEntropyLoss(),
+        train_loader=DataLoader(data, batch_size=4),
+        epochs=2,
+    )
+    steps = []
+
+    class Seen(Callback):
+        def on_step_end(self, loop, out):
+            steps.append((loop.step, out.loss.requires_grad, float(out.loss)))
+
+    gate = Gate()
+    loop = Loop(recipe, Settings(epochs=2, device="cpu", checkpoint_dir=None), [Seen()], gate)
+    gate.submit(lambda lp: lp.optimizer.param_groups[0].__setitem__("lr", 0.05))
+    status, error = loop.run()
+    assert (status, error) == ("finished", None)
+    assert [s for s, _, _ in steps] == list(range(1, 9))
+    assert not any(grad for _, grad, _ in steps)
+    assert moved == []  # CPU batches for a CPU run: not moved at each step
+    assert loop.optimizer.param_groups[0]["lr"] == 0.05  # the command landed (before step 1)
+    out = loop.last_output
+    assert isinstance(out, torch.Tensor) and out.shape == (4, 2) and not out.requires_grad
