@@ -21,7 +21,7 @@ from dltui.engine.store import RunStore
 from dltui.run import wire
 from dltui.tui.app import make_app
 from dltui.tui.browser import BrowserApp
-from dltui.tui.panes.metrics import short_labels
+from dltui.tui.multirun import short_labels
 from dltui.tui.screens.compare import CompareApp, CompareScreen
 from dltui.tui.screens.runs import RunsScreen
 from dltui.tui.widgets.format import fmt_num

@@ -18,7 +18,8 @@ from dltui.engine.store import RunStore
 from dltui.run import wire
 from dltui.run.reader import RunReader
 from dltui.tui.app import make_app
-from dltui.tui.panes.metrics import MetricsPane, chart_title, run_sources
+from dltui.tui.multirun import chart_title, run_sources
+from dltui.tui.panes.metrics import MetricsPane
 from dltui.tui.screens.compare import CompareApp, CompareScreen
 from dltui.tui.screens.dialogs import HelpScreen
 from dltui.tui.widgets.plot import Plot

@@ -24,45 +24,22 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
 from dltui.run import wire
-from dltui.run.catalog import RunRow, read_row
+from dltui.run.catalog import read_row
+from dltui.run.reader import RunReader
 
-from ..panes.metrics import (
-    CompareMetricsPane,
-    Readers,
-    chart_title,
-    first_wall,
-    legend_labels,
-    run_sources,
-    run_trace,
-)
+from ..multirun import Readers, chart_title, first_wall, legend_labels, run_sources, run_trace
+from ..panes.metrics import CompareMetricsPane
 from ..panes.overview import chartable
-from ..widgets.format import fmt_duration, fmt_num
+from ..widgets.compare_table import ComparedRun, CompareTable, higher_is_better
 from ..widgets.plot import Plot
-from .runs import progress_text, started_text, status_cell
 
 POLL_S = 1.0  # each run's summary (status, step, hparams) re-read this often
 FRAME_S = 0.5
 TABLE_EVERY_S = 5.0  # the table's last/best values of every scalar: at most this often
-DIFF = "*"  # marks a row whose values differ between the runs (readable without colour)
-# Names where a higher value is better; every other scalar is best at its lowest (a loss).
-HIGHER_IS_BETTER = ("acc", "f1", "auc", "precision", "recall", "score", "iou", "dice", "map")
-
-
-def higher_is_better(name: str) -> bool:
-    return any(w in name.lower() for w in HIGHER_IS_BETTER)
-
-
-@dataclass
-class ComparedRun:
-    """What the table shows of one run, re-read every POLL_S."""
-
-    row: RunRow
-    scalars_seen: int  # the store's newest scalar row id: its curves moved when this did
-    resumed_at: tuple[int, ...]  # steps it was resumed from a checkpoint at (same run dir)
 
 
 @dataclass
@@ -98,7 +75,7 @@ def poll_run(readers: Readers, path: Path) -> ComparedRun:
     return ComparedRun(row, seen, resumed)
 
 
-def scalar_summary(r, key: tuple[str, str]) -> tuple[float | None, float | None]:
+def scalar_summary(r: RunReader, key: tuple[str, str]) -> tuple[float | None, float | None]:
     """(last, best) of one scalar: best is its lowest, or highest for an accuracy-like name;
     one bucket over the whole run, read from the store's rollups."""
     last = r.last(*key)
@@ -156,6 +133,7 @@ class CompareScreen(Screen[None]):
         self.plots = tuple(
             Plot(ascii=ascii, id=f"cmp-{n}", classes="panel") for n in ("loss", "val", "metric")
         )
+        self.table = CompareTable(self.sources, id="cmp-table")
         self.grid = CompareMetricsPane(self.paths[0], None, self.sources, classes="pane")
 
     def compose(self) -> ComposeResult:
@@ -165,7 +143,7 @@ class CompareScreen(Screen[None]):
                 yield self.plots[0]  # the whole width: the runs' whole names fit its legend
                 with Horizontal(id="cmp-plots"):
                     yield from self.plots[1:]
-                yield DataTable(id="cmp-table", zebra_stripes=True, cursor_type="row")
+                yield self.table
             with TabPane("2 Metrics", id="grid"):
                 yield self.grid
         yield Footer()
@@ -174,11 +152,6 @@ class CompareScreen(Screen[None]):
         for plot, title in zip(self.plots, ("loss", "loss (val)", "metric"), strict=True):
             plot.border_title = title
             plot.empty_text = "nothing recorded"
-        table = self.query_one(DataTable)
-        table.add_column("", key="diff", width=1)
-        table.add_column("", key="field")
-        for src in self.sources:
-            table.add_column(Text(f"{src.mark} {src.label}", style=src.color), key=str(src.path))
         self._poll()
         self.set_interval(FRAME_S, self._frame)
 
@@ -223,7 +196,7 @@ class CompareScreen(Screen[None]):
     def _polled(self, message: RunsPolled) -> None:
         first = not self.runs
         self.runs = message.runs
-        self._show_table()
+        self.table.show(self.runs, self._table_values)
         if first:
             self._frame()
 
@@ -276,7 +249,7 @@ class CompareScreen(Screen[None]):
             shown = [("loss", wire.TRAIN), ("loss", wire.VAL), *metrics]
             out["table"] = {
                 k: [
-                    scalar_summary(r, k) if r and r._sid(*k) is not None else (None, None)
+                    scalar_summary(r, k) if r else (None, None)
                     for r in (self._readers.get(p) for p in self.paths)
                 ]
                 for k in shown
@@ -293,7 +266,7 @@ class CompareScreen(Screen[None]):
         self.curves, self._curves_key = message.data, message.key
         if "table" in message.data:
             self._table_values, self._table_at = message.data["table"], time.monotonic()
-            self._show_table()
+            self.table.show(self.runs, self._table_values)
         self._draw()
 
     def _draw(self) -> None:
@@ -323,57 +296,6 @@ class CompareScreen(Screen[None]):
             plot.set_options(smoothing=0.0, log_y=False, x_time=self.x_time, t0=0.0, spans=None)
             plot.set_data(traces, [])
 
-    # -- the table -----------------------------------------------------------------------------
-    def table_rows(self) -> list[tuple[str, list[Any]]]:
-        """(field, one value per run) for every row of the table, in order."""
-        runs = self.runs
-        rows: list[tuple[str, list[Any]]] = [
-            ("status", [status_cell(r.row) for r in runs]),
-            ("steps", [progress_text(r.row) for r in runs]),
-            ("started", [started_text(r.row) for r in runs]),
-            ("duration", [fmt_duration(r.row.duration) for r in runs]),
-            ("continued", [continued_text(r) for r in runs]),
-            ("script", [Path(r.row.script).name for r in runs]),
-        ]
-        keys: dict[str, None] = {}
-        for r in runs:
-            keys.update(dict.fromkeys(r.row.hparams))
-        for k in keys:
-            rows.append((k, [hparam_text(r.row.hparams, k) for r in runs]))
-        best_keys: dict[str, None] = {}
-        for r in runs:
-            best_keys.update(dict.fromkeys(k for k in r.row.best if k not in ("step", "epoch")))
-        for k in best_keys:
-            rows.append((f"best {k} (engine)", [fmt_num(_num(r.row.best.get(k))) for r in runs]))
-        for key, values in self._table_values.items():
-            direction = "max" if higher_is_better(key[0]) else "min"
-            rows.append(
-                (
-                    f"{chart_title(*key)}: last, {direction}",
-                    [f"{fmt_num(last)}  {fmt_num(best)}" for last, best in values],
-                )
-            )
-        return rows
-
-    def _show_table(self) -> None:
-        if len(self.runs) != len(self.sources):
-            return
-        table = self.query_one(DataTable)
-        rows = self.table_rows()
-        hparams = {k for r in self.runs for k in r.row.hparams} | {"script"}
-        keep = table.cursor_row
-        table.clear()
-        for field, values in rows:
-            differ = field in hparams and len({str(v) for v in values}) > 1
-            style = "bold reverse" if differ else ""
-            table.add_row(
-                Text(DIFF if differ else "", style="bold"),
-                Text(field, style="bold" if differ else ""),
-                *(v if isinstance(v, Text) else Text(str(v), style=style) for v in values),
-            )
-        if keep < table.row_count:
-            table.move_cursor(row=keep)
-
     # -- keys ----------------------------------------------------------------------------------
     def action_toggle_x(self) -> None:
         self.x_time = not self.x_time
@@ -395,32 +317,13 @@ class CompareScreen(Screen[None]):
         if tab == "grid":
             self.grid.focus()
         else:
-            self.query_one(DataTable).focus()
+            self.table.focus()
 
     def action_back(self) -> None:
         if isinstance(self.app, CompareApp):
             self.app.exit()
         else:
             self.dismiss(None)
-
-
-def continued_text(r: ComparedRun) -> str:
-    """A run resumed in its own directory continues there: say from which step(s)."""
-    if not r.resumed_at:
-        return "-"
-    steps = ", ".join(str(s) for s in r.resumed_at)
-    return f"resumed at step {steps} (same run)"
-
-
-def hparam_text(hparams: dict[str, Any], key: str) -> str:
-    if key not in hparams:
-        return "-"
-    v = hparams[key]
-    return fmt_num(v) if isinstance(v, float) else str(v)
-
-
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) else None
 
 
 class CompareApp(App[None]):
