@@ -150,6 +150,8 @@ def test_optimizer_loss_scheduler_and_eval_descriptions() -> None:
     assert o["hparams"]["lr"] == pytest.approx(0.004) and "initial_lr" not in o["hparams"]
     assert "foreach" not in o["hparams"] and o["hparams"]["betas"] == [0.95, 0.999]
     assert view.optimizer_lines({"optimizers": [o]})[0].startswith("Adam(lr=0.004, betas=(0.95,")
+    with_sched = view.optimizer_lines({"optimizers": [o], "schedulers": [{}]})[0]
+    assert with_sched.endswith(") at step 0")  # the LR a scheduler moves: the header's is now
     s = learner.scheduler_description(sched, "step")
     assert s["args"]["max_lr"] == 0.1 and s["args"]["total_steps"] == 100
     assert view.scheduler_lines({"schedulers": [s]})[0].endswith(", stepped every step")
@@ -225,7 +227,7 @@ def test_run_panel_fits_and_eval_says_what_it_switches(live: Path, size) -> None
             rows = [text for _, text, _ in app.screen.query_one(RunPanel).lines()]
             assert rows[:4] == [
                 ARITHMETIC,
-                "Adam(lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01)",
+                "Adam(lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01) at step 0",
                 "CrossEntropyLoss(reduction=mean, label_smoothing=0.1)",
                 "StepLR(step_size=3, gamma=0.5), stepped every epoch",
             ]
@@ -270,6 +272,8 @@ def test_script_run_finds_its_loader_loss_and_scheduler(tmp_path: Path) -> None:
         "50 samples / batch 8 = 7 batches per epoch (last batch 2)  (`train_loader` in the script)"
     )
     assert view.loss_line(lr) == "MSELoss(reduction=mean)  (`criterion`)"
-    assert view.optimizer_lines(lr) == ["SGD(lr=0.1, momentum=0.9, dampening=0, weight_decay=0)"]
+    assert view.optimizer_lines(lr) == [
+        "SGD(lr=0.1, momentum=0.9, dampening=0, weight_decay=0) at step 0"
+    ]
     assert view.scheduler_lines(lr)[0].startswith("CosineAnnealingLR(T_max=7")
     assert "one pass of the script's dltui.on_eval" in view.eval_lines(lr, script=True)[-1]

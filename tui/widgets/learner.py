@@ -81,6 +81,8 @@ def optimizer_lines(learner: dict[str, Any]) -> list[str]:
         for i, g in enumerate(o.get("groups") or [], 1):
             if g:
                 text += f"; group {i}: {args_text(g)}"
+        if learner.get("schedulers"):  # the header's LR is the one in use now
+            text += " at step 0"
         out.append(text)
     return out or ["unknown until the script's first optimizer step"]
 
