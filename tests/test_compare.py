@@ -145,8 +145,16 @@ async def test_ascii_glyphs_and_narrow_terminal(runs):
         assert [t.mark for t in loss.traces] == ["o", "x"]
         legend = str(loss.render()).splitlines()[0]
         assert legend.startswith("-o ") and " -x " in legend
+        await pilot.press("down")  # the table has the focus: its scrollbar shows
         text = screen_text(app)
-        assert not any(0x2800 <= ord(c) <= 0x28FF for c in text)  # no Braille under --ascii
+        fancy = [c for c in text if 0x2500 <= ord(c) <= 0x25FF or 0x2800 <= ord(c) <= 0x28FF]
+        assert not fancy, text  # no box drawing, blocks, Braille or ●■ glyphs under --ascii
+        await pilot.press("2")
+        grid = app.screen.grid
+        await until(pilot, lambda: grid.data is not None and grid.plots()[0].traces, what="grid")
+        text = screen_text(app)
+        fancy = [c for c in text if 0x2500 <= ord(c) <= 0x25FF or 0x2800 <= ord(c) <= 0x28FF]
+        assert not fancy and "> loss" in text, text
 
 
 @sync

@@ -63,7 +63,14 @@ class MetricsPane(PollingPane, can_focus=True):
             id="metrics.filter",
             priority=True,
         ),
-        Binding("enter", "open", "Open", tooltip="The selected chart full size", id="metrics.open"),
+        Binding(
+            "enter",
+            "open",
+            "Open",
+            key_display="enter",  # a word, not a glyph: --ascii terminals draw the footer too
+            tooltip="The selected chart full size",
+            id="metrics.open",
+        ),
         Binding(
             "escape",
             "back",

@@ -24,6 +24,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.screen import Screen
+from textual.scrollbar import ScrollBar
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
@@ -31,6 +32,7 @@ from dltui.run import wire
 from dltui.run.catalog import read_row
 from dltui.run.reader import RunReader
 
+from ..app import AsciiScrollBarRender
 from ..multirun import Readers, chart_title, first_wall, legend_labels, run_sources, run_trace
 from ..panes.metrics import CompareMetricsPane
 from ..panes.overview import chartable
@@ -341,7 +343,13 @@ class CompareApp(App[None]):
             self.add_class("-ascii")
 
     def on_mount(self) -> None:
+        if self.ascii:  # as the dashboard does: plain scrollbar thumbs, put back on unmount
+            self._scrollbar_renderer, ScrollBar.renderer = ScrollBar.renderer, AsciiScrollBarRender
         self.push_screen(CompareScreen(self.paths, ascii=self.ascii))
+
+    def on_unmount(self) -> None:
+        if self.ascii:
+            ScrollBar.renderer = self._scrollbar_renderer
 
 
 def run_compare(paths: Sequence[Path], ascii: bool = False) -> int:
