@@ -182,6 +182,13 @@ async def test_a_live_run_updates_in_place(tmp_path, runs):
             st.flush()
             await until(pilot, lambda: loss.traces[1].steps[-1] == 20, what="new steps drawn")
             await until(pilot, lambda: table(app.screen)["steps"][2] == "20", what="table")
+            await pilot.press("2")  # the grid follows the live run too
+            grid = app.screen.grid
+            await until(pilot, lambda: grid.data is not None and grid.plots()[0].traces)
+            for s in range(21, 31):
+                st.scalars(s, 0, wire.TRAIN, now + s, {"loss": 1.0 / s})
+            st.flush()
+            await until(pilot, lambda: grid.plots()[0].traces[1].steps[-1] == 30, what="grid")
     finally:
         st.close(wire.FINISHED)
 
