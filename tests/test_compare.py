@@ -24,6 +24,7 @@ from dltui.tui.browser import BrowserApp
 from dltui.tui.multirun import short_labels
 from dltui.tui.screens.compare import CompareApp, CompareScreen
 from dltui.tui.screens.runs import RunsScreen
+from dltui.tui.widgets.compare_table import higher_is_better
 from dltui.tui.widgets.format import fmt_num
 
 T0 = 1_700_000_000.0
@@ -80,6 +81,13 @@ def table(screen: CompareScreen) -> dict[str, list[str]]:
         marker, field, *values = (str(c) for c in t.get_row_at(i))
         out[field] = [marker, *values]
     return out
+
+
+def test_best_is_the_highest_for_accuracy_like_names_only():
+    assert [higher_is_better(n) for n in ("val_acc", "accuracy", "f1_macro", "mAP", "auroc")] == [
+        True
+    ] * 5
+    assert not any(higher_is_better(n) for n in ("loss", "bitmap_loss", "err", "perplexity"))
 
 
 def test_short_labels_keep_what_tells_runs_apart():

@@ -4,6 +4,7 @@ between the runs is marked with a '*' and drawn in reverse video, so it reads wi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,14 @@ from .format import fmt_duration, fmt_num
 
 DIFF = "*"  # marks a row whose values differ between the runs (readable without colour)
 # Names where a higher value is better; every other scalar is best at its lowest (a loss).
-HIGHER_IS_BETTER = ("acc", "f1", "auc", "precision", "recall", "score", "iou", "dice", "map")
+HIGHER_IS_BETTER = ("acc", "f1", "auc", "auroc", "precision", "recall", "score", "iou", "dice")
 
 
 def higher_is_better(name: str) -> bool:
-    return any(w in name.lower() for w in HIGHER_IS_BETTER)
+    """By the words of the name ('val_acc', 'f1_macro', 'mAP'), not any substring of it
+    ('bitmap_loss' is a loss)."""
+    words = re.split(r"[^a-z0-9]+", name.lower())
+    return any(w == "map" or w.startswith(HIGHER_IS_BETTER) for w in words)
 
 
 @dataclass
