@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,39 @@ def spawn_engine(recipe: Path, run_dir: Path, log: Path, **popen: Any) -> subpro
     ]
     with open(log, "wb") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=CHILD_ENV, **popen)
+
+
+@contextlib.contextmanager
+def running_engine(
+    recipe_source: str, root: Path, name: str, steps: int = 1, timeout: float = 90.0
+) -> Iterator[Path]:
+    """A live detached engine on root/runs/NAME training `recipe_source` (written to
+    root/NAME.py): yields its run directory once its socket is up and `steps` steps are in the
+    store; killed on the way out."""
+    recipe = root / f"{name}.py"
+    recipe.write_text(recipe_source)
+    run_dir = root / "runs" / name
+    run_dir.parent.mkdir(exist_ok=True)
+    log = root / f"{name}.log"
+    proc = spawn_engine(recipe, run_dir, log)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            if (run_dir / "control.sock").exists() and (run_dir / "run.sqlite").exists():
+                from dltui.run.reader import RunReader
+
+                with RunReader(run_dir) as r:
+                    if (r.meta().get("progress") or {}).get("step", 0) >= steps:
+                        break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"engine not ready in {timeout} s:\n{log.read_text()}")
+        yield run_dir
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 class Started:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import CHILD_ENV, cli_argv, run_cli, spawn_engine
+from conftest import CHILD_ENV, cli_argv, run_cli, running_engine
 from screen import notes, screen_text
 from test_app_snapshots import write_finished_run
 from textual.pilot import Pilot
@@ -71,28 +71,8 @@ RUN_KEYS = ("space Pause", "n Step", "l LR", "+ LR*2", "- LR/2", "e Eval", "c Ck
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory):
     """A real engine on its own run directory, steered by the tests of this module in turn."""
-    root = tmp_path_factory.mktemp("keys")
-    recipe = root / "mlp.py"
-    recipe.write_text(RECIPE)
-    run_dir = root / "runs" / "keys"
-    run_dir.parent.mkdir()
-    proc = spawn_engine(recipe, run_dir, root / "engine.log")
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (root / "engine.log").read_text()
-            if (run_dir / "control.sock").exists() and (run_dir / "run.sqlite").exists():
-                with RunReader(run_dir) as r:
-                    if (r.meta().get("progress") or {}).get("step", 0) >= 3:
-                        break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("engine not ready in 90 s")
+    with running_engine(RECIPE, tmp_path_factory.mktemp("keys"), "keys", steps=3) as run_dir:
         yield run_dir
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="module")

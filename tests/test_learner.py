@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CHILD_ENV, spawn_engine
+from conftest import CHILD_ENV, running_engine
 from screen import screen_text
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
@@ -79,28 +79,8 @@ for x, y in train_loader:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory):
     """A live recipe run (started first: torch imports while the pure tests run)."""
-    root = tmp_path_factory.mktemp("learner")
-    recipe = root / "net.py"
-    recipe.write_text(RECIPE)
-    run_dir = root / "runs" / "net"
-    run_dir.parent.mkdir()
-    proc = spawn_engine(recipe, run_dir, root / "net.log")
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (root / "net.log").read_text()
-            if (run_dir / "control.sock").exists() and (run_dir / "run.sqlite").exists():
-                with RunReader(run_dir) as r:
-                    if (r.meta().get("progress") or {}).get("step", 0) >= 2:
-                        break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the engine did not start in 90 s")
+    with running_engine(RECIPE, tmp_path_factory.mktemp("learner"), "net", steps=2) as run_dir:
         yield run_dir
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 def learner_meta(run_dir: Path) -> dict:
