@@ -188,6 +188,7 @@ class LayersPane(PollingPane):
 
     def on_resize(self) -> None:
         self.query_one("#layers-legend", Static).update(self._legend(self.size.width))
+        self.query_one("#layers-step", Static).update(self._step_line(self.size.width))
         if self.rows:
             self._rebuild(self.query_one(DataTable))
 
@@ -202,6 +203,9 @@ class LayersPane(PollingPane):
             return None
         params = r.params()
         first, last = r.layer_stat_bounds()
+        if last is None:  # nothing recorded yet: no step to move from
+            with self._nav_lock:
+                self._nav = None
         step = last if last is None else self._resolve(r, first, last)
         stats = {} if step is None else r.layer_stats_at(step)
         # A spike is what the engine's probe says it is (one definition): its gradient-norm
@@ -292,25 +296,30 @@ class LayersPane(PollingPane):
         if data is not None:
             self.post_message(self.Fetched(data))
 
-    def _step_line(self) -> Text:
-        """Which step the table shows: the latest, or step N of M while scrubbed back."""
+    def _step_line(self, width: int = 200) -> Text:
+        """Which step the table shows: the latest, or step N of M while scrubbed back (the
+        keys' words shorter when narrow)."""
         if self.step is None:
             return Text("no layer statistics recorded yet", style="dim")
-        out = Text(no_wrap=True)
-        out.append("layer stats at ")
         if self.pinned is None:
-            out.append(f"step {self.step}", style="bold")
-            out.append("  latest", style="green")
-            out.append("  (, . < > Home: earlier steps)", style="dim")
+            words = [("step", f"step {self.step}", "bold"), ("", "  latest", "green")]
+            hints = ("  (, . < > Home: earlier steps)", "  (, < Home: earlier)")
         else:
-            out.append(f"step {self.step} of {self.last_step}", style="bold reverse")
-            out.append("  (press End for latest)", style="yellow")
+            words = [("step", f"step {self.step} of {self.last_step}", "bold reverse")]
+            hints = ("  (press End for latest)", "  (End: latest)")
+        for lead, hint in (("layer stats at ", hints[0]), ("", hints[1]), ("", "")):
+            out = Text(lead, no_wrap=True)
+            for _, text, style in words:
+                out.append(text, style=style)
+            out.append(hint, style="dim" if self.pinned is None else "yellow")
+            if out.cell_len <= width:
+                break
         return out
 
     # -- table (UI thread) ---------------------------------------------------------------------
     def show(self, data: dict[str, Any]) -> None:
         self.step, self.last_step, self.spikes = data["step"], data["last"], data["spikes"]
-        self.query_one("#layers-step", Static).update(self._step_line())
+        self.query_one("#layers-step", Static).update(self._step_line(self.size.width))
         rows: dict[str, dict[str, Any]] = {}
         for order, p in enumerate(data["params"]):
             s = data["stats"].get(p["name"], {})
