@@ -5,9 +5,10 @@ which modules eval() switches. Pure functions of the run's objects; nothing here
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -39,10 +40,26 @@ def plain(value: Any) -> Any:
 
 
 def _len(x: Any) -> int | None:
+    """len(x), or None when it has none (a stream) or its __len__ fails: describing the run
+    must never stop it."""
     try:
         return len(x)
-    except (TypeError, NotImplementedError):
+    except Exception:
         return None
+
+
+def never_fails(describe: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """The run goes on whatever a description trips over (a user's odd loader or module):
+    the panel then says what failed instead of the numbers."""
+
+    @functools.wraps(describe)
+    def guarded(*args: Any) -> dict[str, Any]:
+        try:
+            return describe(*args)
+        except Exception as e:
+            return {"error": f"{type(e).__name__}: {e}"}
+
+    return guarded
 
 
 def loader_arithmetic(
@@ -174,6 +191,7 @@ def eval_changes(models: Iterable[nn.Module]) -> dict[str, Any]:
     return {k: {"count": len(v), "names": v[:MAX_NAMES]} for k, v in kinds.items()}
 
 
+@never_fails
 def recipe_learner(loop: Any) -> dict[str, Any]:
     """meta['learner'] for dltui's own loop over a recipe."""
     r = loop.r
@@ -195,6 +213,7 @@ def recipe_learner(loop: Any) -> dict[str, Any]:
     return out
 
 
+@never_fails
 def script_learner(driver: Any, objs: list[tuple[str, Any]]) -> dict[str, Any]:
     """meta['learner'] for a script, from what its frames hold at its first optimizer step: the
     train loader when one can be told apart (named *train*, or the only DataLoader), a loss

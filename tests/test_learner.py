@@ -147,6 +147,20 @@ def test_optimizer_loss_scheduler_and_eval_descriptions() -> None:
     assert ev["other"]["names"] == ["rnn GRU(dropout=0.1)"]  # the LSTM has no dropout to switch
 
 
+def test_a_description_that_fails_never_stops_the_run() -> None:
+    class Odd(TensorDataset):
+        def __len__(self) -> int:
+            raise RuntimeError("length not known yet")
+
+    t = learner.loader_arithmetic(DataLoader(Odd(torch.zeros(4, 2)), batch_size=2))
+    assert t["samples"] is None and t["batches"] is None
+    broken = learner.recipe_learner(object())  # anything it trips over: said, not raised
+    assert broken["error"].startswith("AttributeError")
+    panel = RunPanel()
+    panel.learner = broken
+    assert "could not describe this run: AttributeError" in panel.lines()[0][1]
+
+
 # -- a real recipe run -----------------------------------------------------------------------
 
 

@@ -209,6 +209,8 @@ class RunPanel(Widget):
         lr = self.learner
         if lr is None:
             return [("", self.waiting, "dim")]
+        if lr.get("error"):
+            return [("", f"the engine could not describe this run: {lr['error']}", "dim")]
         rows = [("data", train_line(lr, compact), "")]
         rows += [("optim", line, "") for line in optimizer_lines(lr)]
         rows.append(("loss", loss_line(lr), ""))
