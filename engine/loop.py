@@ -228,6 +228,10 @@ class StopRun(Exception):
 
 # How a pass over the training data ended.
 DONE, EARLY, EMPTY = "done", "early", "empty"
+# Epoch-end checkpoints may take this fraction of training time: with short epochs `last.pt` is
+# written once every (time to write it) / CHECKPOINT_BUDGET seconds, not at every epoch end. The
+# run's final state, a stop, `c` and --max-steps always write one.
+CHECKPOINT_BUDGET = 0.002
 
 
 class Loop:
@@ -263,6 +267,9 @@ class Loop:
         self.stepping = False  # inside a step's micro-batches: the step under way is step + 1
         self.epoch_step = 0  # optimizer steps done in the current epoch
         self.best_val_loss = math.inf
+        self._ck_cost: float | None = None  # seconds the last checkpoint took to write
+        self._ck_at = time.monotonic()  # when it was written (or the run began)
+        self._ck_told = False
         self.last_input: Any = None
         self._last_output: Any = None
         self._move: bool | None = None  # do batches need moving to the device? (1st batch)
@@ -598,9 +605,30 @@ class Loop:
                 self.stepper.step_scheduler(name, metric)
         if self.r.on_epoch_end is not None:
             self.r.on_epoch_end(self.ctx)
-        self.save_checkpoint("last", reason="epoch end")
+        if self.epoch >= self.epochs or self._epoch_checkpoint_due():
+            self.save_checkpoint("last", reason="epoch end")
         self._keep_if_best(val_loss)
         self._emit("on_epoch_end")
+
+    def _epoch_checkpoint_due(self) -> bool:
+        """Is an epoch-end checkpoint within CHECKPOINT_BUDGET of training time? (Said once,
+        the first time one is left out.)"""
+        cost = self._ck_cost
+        if cost is None or self.s.checkpoint_dir is None:
+            return True
+        every = cost / CHECKPOINT_BUDGET
+        if time.monotonic() - self._ck_at >= every:
+            return True
+        if not self._ck_told:
+            self._ck_told = True
+            self.notice(
+                f"epochs are short (writing a checkpoint takes {cost * 1e3:.0f} ms): last.pt is "
+                f"written at an epoch end at most every {every:.0f} s, to keep checkpoints under "
+                f"{CHECKPOINT_BUDGET:.1%} of training time; the final state, a stop and `c` "
+                "always write one.",
+                "info",
+            )
+        return False
 
     def _keep_if_best(self, val_loss: float | None) -> None:
         if val_loss is not None and val_loss < self.best_val_loss:
@@ -708,9 +736,12 @@ class Loop:
         try:
             self.s.checkpoint_dir.mkdir(parents=True, exist_ok=True)
             # Our own file object: a write that runs out of space then carries its errno.
+            t0 = time.monotonic()
             with open(tmp, "wb") as f:
                 torch.save(state, f)
             os.replace(tmp, path)  # never leaves a half-written checkpoint behind
+            self._ck_at = time.monotonic()
+            self._ck_cost = self._ck_at - t0
         except Exception as e:  # a full disk, a read-only directory: dltui's part, not the recipe's
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from conftest import (
     values_of,
 )
 
+from dltui.engine import loop as loop_mod
 from dltui.run.reader import RunReader
 
 # -- step arithmetic -----------------------------------------------------------------------
@@ -439,7 +440,8 @@ def test_gradient_explosion_alert_names_the_step_and_the_layer(write_recipe, tmp
 # -- checkpoints -----------------------------------------------------------------------------
 
 
-def test_checkpoints_last_and_best(write_recipe, tmp_path):
+def test_checkpoints_last_and_best(write_recipe, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop_mod, "CHECKPOINT_BUDGET", 1.0)  # epochs as long as a write: each
     t = train_in_process(
         write_recipe(linear_recipe(n=100, batch=20, epochs=3, val=40)), tmp_path / "run"
     )
@@ -459,6 +461,24 @@ def test_checkpoints_last_and_best(write_recipe, tmp_path):
     assert not list(ck_dir.glob("*.tmp"))
     kinds = [(e["data"]["tag"], e["step"]) for e in events_of(t.run_dir, "checkpoint")]
     assert [k for k in kinds if k[0] == "last"] == [("last", 5), ("last", 10), ("last", 15)]
+
+
+def test_short_epochs_checkpoint_within_budget_and_the_final_state_is_kept(
+    write_recipe, tmp_path, monkeypatch
+):
+    # Writing last.pt takes far longer than 1e-9 of these epochs: after the first epoch end,
+    # none until the run's last (its final state), with one info event saying why.
+    monkeypatch.setattr(loop_mod, "CHECKPOINT_BUDGET", 1e-9)
+    t = train_in_process(write_recipe(linear_recipe(n=100, batch=20, epochs=4)), tmp_path / "run")
+    assert t.status == "finished"
+    kinds = [(e["data"]["tag"], e["step"]) for e in events_of(t.run_dir, "checkpoint")]
+    assert kinds == [("last", 5), ("last", 20)]
+    last = torch.load(t.run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert (last["step"], last["epoch"]) == (20, 4)
+    said = [
+        e["message"] for e in events_of(t.run_dir, "info") if "epochs are short" in e["message"]
+    ]
+    assert len(said) == 1 and "the final state, a stop and `c` always write one" in said[0]
 
 
 # -- through the real CLI: flags, seed, resume, crash ---------------------------------------
