@@ -111,7 +111,7 @@ async def test_scrub_keys_show_each_recorded_step(finished_run: Path) -> None:
         await press("comma", 25)
         step, line = shown(pane)
         assert "step 25 of 30" in line and "End for latest" in line
-        assert str(pane._step_line(32)) == "step 25 of 30  (End: latest)"  # 40 columns
+        assert str(pane.steps.line(25, 30, 32)) == "step 25 of 30  (End: latest)"  # 40 columns
         await press("less_than_sign", 5)  # ten back stops at the first recorded step
         await press("full_stop", 10)
         await press("full_stop", 15)

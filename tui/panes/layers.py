@@ -3,7 +3,6 @@ parameter's gradient-norm history and weight/gradient histograms beside it."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from ..widgets.format import fmt_count, fmt_num
 from ..widgets.pane_base import PollingPane
 from ..widgets.pane_histogram import PaneHistogram
 from ..widgets.pane_sparkline import PaneSparkline
+from .layer_steps import LayerSteps
 
 # (column key, header); the key is also the sort key into a row's values.
 COLUMNS = (
@@ -130,11 +130,7 @@ class LayersPane(PollingPane):
         self.rows: dict[str, dict[str, Any]] = {}  # param name -> values, in model order
         self.step: int | None = None  # the stats step shown
         self.last_step: int | None = None  # the newest recorded one
-        # The step the user scrubbed to; None: follow the newest. Moves asked for on the UI
-        # thread wait in _nav until the next fetch (worker thread) resolves them in the store.
-        self.pinned: int | None = None
-        self._nav: tuple[str, int] | None = None
-        self._nav_lock = threading.Lock()
+        self.steps = LayerSteps()  # the shown step: the newest, or where , . < > Home moved
         self.spikes: set[str] = set()
         self._spikes_at: dict[int, set[str]] = {}  # stats step -> layers the engine's alerts name
         self._alert_id = 0  # the engine's alert events read so far
@@ -188,7 +184,7 @@ class LayersPane(PollingPane):
 
     def on_resize(self) -> None:
         self.query_one("#layers-legend", Static).update(self._legend(self.size.width))
-        self.query_one("#layers-step", Static).update(self._step_line(self.size.width))
+        self.query_one("#layers-step", Static).update(self._step_line())
         if self.rows:
             self._rebuild(self.query_one(DataTable))
 
@@ -203,10 +199,7 @@ class LayersPane(PollingPane):
             return None
         params = r.params()
         first, last = r.layer_stat_bounds()
-        if last is None:  # nothing recorded yet: no step to move from
-            with self._nav_lock:
-                self._nav = None
-        step = last if last is None else self._resolve(r, first, last)
+        step = self.steps.resolve(r, first, last)
         stats = {} if step is None else r.layer_stats_at(step)
         # A spike is what the engine's probe says it is (one definition): its gradient-norm
         # alerts name the layer and the stats step. Read each alert once, as it arrives.
@@ -231,25 +224,6 @@ class LayersPane(PollingPane):
             "detail": detail,
         }
 
-    def _resolve(self, r: Any, first: int, last: int) -> int:
-        """The step to show: the newest, or where the user's moves (, . < > Home End) lead."""
-        with self._nav_lock:
-            nav, self._nav = self._nav, None
-            pinned = self.pinned
-        if nav is not None:
-            kind, n = nav
-            if kind == "latest":
-                pinned = None
-            elif kind == "first":
-                pinned = first
-            else:
-                pinned = r.layer_stat_step_moved(last if pinned is None else pinned, n)
-            if pinned is not None and pinned >= last:
-                pinned = None  # moved onto the newest step: follow the run again
-            with self._nav_lock:
-                self.pinned = pinned
-        return last if pinned is None else pinned
-
     @staticmethod
     def _detail(r: Any, name: str, step: int | None) -> dict[str, Any]:
         """The parameter's gradient-norm history up to the shown step, and its histograms
@@ -270,16 +244,17 @@ class LayersPane(PollingPane):
 
     # -- scrubbing (UI thread asks, the fetch worker resolves) -----------------------------------
     def action_scrub(self, records: int) -> None:
-        with self._nav_lock:
-            if self._nav is not None and self._nav[0] == "by":
-                records += self._nav[1]  # keys pressed faster than the store answers add up
-            self._nav = ("by", records)
+        self.steps.move(records)
         self._scrub_fetch()
 
     def action_scrub_to(self, where: str) -> None:
-        with self._nav_lock:
-            self._nav = (where, 0)
+        self.steps.jump(where)
         self._scrub_fetch()
+
+    @property
+    def pinned(self) -> int | None:
+        """The step the user moved to; None while following the newest."""
+        return self.steps.pinned
 
     @work(thread=True, group="scrub")
     def _scrub_fetch(self) -> None:
@@ -296,30 +271,13 @@ class LayersPane(PollingPane):
         if data is not None:
             self.post_message(self.Fetched(data))
 
-    def _step_line(self, width: int = 200) -> Text:
-        """Which step the table shows: the latest, or step N of M while scrubbed back (the
-        keys' words shorter when narrow)."""
-        if self.step is None:
-            return Text("no layer statistics recorded yet", style="dim")
-        if self.pinned is None:
-            words = [("step", f"step {self.step}", "bold"), ("", "  latest", "green")]
-            hints = ("  (, . < > Home: earlier steps)", "  (, < Home: earlier)")
-        else:
-            words = [("step", f"step {self.step} of {self.last_step}", "bold reverse")]
-            hints = ("  (press End for latest)", "  (End: latest)")
-        for lead, hint in (("layer stats at ", hints[0]), ("", hints[1]), ("", "")):
-            out = Text(lead, no_wrap=True)
-            for _, text, style in words:
-                out.append(text, style=style)
-            out.append(hint, style="dim" if self.pinned is None else "yellow")
-            if out.cell_len <= width:
-                break
-        return out
+    def _step_line(self) -> Text:
+        return self.steps.line(self.step, self.last_step, self.size.width or 200)
 
     # -- table (UI thread) ---------------------------------------------------------------------
     def show(self, data: dict[str, Any]) -> None:
         self.step, self.last_step, self.spikes = data["step"], data["last"], data["spikes"]
-        self.query_one("#layers-step", Static).update(self._step_line(self.size.width))
+        self.query_one("#layers-step", Static).update(self._step_line())
         rows: dict[str, dict[str, Any]] = {}
         for order, p in enumerate(data["params"]):
             s = data["stats"].get(p["name"], {})
