@@ -190,6 +190,28 @@ def test_catalog_reuses_unchanged_runs_and_lists_bad_ones(runs):
     assert json.loads((runs / CACHE_NAME).read_text())["version"] == 1
 
 
+def test_a_filter_typed_in_one_burst_is_all_filter(runs):
+    """'/' then keys arriving at once (a fast typist, a paste): every key is the filter's, none
+    reaches the dashboard underneath (its q quits) or starts a second filter."""
+    from textual import events
+
+    from dltui.tui.app import make_app
+
+    async def go():
+        app = make_app(runs / "20260101-000000-alpha")
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause(0.5)
+            await pilot.press("R")
+            await settle(pilot, lambda: isinstance(app.screen, RunsScreen))
+            await settle(pilot, lambda: len(table_ids(app)) == 3)
+            for ch in "/q/ga":
+                app.post_message(events.Key("slash" if ch == "/" else ch, ch))
+            await settle(pilot, lambda: app.screen.filter_text == "q/ga")
+            assert isinstance(app.screen, RunsScreen) and app.return_value is None
+
+    asyncio.run(go())
+
+
 def test_the_dashboard_switches_runs_with_R(runs):
     """R in a run's dashboard lists the runs; picking another leaves with it (run_app opens it)."""
     from dltui.tui.app import make_app

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.text import Text
 from textual import on, work
+from textual.actions import SkipAction
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -93,7 +94,9 @@ class RunsScreen(Screen[list[Path] | None]):
         Binding("enter", "open", "Open", priority=True),  # shown: the table's own enter is not
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare marked"),
-        Binding("slash", "filter", "Filter"),
+        # priority: handled as the key arrives, so the box has the focus before the keys typed
+        # right after it ('/q…' in one burst must not reach the dashboard's quit below)
+        Binding("slash", "filter", "Filter", priority=True),
         Binding("s", "sort", "Sort"),
         Binding("S", "reverse", "Reverse", show=False),
         Binding("escape", "back", "Back"),
@@ -277,8 +280,10 @@ class RunsScreen(Screen[list[Path] | None]):
 
     def action_filter(self) -> None:
         box = self.query_one("#runs-filter", Input)
+        if self.focused is box:
+            raise SkipAction()  # a '/' typed in the box is part of the text (a script's path)
         box.add_class("shown")
-        box.focus()
+        self.set_focus(box)  # now, not after the keys already queued
 
     @on(Input.Changed, "#runs-filter")
     def _filter_changed(self, event: Input.Changed) -> None:
