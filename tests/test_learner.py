@@ -240,7 +240,7 @@ def test_run_panel_fits_and_eval_says_what_it_switches(live: Path, size) -> None
             await pilot.press("e")
             await shows(pilot, app, "run: EVAL mode")
             text = panel_text(app)
-            assert "1 Dropout off (every unit kept, none zeroed): drop" in text
+            assert "1 Dropout off (every unit kept, none zeroed): drop (p=0.5)" in text
             assert "1 BatchNorm with running stats use their running mean/var" in text
             assert "no_grad(): no gradients kept" in text
             await pilot.press("e")  # back to training for the other size

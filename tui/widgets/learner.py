@@ -135,6 +135,13 @@ def eval_summary(learner: dict[str, Any]) -> str:
     return f"e: model.eval() ({switched}) + no_grad()"
 
 
+def module_name(entry: str) -> str:
+    """'2 Dropout(p=0.3)' -> '2 (p=0.3)': the module's name and what it switches, its type
+    being the line's word already; 'bn BatchNorm1d' -> 'bn'."""
+    name, _, rest = entry.partition(" ")
+    return f"{name} ({rest.split('(', 1)[1]}" if "(" in rest else name
+
+
 def eval_lines(learner: dict[str, Any], script: bool) -> list[str]:
     """In eval mode: each kind of switched module (count and names), and no_grad."""
     ev = learner.get("eval") or {}
@@ -142,7 +149,7 @@ def eval_lines(learner: dict[str, Any], script: bool) -> list[str]:
     for key, word in KINDS:
         kind = ev.get(key) or {}
         if kind.get("count"):
-            names = ", ".join(n.split(" ")[0] for n in kind.get("names") or [])
+            names = ", ".join(map(module_name, kind.get("names") or []))
             more = kind["count"] - len(kind.get("names") or [])
             names += f", +{more} more" if more > 0 else ""
             out.append(f"{kind['count']} {word} {WHAT_EVAL_DOES[key]}: {names}")
