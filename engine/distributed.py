@@ -25,9 +25,9 @@ Design (README "Several GPUs and nodes (torchrun)" says it for users):
   however long a pause lasts.
 - Stop: from `ctl stop`, or SIGINT/SIGTERM to any rank (a rank > 0 asks rank 0), is a command
   like the others: every rank stops at the same step, rank 0 writes the one checkpoint.
-- Recipes: the engine inits the process group (NCCL on CUDA, else gloo) before the recipe is
-  loaded, gives the loaders a DistributedSampler unless the recipe did (set_epoch each epoch) and
-  wraps the model in DDP for its forward only (the loop, checkpoints and stats keep the plain
+- Recipes (engine/ddp.py): the engine inits the process group (NCCL on CUDA, else gloo) before
+  the recipe is loaded, gives the loaders a DistributedSampler unless the recipe did (set_epoch
+  each epoch) and wraps the model in DDP for its forward only (the loop, checkpoints and stats keep the plain
   module: checkpoints load with or without torchrun). Resume: rank 0 reads the checkpoint and
   broadcasts it. Scripts keep their own init_process_group and DDP.
 """
@@ -51,6 +51,8 @@ from typing import Any
 
 from dltui.run import wire
 from dltui.run.reader import DB_NAME
+
+from .ddp import sampler_of
 
 PREFIX = "dltui/"
 REPORT_S = 0.5  # how often ranks report and rank 0 records them
@@ -108,147 +110,6 @@ def connect(world: World) -> Any:
 
 def _has(store: Any, key: str) -> bool:
     return bool(store.check([key]))
-
-
-# -- recipes: process group, sampler, DDP ------------------------------------------------------
-def init_group(world: World, device: str | None, timeout_s: float | None = None) -> str | None:
-    """Init the process group for a recipe run; returns the device this rank should use."""
-    import torch
-    import torch.distributed as dist
-
-    cuda = torch.cuda.is_available() and not (device or "").startswith("cpu")
-    if cuda:
-        index = world.local_rank
-        if device and ":" in device:  # an explicit device names the node's first one to use
-            index += int(device.split(":", 1)[1])
-        torch.cuda.set_device(index)
-        device = f"cuda:{index}"
-    if not dist.is_initialized():
-        extra = {"timeout": timedelta(seconds=timeout_s)} if timeout_s else {}
-        dist.init_process_group("nccl" if cuda else "gloo", **extra)
-    return device
-
-
-def share_checkpoint(world: World, ck: Any) -> Any:
-    """Resume restores every rank: rank 0's checkpoint, sent to the others (another node need
-    not see the run directory)."""
-    import torch.distributed as dist
-
-    box = [ck if world.leader else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def shard_loader(loader: Any, world: World, seed: int | None) -> tuple[Any, str | None]:
-    """A DataLoader dealing this rank its share (a DistributedSampler), else the loader as it is
-    with the reason it could not be sharded (None: already sharded by the recipe)."""
-    from torch.utils.data import (
-        BatchSampler,
-        DataLoader,
-        DistributedSampler,
-        IterableDataset,
-        RandomSampler,
-    )
-
-    if not isinstance(loader, DataLoader):
-        return loader, f"it is a {type(loader).__name__}, not a DataLoader"
-    if _sampler_of(loader) is not None:
-        return loader, None
-    if isinstance(loader.dataset, IterableDataset):
-        return loader, "its dataset is an IterableDataset (shard it in the dataset)"
-    if type(loader.batch_sampler) is not BatchSampler:
-        return loader, f"it uses its own batch sampler ({type(loader.batch_sampler).__name__})"
-    sampler = DistributedSampler(
-        loader.dataset,
-        num_replicas=world.world_size,
-        rank=world.rank,
-        shuffle=isinstance(loader.sampler, RandomSampler),
-        seed=seed or 0,
-        drop_last=loader.drop_last,
-    )
-    extra = {}
-    if loader.num_workers:
-        extra = {
-            "prefetch_factor": loader.prefetch_factor,
-            "persistent_workers": loader.persistent_workers,
-        }
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
-        timeout=loader.timeout,
-        worker_init_fn=loader.worker_init_fn,
-        multiprocessing_context=loader.multiprocessing_context,
-        generator=loader.generator,
-        **extra,
-    ), None
-
-
-def _sampler_of(loader: Any) -> Any:
-    from torch.utils.data import DistributedSampler
-
-    for s in (
-        getattr(loader, "sampler", None),
-        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
-    ):
-        if isinstance(s, DistributedSampler):
-            return s
-    return None
-
-
-def prepare_recipe(recipe: Any, world: World, seed: int | None) -> list[str]:
-    """Shard the recipe's loaders; returns notes for the run (loaders left as they were)."""
-    notes = []
-    for name in ("train_loader", "val_loader"):
-        loader = getattr(recipe, name)
-        if loader is None:
-            continue
-        new, why = shard_loader(loader, world, seed)
-        setattr(recipe, name, new)
-        if why:
-            notes.append(
-                f"{name} is not sharded across the {world.world_size} ranks: {why}; every rank "
-                "reads all of it."
-            )
-    return notes
-
-
-def _forward_module(model: Any, forward: Any) -> Any:
-    """What DDP wraps: the model's own forward, without the model's hooks (those run once, in
-    the model's own __call__); a module holding the model, so DDP finds its parameters."""
-    from torch import nn
-
-    class Forward(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, *args: Any, **kwargs: Any) -> Any:
-            return forward(*args, **kwargs)
-
-    return Forward()
-
-
-def wrap_model(loop: Any, world: World) -> None:
-    """Route the model's forward through DistributedDataParallel (gradient all-reduce, rank 0's
-    weights broadcast now), leaving loop.model the plain module: its state_dict, names and
-    stats are those of a single-process run."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    model = loop.model
-    inner = _forward_module(model, model.forward)
-    ids = [loop.device.index] if loop.device.type == "cuda" else None
-    ddp = DistributedDataParallel(inner, device_ids=ids)
-
-    def forward(*args: Any, **kwargs: Any) -> Any:
-        return ddp(*args, **kwargs)
-
-    object.__setattr__(model, "forward", forward)  # a plain attribute: not a submodule
-    loop.ddp = ddp
 
 
 # -- ranks > 0: a store that reports to rank 0 --------------------------------------------------
@@ -340,6 +201,7 @@ class Agent:
         self.status = wire.RUNNING
         self.final: dict[int, dict] = {}
         self.dead: set[int] = set()  # ranks found gone without a word
+        self._seen = dict.fromkeys(range(1, world.world_size), 0)  # rank 0: outputs recorded
         self.stop_asked: str | None = None  # rank > 0: a stop to ask rank 0 for
         self.stopping = False  # rank 0: a stop of every rank is decided or on its way
         self.ranks: list[dict] = []  # rank 0: every rank's latest report
@@ -362,7 +224,7 @@ class Agent:
     def on_notice(self, loop: Any, message: str, level: str = "", data: Any = None) -> None: ...
 
     def on_epoch_start(self, loop: Any) -> None:
-        sampler = _sampler_of(getattr(getattr(loop, "r", None), "train_loader", None))
+        sampler = sampler_of(getattr(getattr(loop, "r", None), "train_loader", None))
         if sampler is not None:
             sampler.set_epoch(loop.epoch)
 
@@ -503,7 +365,7 @@ class Agent:
             "step_time_s": latest.get("step_time"),
             "data_time_s": latest.get("data_time"),
             "memory_rss": _rss(),
-            "status": self.status,
+            "status": self.status if loop is not None else wire.STARTING,
             "wall": time.time(),
         }
         device = getattr(loop, "device", None)
@@ -598,16 +460,16 @@ class Agent:
     def _collector(self) -> None:
         """Rank 0: record the other ranks' reports, console lines and events."""
         chan = connect(self.world)
-        seen = dict.fromkeys(range(1, self.world.world_size), 0)
         while self._alive:
             try:
-                self._collect(chan, seen)
+                self._collect(chan)
             except Exception as e:
                 self.store.event(wire.EV_INFO, f"ranks: {e!r}", level="warning")
             self._nudge.wait(REPORT_S)
             self._nudge.clear()
 
-    def _collect(self, chan: Any, seen: dict[int, int]) -> list[dict]:
+    def _collect(self, chan: Any) -> list[dict]:
+        seen = self._seen  # of each rank's queued outputs, those recorded (and deleted)
         ranks = [self.report()]
         for r in seen:
             key = f"rank/{r}"
@@ -669,11 +531,10 @@ class Agent:
         self._alive = False
         for t in self._threads:
             t.join(timeout=REPORT_S * 4)
-        seen = dict.fromkeys(range(1, self.world.world_size), 0)
         deadline = time.monotonic() + FINAL_WAIT_S
         try:
             while True:
-                self._collect(self._chan, seen)
+                self._collect(self._chan)
                 if len(self.final) >= self.world.world_size - 1 or time.monotonic() > deadline:
                     break
                 time.sleep(0.05)
@@ -834,17 +695,6 @@ def follower_begin(args: Any, world: World) -> Any:
     tees = console.capture(store)
     args.headless = False  # rank 0 prints the status lines
     return Begun(Path(run_dir), store, tees, False, None, os.open(os.devnull, os.O_RDONLY))
-
-
-def finish_group() -> None:
-    """The recipe run's process group, when the engine made it."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception as e:  # a peer already gone: nothing left to tear down cleanly
-            print(f"dltui: process group teardown: {e}", file=sys.__stderr__)
 
 
 # -- the launcher -----------------------------------------------------------------------------

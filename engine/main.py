@@ -219,7 +219,7 @@ def run(args: argparse.Namespace, argv: list[str], begun: Begun) -> int:
     if world is not None:
         ctx.rank, ctx.world_size = world.rank, world.world_size
         if kind == wire.DRIVER_RECIPE:  # a script inits its own process group
-            from .distributed import init_group
+            from .ddp import init_group
 
             args.device = init_group(world, args.device, args.dist_timeout)
             args.own_group = True
@@ -250,7 +250,7 @@ def _recipe(args: argparse.Namespace, argv: list[str], session: Any, begun: Begu
             )
         resume_ck = torch.load(ck_path, map_location="cpu", weights_only=False)
     if args.resume is not None and world is not None:
-        from .distributed import share_checkpoint
+        from .ddp import share_checkpoint
 
         resume_ck = share_checkpoint(world, resume_ck)  # every rank resumes from rank 0's
     from . import console
@@ -277,7 +277,7 @@ def _run(
         raise UsageError(str(e)) from None
     notes = []
     if args.world is not None:
-        from .distributed import prepare_recipe
+        from .ddp import prepare_recipe
 
         notes = prepare_recipe(recipe, args.world, args.seed)
 
@@ -304,7 +304,7 @@ def _run(
             f"cannot resume {run_dir}: its checkpoint does not fit this recipe ({e})."
         ) from None
     if args.world is not None:
-        from .distributed import wrap_model
+        from .ddp import wrap_model
 
         wrap_model(loop, args.world)
     from .control import SocketInUse
@@ -589,7 +589,7 @@ def _drive(
         server.close()
         sampler.stop()
         if getattr(args, "own_group", False):
-            from .distributed import finish_group
+            from .ddp import finish_group
 
             finish_group()  # the engine's own process group (a script tears down its own)
 

@@ -123,7 +123,10 @@ def recipe_run(tmp_path_factory: pytest.TempPathFactory):
     )
     pids: set[int] = set()
     try:
-        run.until("both ranks to report", lambda: len(run.meta().get("ranks") or []) == 2)
+        run.until(
+            "both ranks to train",
+            lambda: [r.get("status") for r in run.meta().get("ranks") or []] == ["running"] * 2,
+        )
         pids = run.pids()
         yield run
     finally:
@@ -201,7 +204,10 @@ def test_sigterm_to_one_rank_stops_both_with_one_checkpoint(recipe_run: DistRun)
     os.kill(_rank_pid(recipe_run, 1), signal.SIGTERM)
     recipe_run.until("the run to stop", lambda: recipe_run.meta().get("status") == "stopped")
     recipe_run.wait_gone(pids)
-    stops = recipe_run.applied("stop")
+    try:
+        stops = recipe_run.applied("stop")
+    except AssertionError:
+        raise AssertionError(events_of(recipe_run.run_dir)[-12:]) from None
     (s0,), (s1,) = stops[0], stops[1]
     assert s0["step"] == s1["step"]
     assert "rank 1" in s0["message"] and "SIGTERM" in s0["message"]
