@@ -221,7 +221,7 @@ def run(args: argparse.Namespace, argv: list[str], begun: Begun) -> int:
         if kind == wire.DRIVER_RECIPE:  # a script inits its own process group
             from .ddp import init_group
 
-            args.device = init_group(world, args.device, args.dist_timeout)
+            args.device = ctx.device = init_group(world, args.device, args.dist_timeout)
             args.own_group = True
     session = Session(ctx)
     dltui._session = session
