@@ -183,7 +183,9 @@ class _Pending:
 class Agent:
     """Applies commands at an agreed step (every rank), reports this rank, and on rank 0 decides
     and records. A loop callback (engine/loop.py's hooks, torch-free here): on_idle (the gate's
-    held loop), on_epoch_start (set_epoch), on_run_end; the per-step hooks do nothing."""
+    held loop), on_epoch_start (set_epoch), on_run_end. It has no per-step hook at all, so the
+    loop (hooks_of) never calls it during a step; the other no-ops are there for callers that
+    call every callback's hook directly."""
 
     part = "distributed agent"
 
@@ -216,8 +218,6 @@ class Agent:
     def on_run_start(self, loop: Any) -> None:
         self.loop = loop
 
-    def on_before_optimizer_step(self, loop: Any) -> None: ...
-    def on_step_end(self, loop: Any, out: Any) -> None: ...
     def on_validation_end(self, loop: Any, values: dict) -> None: ...
     def on_epoch_end(self, loop: Any) -> None: ...
     def on_checkpoint(self, loop: Any, path: Any, tag: str, reason: str) -> None: ...

@@ -380,3 +380,12 @@ def test_a_bad_recipe_under_torchrun_is_one_line(tmp_path: Path) -> None:
         done.stderr.strip() == "dltui: bad.py: `optimizer` is an int, not a torch.optim.Optimizer."
     )
     assert not any((tmp_path / "runs").iterdir())  # the run that never began left nothing
+
+
+def test_the_agent_costs_a_step_nothing(agent) -> None:
+    """No per-step hook: the loop calls only observers that implement one (loop.hooks_of)."""
+    from dltui.engine.loop import hooks_of
+
+    for hook in ("on_before_optimizer_step", "on_step_end"):
+        assert hooks_of([agent], hook, {}) == []
+    assert [cb for cb, _ in hooks_of([agent], "on_idle", {})] == [agent]
