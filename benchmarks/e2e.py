@@ -77,11 +77,14 @@ CONFIGS = {
 TARGETS = {"recipe default": 0.98, "script default": 0.98, "recipe stats/hist 10": 0.90}
 
 
+BEFORE = " [before]"  # a config run with --before's dltui (the code before a change)
+
+
 def command(name: str, files: dict, steps: int) -> list[str]:
     """The command line a user would type for config `name`, `steps` optimizer steps long."""
-    if CONFIGS[name] is None:
+    if CONFIGS[name.removesuffix(BEFORE)] is None:
         return [sys.executable, str(files["bare"]), str(steps)]
-    flags, which = CONFIGS[name]
+    flags, which = CONFIGS[name.removesuffix(BEFORE)]
     cli = [sys.executable, "-m", "dltui.tui.cli", "train", "--headless"]
     cli += ["--runs-dir", str(files["runs"]), *flags]
     # a recipe takes its length from dltui (before FILE); the bare script, run as a script,
@@ -91,11 +94,13 @@ def command(name: str, files: dict, steps: int) -> list[str]:
     return [*cli, str(files[which]), str(steps)]
 
 
-def timed(argv: list[str]) -> tuple[float, float]:
+def timed(argv: list[str], env: dict | None = None) -> tuple[float, float]:
     """(wall s, CPU s of the child processes) of one run; a failed run is an error, loudly."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+    )
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -104,30 +109,44 @@ def timed(argv: list[str]) -> tuple[float, float]:
     return wall, cpu
 
 
-def measure(rounds: int, short: int, long: int, names: list[str]) -> dict:
-    """Per config, per round: (wall steps/s, cpu steps/s) of the long run's extra steps."""
+def measure(
+    rounds: int, short: int, long: int, names: list[str], before: Path | None = None
+) -> dict:
+    """Per config, per round: (wall steps/s, cpu steps/s) of the long run's extra steps.
+    `before`: a folder holding an older `dltui` package, first on PYTHONPATH for the configs
+    named "... [before]"."""
     rates: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    old_env = None
+    if before is not None:
+        old_env = {
+            **os.environ,
+            "PYTHONPATH": f"{before}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        }
+
+    def run(name: str, files: dict, steps: int) -> tuple[float, float]:
+        return timed(command(name, files, steps), old_env if name.endswith(BEFORE) else None)
+
     with tempfile.TemporaryDirectory(prefix="dltui-e2e-") as tmp:
         files = {"bare": Path(tmp, "bare.py"), "recipe": Path(tmp, "recipe.py")}
         files["bare"].write_text(BARE)
         files["recipe"].write_text(RECIPE)
         files["runs"] = Path(tmp, "runs")
         for name in names:  # warm-up: page cache, .pyc files
-            timed(command(name, files, 20))
-        print(f"\n{'round':>5}  " + "".join(f"{n:>22}" for n in names))
+            run(name, files, 20)
         for r in range(rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             got = {}
             for name in order:
-                w1, c1 = timed(command(name, files, short))
-                w2, c2 = timed(command(name, files, long))
+                w1, c1 = run(name, files, short)
+                w2, c2 = run(name, files, long)
                 extra = long - short  # a long run no slower than the short: noise, not a rate
                 got[name] = (
                     extra / (w2 - w1) if w2 > w1 else math.nan,
                     extra / (c2 - c1) if c2 > c1 else math.nan,
                 )
                 rates[name].append(got[name])
-            print(f"{r + 1:>5}  " + "".join(f"{got[n][0]:>16.1f} st/s" for n in names))
+            ratios = "  ".join(f"{n} {got[n][0] / got[names[0]][0]:.3f}" for n in names[1:])
+            print(f"round {r + 1}: bare {got[names[0]][0]:.1f} st/s; ratios {ratios}", flush=True)
     return rates
 
 
@@ -138,13 +157,14 @@ def median(xs) -> float:
 
 
 def report(rates: dict, base: str = "bare script") -> None:
-    row = "{:<24}{:>12}{:>8}{:>16}{:>7}{:>8}  {}"
+    row = "{:<32}{:>12}{:>8}{:>16}{:>7}{:>8}  {}"
     print("\n" + row.format("config", "median st/s", "ratio", "per-round", "cpu", "target", ""))
     bare_w = median(w for w, _ in rates[base])
     bare_c = median(c for _, c in rates[base])
     print(row.format(base, f"{bare_w:.1f}", "1.000", "", "1.000", "", ""))
-    for name, target in TARGETS.items():
-        if name not in rates:
+    for name in rates:
+        target = TARGETS.get(name.removesuffix(BEFORE))
+        if target is None:
             continue
         med = median(w for w, _ in rates[name])
         med_c = median(c for _, c in rates[name])
@@ -178,16 +198,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--long", type=int, default=2300, help="steps of the long run (default 2300)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, 100 and 600 steps")
     p.add_argument("--only", nargs="+", choices=list(CONFIGS)[1:], help="configs besides bare")
+    p.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="also run each dltui config with the `dltui` package in DIR (older code), "
+        "interleaved, for a before/after table",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.short, args.long = 1, 100, 600
     names = ["bare script", *(args.only or list(CONFIGS)[1:])]
+    if args.before is not None:
+        names += [n + BEFORE for n in names[1:]]
     print(
         f"dltui end to end: MLP 784-256-256-10, batch 64, SGD momentum, CPU, 1 thread; "
         f"{args.rounds} rounds x ({args.short}, {args.long}) steps; {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.2f} at start"
     )
-    report(measure(args.rounds, args.short, args.long, names))
+    report(measure(args.rounds, args.short, args.long, names, args.before))
     return 0
 
 
