@@ -464,7 +464,7 @@ class Loop:
                 gate.boundary(self)
                 if gate.stop_reason is not None:
                     return EARLY
-            if self.s.max_steps is not None and self.step >= self.s.max_steps:
+            if self._max_steps_reached():
                 return EARLY
             if self.r.steps_per_epoch is not None and self.epoch_step >= self.r.steps_per_epoch:
                 return DONE

@@ -115,11 +115,6 @@ class Probe(Callback):
         self.store = store
         self.forced = {"stats": stats_every, "hist": hist_every, "metric": metric_every}
         self.every = {k: v or 1 for k, v in self.forced.items()}
-        self._every_stats, self._every_hist, self._every_metric = (
-            self.every["stats"],
-            self.every["hist"],
-            self.every["metric"],
-        )
         self.cost: dict[str, list[float]] = {}  # measured seconds per call, during warm-up
         self.step_times: list[float] = []
         self.pause_on_anomaly = pause_on_anomaly
@@ -182,11 +177,6 @@ class Probe(Callback):
                 self.every[what] = nice_ceil(cost / max(frac * step_time, 1e-9))
         if self.forced["hist"] is None:  # histograms are a lower-rate view than stats
             self.every["hist"] = max(self.every["hist"], 10 * self.every["stats"])
-        self._every_stats, self._every_hist, self._every_metric = (
-            self.every["stats"],
-            self.every["hist"],
-            self.every["metric"],
-        )
         iv = self._intervals()
         self.store.set_meta(intervals=iv)
         self.store.event(
@@ -210,9 +200,8 @@ class Probe(Callback):
         if self.stats is None:
             return
         step = loop.step + 1
-        due = self._due("stats", step) if step <= WARMUP_STEPS else step % self._every_stats == 0
-        self._stats_due = due
-        if due:
+        self._stats_due = self._due("stats", step)
+        if self._stats_due:
             t = time.perf_counter()
             self.stats.before_step()
             self._stats_t = time.perf_counter() - t
@@ -241,9 +230,7 @@ class Probe(Callback):
                     device_vals[k] = v  # read back later: no host sync
                 else:
                     host[k] = float(v)  # a CPU tensor is a plain memory read
-        if out.target is not None and (
-            self._due("metric", step) if warm else step % self._every_metric == 0
-        ):
+        if out.target is not None and self._due("metric", step):
             t = time.perf_counter()
             reason = loop.metrics.ensure(out.output, out.target)
             if reason:
@@ -270,9 +257,7 @@ class Probe(Callback):
                 self._after_pending = step
             else:
                 self._stats_after(loop, step)
-        if self.stats is not None and (
-            self._due("hist", step) if warm else step % self._every_hist == 0
-        ):
+        if self.stats is not None and self._due("hist", step):
             t = time.perf_counter()
             for name, kind, lo, hi, counts in self.stats.histograms():
                 self.store.histogram(step, name, kind, lo, hi, counts)

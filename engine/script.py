@@ -68,6 +68,13 @@ def _divisor(t: torch.Tensor) -> float | None:
     return round(k) if k >= 1 and abs(k - round(k)) < 1e-6 else None
 
 
+def _scalar32(x: torch.Tensor) -> torch.Tensor:
+    """x as a 0-d float32 tensor: x itself when it is one already (the usual loss)."""
+    if x.dtype != torch.float32:
+        x = x.float()
+    return x if x.dim() == 0 else x.reshape(())
+
+
 class Session:
     """What `import dltui` talks to inside an engine: dltui.log, dltui.context, dltui.on_eval."""
 
@@ -393,13 +400,8 @@ class ScriptRun:
         n = len(ls)
         if main:
             self._n_backward_at_step += n
-        if n == 1:  # the usual step: one backward, its loss as it is (no new tensor)
-            x = ls[0][0]
-            if x.dtype != torch.float32:
-                x = x.float()
-            return x if x.dim() == 0 else x.reshape(())
         undo = n > 1 and all(k == n for _, k in ls)
-        vals = [x.float().reshape(()) * n if undo else x.float().reshape(()) for x, _ in ls]
+        vals = [_scalar32(x) * n if undo else _scalar32(x) for x, _ in ls]
         return vals[0] if n == 1 else torch.stack(vals).mean()
 
     def _boundary(self) -> None:

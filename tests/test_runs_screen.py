@@ -190,6 +190,15 @@ def test_catalog_reuses_unchanged_runs_and_lists_bad_ones(runs):
     assert json.loads((runs / CACHE_NAME).read_text())["version"] == 1
 
 
+async def runs_screen_over_alpha(pilot) -> None:
+    """In alpha's dashboard, R: wait until the Runs screen lists the three runs."""
+    app = pilot.app
+    await pilot.pause(0.5)
+    await pilot.press("R")
+    await settle(pilot, lambda: isinstance(app.screen, RunsScreen))
+    await settle(pilot, lambda: len(table_ids(app)) == 3)
+
+
 def test_a_filter_typed_in_one_burst_is_all_filter(runs):
     """'/' then keys arriving at once (a fast typist, a paste): every key is the filter's, none
     reaches the dashboard underneath (its q quits) or starts a second filter."""
@@ -200,10 +209,7 @@ def test_a_filter_typed_in_one_burst_is_all_filter(runs):
     async def go():
         app = make_app(runs / "20260101-000000-alpha")
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.pause(0.5)
-            await pilot.press("R")
-            await settle(pilot, lambda: isinstance(app.screen, RunsScreen))
-            await settle(pilot, lambda: len(table_ids(app)) == 3)
+            await runs_screen_over_alpha(pilot)
             for ch in "/q/ga":
                 app.post_message(events.Key("slash" if ch == "/" else ch, ch))
             await settle(pilot, lambda: app.screen.filter_text == "q/ga")
@@ -219,10 +225,7 @@ def test_the_dashboard_switches_runs_with_R(runs):
     async def go():
         app = make_app(runs / "20260101-000000-alpha")
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.pause(0.5)
-            await pilot.press("R")
-            await settle(pilot, lambda: isinstance(app.screen, RunsScreen))
-            await settle(pilot, lambda: len(table_ids(app)) == 3)
+            await runs_screen_over_alpha(pilot)
             marked = [str(app.screen.query_one(DataTable).get_row_at(i)[0]) for i in range(3)]
             assert marked == ["", "", "▶"], "the run being watched is marked"
             await pilot.press("down", "enter")  # beta
