@@ -70,10 +70,19 @@ def _on(values: list, device: torch.device, dtype: torch.dtype = torch.long) -> 
     return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
 
 
+def _norms(ts: list[torch.Tensor], ord: float) -> torch.Tensor:
+    """Each tensor's `ord`-norm as one [k] float32 tensor, in one foreach call: accumulated in
+    float32 (fp16/bf16 promoted without a copy), or in float64 where a tensor is float64 (a
+    float32 norm of it is refused as narrowing: a model.double() run failed at its first step)."""
+    if all(t.dtype != torch.float64 for t in ts):
+        return torch.stack(torch._foreach_norm(ts, ord, dtype=torch.float32))
+    return torch.stack([n.float() for n in torch._foreach_norm(ts, ord)])
+
+
 def _maxabs(ts: list[torch.Tensor]) -> torch.Tensor:
     """max |x| of each tensor as one [k] tensor, without the |x| copy a foreach abs allocates."""
     if ts[0].device.type == "cuda":  # one fused kernel over every tensor
-        return torch.stack(torch._foreach_norm(ts, math.inf, dtype=torch.float32))
+        return _norms(ts, math.inf)
     # On the CPU the inf-norm foreach is a slow generic path; aminmax is one pass per tensor.
     lo, hi = zip(*(torch.aminmax(t) for t in ts), strict=True)
     return torch.maximum(torch.stack(lo).neg_(), torch.stack(hi)).float()
@@ -81,7 +90,7 @@ def _maxabs(ts: list[torch.Tensor]) -> torch.Tensor:
 
 def _moments(ts: list[torch.Tensor], numel: torch.Tensor) -> torch.Tensor:
     """[k, 4]: norm, mean, std, max|x| of each tensor (no host sync, nothing full-size)."""
-    norm = torch.stack(torch._foreach_norm(ts, 2, dtype=torch.float32))
+    norm = _norms(ts, 2)
     # No signed foreach sum exists (powsum sums |x|): one small reduction per tensor, run only at
     # the stats interval; each reads its tensor once and allocates a scalar.
     mean = torch.stack([t.sum(dtype=torch.float32) for t in ts]).div_(numel)

@@ -35,7 +35,7 @@ def model_with_unused() -> nn.Module:
 
 
 def train_step(m: nn.Module, opt: torch.optim.Optimizer, stats: LayerStats) -> torch.Tensor:
-    x = torch.randn(16, 20)
+    x = torch.randn(16, 20, dtype=m["a"].weight.dtype)
     loss = m["b"](torch.relu(m["a"](x))).square().mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -45,8 +45,9 @@ def train_step(m: nn.Module, opt: torch.optim.Optimizer, stats: LayerStats) -> t
     return stats.after_step()
 
 
-def test_rows_match_a_per_tensor_reference_and_none_gradients_are_nan():
-    m = model_with_unused()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float64: model.double()
+def test_rows_match_a_per_tensor_reference_and_none_gradients_are_nan(dtype):
+    m = model_with_unused().to(dtype)
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     ls = LayerStats(m)
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
