@@ -636,8 +636,11 @@ class Loop:
             self.save_checkpoint("best", reason=f"val loss {val_loss:.4g}")
 
     def _epoch_train_loss(self) -> float | None:
+        """The mean training loss of the epoch that just ended (self.epoch counts it), from the
+        observer that keeps it (the probe)."""
         for cb in self.callbacks:
-            v = getattr(cb, "epoch_train_loss", None)
+            mean = getattr(cb, "epoch_train_loss", None)
+            v = mean(self, self.epoch - 1) if mean is not None else None
             if v is not None:
                 return v
         return None

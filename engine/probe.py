@@ -3,6 +3,10 @@
 Per step it records loss, lr of each group, step/data time and samples/s. Layer stats,
 histograms and the training metric run at intervals chosen from their measured cost so that
 together they stay within ~2% of training time (or as forced by flags).
+
+The per-step record is one tuple appended to a list: the step's values (the loss still a
+tensor) are read and turned into store rows in batches, every FLUSH_S of wall time, so the
+training thread pays one append per step and on CUDA one device-to-host copy per batch.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ WARMUP_AT = {"stats": (1, 7, 13, 19), "hist": (1, 10, 19), "metric": (2, 6, 11, 
 SPIKE_FACTOR = 10.0  # a layer's grad norm this far above its running mean is an alert
 SPIKE_HISTORY = 5  # stats samples of a layer before its mean is trusted (early training is wild)
 META_EVERY_S = 0.5
+# Per-step records are read and handed to the store at most this often (every step during the
+# warm-up and with --pause-on-anomaly, whose hold must land right after the step). The store
+# writer commits every 0.25 s, so readers see a step within ~0.35 s.
+FLUSH_S = 0.1
 
 
 class StatRow(NamedTuple):
@@ -119,8 +127,12 @@ class Probe(Callback):
         self.step_times: list[float] = []
         self.pause_on_anomaly = pause_on_anomaly
         self.latest: dict[str, float] = {}  # newest value of each train scalar (for printers)
-        self.epoch_train_loss: float | None = None
-        self._epoch_sum, self._epoch_n = 0.0, 0
+        # epoch (0-based) -> [sum, count] of its finite train losses read so far
+        self._epoch_loss: dict[int, list] = {}
+        self._ring: list[tuple] = []  # steps not yet read: see _flush
+        self._flush_at = -math.inf  # wall time of the next flush (-inf: at every step)
+        self._base = 0  # the step count this probe started at (a resumed run's checkpoint step)
+        self._next_due = 0  # the first step at which an interval part may be due
         self._grad_mean: dict[str, tuple[float, int]] = {}
         self._loss_bad = False
         self._next_meta = 0.0
@@ -138,6 +150,7 @@ class Probe(Callback):
     # -- set-up ----------------------------------------------------------------------------
     def on_run_start(self, loop: Loop) -> None:
         self.deferred = Deferred(loop.device)
+        self._base = self._next_due = loop.step  # the warm-up counts from here (a resume too)
         if loop.model is not None:
             self.stats = LayerStats(loop.model)
             self.store.params(
@@ -160,10 +173,17 @@ class Probe(Callback):
         }
 
     def _due(self, what: str, step: int) -> bool:
-        """Is `what` due at this (1-based) step? During warm-up: at its WARMUP_AT steps."""
-        if self.forced[what] is None and step <= WARMUP_STEPS:
-            return step in WARMUP_AT[what]
+        """Is `what` due at this (1-based) step? During warm-up (the first WARMUP_STEPS steps
+        of this process, a resumed run's too): at its WARMUP_AT steps."""
+        if self.forced[what] is None and step - self._base <= WARMUP_STEPS:
+            return step - self._base in WARMUP_AT[what]
         return step % self.every[what] == 0
+
+    def _next_due_after(self, step: int) -> int:
+        """The first step after `step` at which _due may say yes for any part."""
+        if step + 1 - self._base <= WARMUP_STEPS:
+            return step + 1
+        return min((step // e + 1) * e for e in self.every.values())
 
     def _measured(self, what: str, seconds: float) -> None:
         self.cost.setdefault(what, []).append(seconds)
@@ -177,6 +197,8 @@ class Probe(Callback):
                 self.every[what] = nice_ceil(cost / max(frac * step_time, 1e-9))
         if self.forced["hist"] is None:  # histograms are a lower-rate view than stats
             self.every["hist"] = max(self.every["hist"], 10 * self.every["stats"])
+        if not self.pause_on_anomaly:  # from here steps are read in batches
+            self._flush_at = 0.0
         iv = self._intervals()
         self.store.set_meta(intervals=iv)
         self.store.event(
@@ -189,17 +211,22 @@ class Probe(Callback):
 
     # -- per step --------------------------------------------------------------------------
     def on_epoch_start(self, loop: Loop) -> None:
-        if self._epoch_n:
-            self.epoch_train_loss = self._epoch_sum / self._epoch_n
-        self._epoch_sum, self._epoch_n = 0.0, 0
+        self._flush(loop)
         loop.metrics.reset_train()
+
+    def epoch_train_loss(self, loop: Loop, epoch: int) -> float | None:
+        """The mean finite training loss of `epoch` (0-based), every step of it read (on CUDA
+        this waits for the copies in flight: once per epoch, never per step)."""
+        self._flush(loop, wait=True)
+        got = self._epoch_loss.get(epoch)
+        return got[0] / got[1] if got and got[1] else None
 
     def on_before_optimizer_step(self, loop: Loop) -> None:
         if self._after_pending is not None:
             self._stats_after(loop, self._after_pending)
-        if self.stats is None:
-            return
         step = loop.step + 1
+        if self.stats is None or step < self._next_due:
+            return
         self._stats_due = self._due("stats", step)
         if self._stats_due:
             t = time.perf_counter()
@@ -207,50 +234,40 @@ class Probe(Callback):
             self._stats_t = time.perf_counter() - t
 
     def on_step_end(self, loop: Loop, out: StepOutput) -> None:
-        step, st = loop.step, out.step_time
-        warm = step <= WARMUP_STEPS
-        # the step's host-side values, in one dict: it goes to the store as it is
-        if st is not None:  # None: not known (a script's first step)
-            if warm:
-                self.step_times.append(st)
-            host = {"step_time": st, "samples_per_s": out.batch_size / st if st > 0 else 0.0}
-        else:
-            host = {}
-        if out.data_time is not None:  # None: a script loads its own data, unseen
-            host["data_time"] = out.data_time
-        lrs = out.lrs
-        if len(self._lr_names) != len(lrs):
-            self._lr_names = [wire.lr_name(i) for i in range(len(lrs))]
-        host.update(zip(self._lr_names, lrs, strict=True))
-        device_vals: dict[str, Any] | None = None
-        if out.scalars:  # a dict-returning step's extra losses, other optimizers' LRs
-            device_vals = {}
-            for k, v in out.scalars.items():
-                if isinstance(v, torch.Tensor) and v.device.type != "cpu":
-                    device_vals[k] = v  # read back later: no host sync
-                else:
-                    host[k] = float(v)  # a CPU tensor is a plain memory read
+        step = loop.step
+        extras = out.scalars or None
+        if step >= self._next_due:  # an interval part may be due (or the warm-up is on)
+            extras = self._at_interval(loop, out, step, extras)
+        self._ring.append(
+            (
+                step,
+                loop.epoch,
+                out.wall,
+                out.loss,
+                out.step_time,
+                out.batch_size,
+                out.data_time,
+                out.lrs,
+                extras,
+            )
+        )
+        if out.wall >= self._flush_at:
+            self._flush(loop)
+
+    def _at_interval(self, loop: Loop, out: StepOutput, step: int, extras: dict | None):
+        """The parts of a step that run at intervals: the train metric (its values join the
+        step's extras, returned), layer stats, histograms, and the warm-up's measurements."""
+        warm = step - self._base <= WARMUP_STEPS
+        if warm and out.step_time is not None:  # None: not known (a script's first step)
+            self.step_times.append(out.step_time)
         if out.target is not None and self._due("metric", step):
             t = time.perf_counter()
             reason = loop.metrics.ensure(out.output, out.target)
             if reason:
                 self.store.event(wire.EV_INFO, f"metric: {reason}", step=step)
-            if device_vals is None:
-                device_vals = {}
-            device_vals.update(loop.metrics.batch_values(out.output, out.target))
+            extras = {**(extras or {}), **loop.metrics.batch_values(out.output, out.target)}
             if warm:
                 self._measured("metric", time.perf_counter() - t)
-        if not self.deferred.cuda:  # on the CPU a read is a plain memory access, not a sync
-            scal = {"loss": out.loss.item()}
-            if device_vals:
-                scal.update((k, float(v)) for k, v in device_vals.items())
-            scal.update(host)
-            self._train_scalars(loop, step, loop.epoch, out.wall, scal)
-        else:
-            vals = [out.loss, *device_vals.values()] if device_vals else [out.loss]
-            names = ["loss", *device_vals] if device_vals else ["loss"]
-            for tag, values in self.deferred.push(vals, (step, loop.epoch, out.wall, names, host)):
-                self._record_step(loop, tag, values)
         if self._stats_due:
             self._stats_due = False
             if self.late_update:
@@ -263,12 +280,63 @@ class Probe(Callback):
                 self.store.histogram(step, name, kind, lo, hi, counts)
             if warm:
                 self._measured("hist", time.perf_counter() - t)
-        if step == WARMUP_STEPS:
+        if step - self._base == WARMUP_STEPS:
             self._choose_intervals(loop)
+        self._next_due = self._next_due_after(step)
+        return extras
+
+    def _flush(self, loop: Loop, wait: bool = False) -> None:
+        """Read the steps recorded since the last flush and hand them to the store: on the CPU
+        at once (a plain memory read each), on CUDA as one copy of every value, read back when
+        it has landed (`wait`: now). Also the progress meta, every META_EVERY_S."""
+        ring = self._ring
+        if ring:
+            self._ring = []
+            tensors = []  # the loss of each step, then each step's device extras
+            for rec in ring:
+                tensors.append(rec[3])
+                if rec[8]:
+                    tensors += [v for v in rec[8].values() if _on_device(v)]
+            if not self.deferred.cuda:
+                self._steps_read(loop, ring, [t.item() for t in tensors])
+            else:
+                dev = tensors[0].device  # (a value elsewhere joins it: a copy, still async)
+                flat = torch.stack([t.detach().float().reshape(()).to(dev) for t in tensors])
+                for tag, values in self.deferred.push(flat, ("steps", ring)):
+                    self._record_step(loop, tag, values)
+        if wait:
+            for tag, values in self.deferred.ready(wait=True):
+                self._record_step(loop, tag, values)
+        if self._flush_at != -math.inf:
+            self._flush_at = time.time() + FLUSH_S
         now = time.monotonic()
         if now >= self._next_meta:
             self._next_meta = now + META_EVERY_S
             self.publish(loop)
+
+    def _steps_read(self, loop: Loop, ring: list[tuple], values: list[float]) -> None:
+        """Store rows of the steps in `ring`, their device values read back (in _flush's order)."""
+        i = 0
+        names = self._lr_names
+        for step, epoch, wall, _, st, bs, dt, lrs, extras in ring:
+            scal = {"loss": values[i]}
+            i += 1
+            if st is not None:  # None: not known (a script's first step)
+                scal["step_time"] = st
+                scal["samples_per_s"] = bs / st if st > 0 else 0.0
+            if dt is not None:  # None: a script loads its own data, unseen
+                scal["data_time"] = dt
+            if len(names) != len(lrs):
+                names = self._lr_names = [wire.lr_name(j) for j in range(len(lrs))]
+            scal.update(zip(names, lrs, strict=True))
+            if extras:  # a dict-returning step's extra losses, other optimizers' LRs, metrics
+                for k, v in extras.items():
+                    if _on_device(v):
+                        scal[k] = values[i]
+                        i += 1
+                    else:
+                        scal[k] = float(v)  # a CPU tensor is a plain memory read
+            self._train_scalars(loop, step, epoch, wall, scal)
 
     def _stats_after(self, loop: Loop, step: int) -> None:
         self._after_pending = None
@@ -341,6 +409,9 @@ class Probe(Callback):
         )
 
     def _record_step(self, loop: Loop, tag: tuple, values: list[float]) -> None:
+        if tag[0] == "steps":
+            self._steps_read(loop, tag[1], values)
+            return
         if tag[0] == "stats":
             self._record_stats(loop, tag[1], tag[2], values)
             return
@@ -349,19 +420,18 @@ class Probe(Callback):
             scal = {**host, **dict(zip(names, values, strict=True))}
             self.latest.update(scal)
             self.store.scalars(step, epoch, wire.TRAIN, wall, scal)
-            return
-        step, epoch, wall, names, host = tag
-        scal = dict(zip(names, values, strict=True))
-        scal.update(host)
-        self._train_scalars(loop, step, epoch, wall, scal)
 
     def _train_scalars(self, loop: Loop, step: int, epoch: int, wall: float, scal: dict) -> None:
         """One training step's scalars, read back: the epoch's mean loss, the alert for a loss
         that is not finite, the printers' latest values, the store."""
         loss = scal["loss"]
         if math.isfinite(loss):
-            self._epoch_sum += loss
-            self._epoch_n += 1
+            acc = self._epoch_loss.get(epoch)
+            if acc is None:  # a new epoch: the one before the last is no longer asked for
+                self._epoch_loss = {e: v for e, v in self._epoch_loss.items() if e >= epoch - 1}
+                acc = self._epoch_loss[epoch] = [0.0, 0]
+            acc[0] += loss
+            acc[1] += 1
             self._loss_bad = False
         elif not self._loss_bad:
             self._loss_bad = True
@@ -416,6 +486,7 @@ class Probe(Callback):
             self.store.set_meta(best=best)
 
     def on_checkpoint(self, loop: Loop, path: Any, tag: str, reason: str) -> None:
+        self._flush(loop)  # the store holds the steps up to the checkpoint
         self.store.event(
             wire.EV_CHECKPOINT,
             f"checkpoint '{tag}' at step {loop.step} ({reason})",
@@ -424,19 +495,20 @@ class Probe(Callback):
         )
 
     def on_idle(self, loop: Loop) -> None:
+        self._flush(loop)
         for tag, values in self.deferred.ready():
             self._record_step(loop, tag, values)
-        now = time.monotonic()
-        if now >= self._next_meta:
-            self._next_meta = now + META_EVERY_S
-            self.publish(loop)
 
     def on_run_end(self, loop: Loop, status: str, error: BaseException | None) -> None:
         if self._after_pending is not None:
             self._stats_after(loop, self._after_pending)
-        for tag, values in self.deferred.ready(wait=True):
-            self._record_step(loop, tag, values)
+        self._flush(loop, wait=True)
         self.publish(loop)
+
+
+def _on_device(v: Any) -> bool:
+    """A tensor off the CPU: read back deferred (a CPU value is a plain memory read)."""
+    return isinstance(v, torch.Tensor) and v.device.type != "cpu"
 
 
 def _median(xs: list[float]) -> float:

@@ -384,6 +384,30 @@ def test_reduce_lr_on_plateau_is_fed_the_val_loss(write_recipe, tmp_path):
     assert lr_per_epoch == pytest.approx(replay)
 
 
+def test_reduce_lr_on_plateau_without_val_is_fed_the_epoch_that_just_ended(write_recipe, tmp_path):
+    extra = """
+optimizer = torch.optim.SGD(model.parameters(), lr=0.2)
+scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+    optimizer, factor=0.5, patience=0, threshold=0.5
+)
+"""
+    t = train_in_process(
+        write_recipe(linear_recipe(n=100, batch=20, epochs=5, extra=extra)), tmp_path / "run"
+    )
+    table = t.table()
+    losses, lrs = values_of(table, "loss"), values_of(table, "lr/0")
+    assert len(losses) == 25
+    # A fresh scheduler fed each epoch's mean train loss as that epoch ends.
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=0, threshold=0.5)
+    replay = [0.2]
+    for e in range(4):
+        sched.step(sum(losses[e * 5 : e * 5 + 5]) / 5)
+        replay.append(opt.param_groups[0]["lr"])
+    assert [lrs[e * 5] for e in range(5)] == pytest.approx(replay)
+    assert replay[-1] < replay[0], "the losses never plateaued: a vacuous test"
+
+
 # -- alerts ----------------------------------------------------------------------------------
 
 SPOILED_AT = """
@@ -566,6 +590,25 @@ def test_resume_continues_step_numbering_and_training(write_recipe, tmp_path):
     whole = train_in_process(path, tmp_path / "whole")
     assert values_of(table, "loss") == pytest.approx(values_of(whole.table(), "loss"), rel=1e-4)
     assert values_of(table, "lr/0")[-1] == pytest.approx(0.005)
+
+    # The resumed process measured its own warm-up and chose intervals again (it used to keep
+    # the unmeasured interval, 1: layer stats, histograms and the metric at every step).
+    from dltui.engine.probe import WARMUP_AT, WARMUP_STEPS
+
+    chosen = [e for e in events_of(run_dir, "info") if "probe intervals" in e["message"]]
+    assert [e["step"] for e in chosen] == [WARMUP_STEPS, 30 + WARMUP_STEPS]
+    with RunReader(run_dir) as r:
+        every = r.meta()["intervals"]["stats_every"]
+        after = [
+            s
+            for (s,) in r.db.execute(
+                "SELECT DISTINCT step FROM layer_stats WHERE step > 30 ORDER BY step"
+            )
+        ]
+    assert every > 1
+    assert after == [30 + k for k in WARMUP_AT["stats"]] + [
+        s for s in range(31 + WARMUP_STEPS, 101) if s % every == 0
+    ]
 
 
 CRASHES_AT_7 = linear_recipe(
