@@ -165,7 +165,8 @@ _ROLLUP_NEW_ROWS = _aggregate_sql("rowid > :lo AND rowid <= :hi")
 _ROLLUP_FROM_STEP = _aggregate_sql("step >= :from_step")
 
 # Level L >= 2 buckets are rebuilt from their (at most ROLLUP_BASE) level L-1 children: a flush
-# touches a handful of buckets per level instead of rescanning the raw rows at every level.
+# touches a handful of buckets per level instead of rescanning the raw rows at every level. One
+# statement per level covers every series (`:lo`..`:hi`: the children of the flush's steps).
 _ROLLUP_FROM_CHILDREN = f"""
     INSERT OR REPLACE INTO rollup (series, level, bucket, n, vmin, vmax, vsum, vlast, step_last, wall_last)
     SELECT c.series, :level, c.bucket / {wire.ROLLUP_BASE}, sum(c.n), min(c.vmin), max(c.vmax),
@@ -176,9 +177,20 @@ _ROLLUP_FROM_CHILDREN = f"""
             ORDER BY d.step_last DESC LIMIT 1),
            max(c.step_last), max(c.wall_last)
     FROM rollup c
-    WHERE c.series = :series AND c.level = :level - 1 AND c.bucket BETWEEN :lo AND :hi
-    GROUP BY c.bucket / {wire.ROLLUP_BASE}
+    WHERE c.series IN (SELECT id FROM series) AND c.level = :level - 1
+      AND c.bucket BETWEEN :lo AND :hi
+    GROUP BY c.series, c.bucket / {wire.ROLLUP_BASE}
 """
+
+
+def levels_for(max_step: int | None) -> int:
+    """The rollup levels a run whose steps reach `max_step` keeps: level L only once a range of
+    its steps can hold one whole level-L bucket (8**L <= max_step + 1), the only time a reader
+    asks for it (run/reader.py's series()). Higher levels are built when the run gets there."""
+    level = 1
+    while level < wire.ROLLUP_LEVELS and wire.ROLLUP_BASE ** (level + 1) <= (max_step or 0) + 1:
+        level += 1
+    return level
 
 
 class StoreError(RuntimeError):
@@ -211,6 +223,7 @@ class RunStore:
         self.dropped = 0
         self._writers = self._writer_table()
         self._ids_stale = False
+        self._levels = 1  # rollup levels kept up to date (levels_for the highest step written)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -321,6 +334,7 @@ class RunStore:
         self._params = dict(db.execute("SELECT name, id FROM params").fetchall())
         self._sids = {}
         self._ids_stale = False
+        self._levels = levels_for(db.execute("SELECT max(step) FROM scalars").fetchone()[0])
 
     def _run(self) -> None:
         try:
@@ -447,6 +461,7 @@ class RunStore:
 
     def _write(self, db: sqlite3.Connection, items: list[Record]) -> None:
         scalar_rows: list[tuple] = []
+        first = last = None  # the steps the scalar rows span
         for rec in items:
             if isinstance(rec, Scalars):
                 key = (rec.phase, *rec.values)  # the same names step after step: ids once
@@ -462,43 +477,45 @@ class RunStore:
                         rec.values.values(),
                     )
                 )
+                if first is None or rec.step < first:
+                    first = rec.step
+                if last is None or rec.step > last:
+                    last = rec.step
             elif isinstance(rec, Truncate):
-                self._flush_scalars(db, scalar_rows)
-                scalar_rows = []
+                self._flush_scalars(db, scalar_rows, first, last)
+                scalar_rows, first, last = [], None, None
                 self._truncate(db, rec.step)
             else:
                 self._writers[type(rec)](db, rec)  # Meta, Params, Event, ...
-        self._flush_scalars(db, scalar_rows)
+        self._flush_scalars(db, scalar_rows, first, last)
 
-    def _flush_scalars(self, db: sqlite3.Connection, rows: list[tuple]) -> None:
+    def _flush_scalars(
+        self, db: sqlite3.Connection, rows: list[tuple], first: int | None, last: int | None
+    ) -> None:
+        """Insert scalar rows (steps first..last) and bring the rollups up to date."""
         if not rows:
             return
         lo = db.execute("SELECT coalesce(max(rowid), 0) FROM scalars").fetchone()[0]
         db.executemany("INSERT INTO scalars VALUES (?, ?, ?, ?, ?)", rows)
         hi = db.execute("SELECT max(rowid) FROM scalars").fetchone()[0]
         db.execute(_ROLLUP_NEW_ROWS, {"w": wire.ROLLUP_BASE, "level": 1, "lo": lo, "hi": hi})
-        spans = db.execute(
-            "SELECT series, min(step), max(step) FROM scalars WHERE rowid > ? AND rowid <= ? GROUP BY series",
-            (lo, hi),
-        ).fetchall()
-        for level in range(2, wire.ROLLUP_LEVELS + 1):
+        kept, self._levels = self._levels, max(self._levels, levels_for(last))
+        for level in range(2, self._levels + 1):
             child_w, w = wire.ROLLUP_BASE ** (level - 1), wire.ROLLUP_BASE**level
-            for sid, first, last in spans:  # children of every touched bucket at this level
-                db.execute(
-                    _ROLLUP_FROM_CHILDREN,
-                    {
-                        "series": sid,
-                        "level": level,
-                        "lo": first // w * wire.ROLLUP_BASE,
-                        "hi": last // child_w,
-                    },
-                )
+            if level > kept:  # the run reached this level: all of it, from the level below
+                span = {"lo": 0, "hi": last // child_w}
+            else:  # the children of every bucket the flush touched
+                span = {"lo": first // w * wire.ROLLUP_BASE, "hi": last // child_w}
+            db.execute(_ROLLUP_FROM_CHILDREN, {"level": level, **span})
 
     def _truncate(self, db: sqlite3.Connection, step: int) -> None:
         db.execute("DELETE FROM scalars WHERE step > ?", (step,))
         for table in ("layer_stats", "histograms"):
             db.execute(f"DELETE FROM {table} WHERE step > ?", (step,))
-        for level in range(1, wire.ROLLUP_LEVELS + 1):
+        self._levels = levels_for(db.execute("SELECT max(step) FROM scalars").fetchone()[0])
+        # levels the shorter run does not reach go; they are built again when it gets there
+        db.execute("DELETE FROM rollup WHERE level > ?", (self._levels,))
+        for level in range(1, self._levels + 1):
             w = wire.ROLLUP_BASE**level
             first = (step // w) * w  # the bucket holding `step` is rebuilt from its raw rows
             db.execute("DELETE FROM rollup WHERE level = ? AND bucket >= ?", (level, step // w))

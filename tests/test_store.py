@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import linear_recipe, run_cli, scalar_table, start_cli, steps_of
 
-from dltui.engine.store import RunStore, filesystem_type
+from dltui.engine.store import RunStore, filesystem_type, levels_for
 from dltui.run import wire
 from dltui.run.reader import RunReader, engine_gone
 
@@ -385,6 +385,56 @@ def expected_rollup(steps: np.ndarray, values: np.ndarray, w: int) -> dict[int, 
     return out
 
 
+def assert_rollups(db: sqlite3.Connection, steps: np.ndarray, values: np.ndarray) -> None:
+    """Every rollup level a run reaching steps.max() keeps equals the raw values' buckets; the
+    levels it does not reach (no range of its steps holds one whole bucket) are not there."""
+    kept = levels_for(int(steps.max()))
+    assert wire.ROLLUP_BASE**kept <= steps.max() + 1 < wire.ROLLUP_BASE ** (kept + 1)
+    for level in range(1, wire.ROLLUP_LEVELS + 1):
+        got = {
+            row[0]: row[1:]
+            for row in db.execute(
+                "SELECT bucket, n, vmin, vmax, vsum, vlast, step_last FROM rollup"
+                " WHERE level = ? ORDER BY bucket",
+                (level,),
+            )
+        }
+        if level > kept:
+            assert got == {}, level
+            continue
+        want = expected_rollup(steps, values, wire.ROLLUP_BASE**level)
+        assert set(got) == set(want), level
+        for k in want:
+            n, mn, mx, sm, last, step_last = got[k]
+            wn, wmn, wmx, wsm, wlast, wstep = want[k]
+            assert (n, mn, mx, last, step_last) == (wn, wmn, wmx, wlast, wstep), (level, k)
+            assert math.isclose(sm, wsm, rel_tol=1e-9, abs_tol=1e-9), (level, k)
+
+
+def test_rollup_levels_are_built_as_the_run_reaches_them(tmp_path):
+    """Written as training writes (a flush every 75 steps), a level appears once the run reaches
+    it, whole from its first bucket, and stays exact from then on."""
+    path = tmp_path / "run.sqlite"
+    values = np.random.default_rng(2).normal(size=5000)
+    store = open_store(path)
+    seen = []
+    for step in range(1, 5001):
+        store.scalars(step, 0, "train", float(step), {"m": float(values[step - 1])})
+        if step % 75 == 0:
+            store.flush()
+            if step in (450, 525, 4050, 4125):  # around 8**3 = 512 and 8**4 = 4096
+                with RunReader(path) as r:
+                    assert_rollups(r.db, np.arange(1, step + 1), values[:step])
+                    seen.append(r.db.execute("SELECT max(level) FROM rollup").fetchone()[0])
+    store.close("finished")
+    assert seen == [2, 3, 3, 4]
+    with RunReader(path) as r:
+        assert_rollups(r.db, np.arange(1, 5001), values)
+        assert_series_matches(
+            r.series("m", buckets=10), brute_force(np.arange(1, 5001), values, 1, 5000, 10)
+        )
+
+
 def test_truncate_after_rebuilds_the_rollups(tmp_path):
     """A resume from step 3000: the second writer forgets 3001.. and writes new values there."""
     path = tmp_path / "run.sqlite"
@@ -413,23 +463,7 @@ def test_truncate_after_rebuilds_the_rollups(tmp_path):
         ] == steps.tolist()
         assert [s for (s,) in r.db.execute("SELECT DISTINCT step FROM layer_stats")] == [2000]
         assert r.db.execute("SELECT count(*) FROM histograms").fetchone() == (0,)
-        for level in range(1, wire.ROLLUP_LEVELS + 1):
-            w = wire.ROLLUP_BASE**level
-            got = {
-                row[0]: row[1:]
-                for row in r.db.execute(
-                    "SELECT bucket, n, vmin, vmax, vsum, vlast, step_last FROM rollup"
-                    " WHERE level = ? ORDER BY bucket",
-                    (level,),
-                )
-            }
-            want = expected_rollup(steps, values, w)
-            assert set(got) == set(want), level
-            for k in want:
-                n, mn, mx, sm, last, step_last = got[k]
-                wn, wmn, wmx, wsm, wlast, wstep = want[k]
-                assert (n, mn, mx, last, step_last) == (wn, wmn, wmx, wlast, wstep), (level, k)
-                assert math.isclose(sm, wsm, rel_tol=1e-9, abs_tol=1e-9), (level, k)
+        assert_rollups(r.db, steps, values)
         assert_series_matches(r.series("m", buckets=100), brute_force(steps, values, 1, 4500, 100))
 
 
