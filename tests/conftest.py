@@ -108,18 +108,14 @@ def run_cli(*args: Any, cwd: Path, timeout: float = CLI_TIMEOUT_S) -> subprocess
     )
 
 
-def spawn_engine(recipe: Path, run_dir: Path, log: Path, **popen: Any) -> subprocess.Popen:
+def spawn_engine(
+    recipe: Path, run_dir: Path, log: Path, args: tuple[str, ...] = (), **popen: Any
+) -> subprocess.Popen:
     """A real `python -m dltui.engine` on `run_dir`, detached, its output in the file `log`.
-    `popen`: more Popen arguments (a preexec_fn that sets a limit, a new session)."""
-    argv = [
-        sys.executable,
-        "-m",
-        "dltui.engine",
-        "--run-dir",
-        str(run_dir),
-        "--detached",
-        str(recipe),
-    ]
+    `args`: the file's own argv (after `--`, so dltui reads none of it). `popen`: more Popen
+    arguments (a preexec_fn that sets a limit, a new session)."""
+    argv = [sys.executable, "-m", "dltui.engine", "--run-dir", str(run_dir), "--detached"]
+    argv += ["--", str(recipe), *args] if args else [str(recipe)]
     with open(log, "wb") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=CHILD_ENV, **popen)
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import spawn_engine
 from screen import notes
 from textual.pilot import Pilot
 from textual.widgets import Input, OptionList
@@ -61,7 +59,6 @@ for i in range(steps):
     dltui.log(d_real=torch.sigmoid(netD(real)).mean())
     time.sleep(0.01)
 '''
-CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 T0 = 1_700_000_000.0
 
 
@@ -72,19 +69,7 @@ class ScriptEngine:
     def __init__(self, script: Path, run_dir: Path, *args: str) -> None:
         self.run_dir = run_dir
         self.log_path = run_dir.parent / f"{run_dir.name}.log"
-        self.log = open(self.log_path, "w")
-        argv = [
-            sys.executable,
-            "-m",
-            "dltui.engine",
-            "--run-dir",
-            str(run_dir),
-            "--detached",
-            "--",
-            str(script),
-            *args,
-        ]
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=CHILD_ENV)
+        self.proc = spawn_engine(script, run_dir, self.log_path, args)
 
     def wait_ready(self, timeout: float = 60.0) -> ScriptEngine:
         """Until the socket is up and both optimizers have stepped."""
@@ -105,7 +90,6 @@ class ScriptEngine:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import os
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Callable
@@ -18,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import spawn_engine
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Input, RichLog, Static, Tree
 
@@ -327,18 +325,7 @@ def engine(tmp_path_factory) -> Path:
     recipe = tmp / "slow.py"
     recipe.write_text(textwrap.dedent(SLOW_RECIPE))
     run_dir = tmp / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    argv = [
-        sys.executable,
-        "-m",
-        "dltui.engine",
-        "--run-dir",
-        str(run_dir),
-        "--detached",
-        str(recipe),
-    ]
-    with open(tmp / "engine.log", "w") as log:
-        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = spawn_engine(recipe, run_dir, tmp / "engine.log")
     try:
         deadline = time.monotonic() + 30
         while not (run_dir / "control.sock").exists():
