@@ -598,14 +598,17 @@ def test_resume_continues_step_numbering_and_training(write_recipe, tmp_path):
     chosen = [e for e in events_of(run_dir, "info") if "probe intervals" in e["message"]]
     assert [e["step"] for e in chosen] == [WARMUP_STEPS, 30 + WARMUP_STEPS]
     with RunReader(run_dir) as r:
-        every = r.meta()["intervals"]["stats_every"]
+        intervals = r.meta()["intervals"]
+        every = intervals["stats_every"]
         after = [
             s
             for (s,) in r.db.execute(
                 "SELECT DISTINCT step FROM layer_stats WHERE step > 30 ORDER BY step"
             )
         ]
-    assert every > 1
+    # Chosen, not kept: choosing puts histograms at >= 10x the stats interval (unmeasured, both
+    # are 1). The stats interval itself follows the measured cost and may be 1 on a loaded box.
+    assert intervals["hist_every"] >= 10 * every
     assert after == [30 + k for k in WARMUP_AT["stats"]] + [
         s for s in range(31 + WARMUP_STEPS, 101) if s % every == 0
     ]
