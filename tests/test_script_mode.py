@@ -14,8 +14,8 @@ That is the ground truth dltui's record is checked against.
 Everything is started at once by the module fixture `world` (each process spends ~6 s importing
 torch and torch._dynamo on a 2-core box, so they overlap), and the mid-run steering of live runs
 happens in threads, so the tests themselves only wait and compare:
-  - acceptance runs: `dltui train --headless SCRIPT --epochs 2 --lr 0.01`, paused as soon as their
-    control socket answers, stepped exactly 3, checkpointed (and, for the GAN, evaluated), resumed,
+  - acceptance runs: `dltui train --headless SCRIPT --epochs 2 --lr 0.01` (small epochs), paused
+    as soon as their control socket answers, stepped exactly 3, checkpointed (and, for the GAN, evaluated), resumed,
     and run to the end. None of that may change what the script computes: its printed output is
     compared line for line with `python SCRIPT ...`.
   - LR runs: `dltui train --detach [OPTIONS] -- SCRIPT` with endless epochs, paused mid-run,
@@ -75,6 +75,9 @@ class Shape:
     val_logged: tuple[str, ...] = ()  # ... with phase="val"
     on_eval: bool = False  # registers dltui.on_eval
     lr_run_args: tuple[str, ...] = ()  # extra script flags for the steered LR run
+    # Script flags for the acceptance run and its plain twin: a smaller epoch (20-50 steps in
+    # all: the steering needs a handful, and each step is CPU every other test here waits on).
+    accept_args: tuple[str, ...] = ()
     # Divides each micro-batch's loss by the number of backward calls per step (nanoGPT's
     # `loss = loss / gradient_accumulation_steps`): dltui undoes that division, so the recorded
     # loss is the script's own number (README, "loss").
@@ -93,7 +96,7 @@ class Shape:
 
 
 SHAPES = {
-    "tutorial": Shape("mnist_tutorial.py", "optimizer"),
+    "tutorial": Shape("mnist_tutorial.py", "optimizer", accept_args=("--train-size", "640")),
     # In the LR run the GradScaler is on (float32 grads, a huge initial scale): iterations 8 and 59
     # overflow and are skipped, which must not count as steps.
     "nanogpt": Shape(
@@ -102,6 +105,7 @@ SHAPES = {
         logged=("grad_norm",),
         divides_by_accumulation=True,
         lr_run_args=("--grad-scaler", "--init-scale", "3.4e38"),
+        accept_args=("--steps-per-epoch", "12"),
     ),
     "gan": Shape(
         "dcgan_toy.py",
@@ -109,8 +113,15 @@ SHAPES = {
         other_opts=("optimizerG",),
         logged=("d_x", "d_g_z"),
         on_eval=True,
+        accept_args=("--dataset-size", "1024"),
     ),
-    "lstm": Shape("word_lm.py", "optimizer", logged=("ppl",), val_logged=("val_ppl",)),
+    "lstm": Shape(
+        "word_lm.py",
+        "optimizer",
+        logged=("ppl",),
+        val_logged=("val_ppl",),
+        accept_args=("--corpus-size", "8000"),
+    ),
 }
 NAMES = list(SHAPES)
 
@@ -546,13 +557,15 @@ def world(tmp_path_factory) -> World:
             "--headless",
             shape.path,
             *ACCEPT_ARGS,
+            *shape.accept_args,
             "--trace",
             root / f"accept-{name}" / "trace.jsonl",
         )
         run.trace = root / f"accept-{name}" / "trace.jsonl"
         w.accept[name] = run
         folder = root / f"plain-{name}"
-        plain = start_python(shape.path, (*ACCEPT_ARGS, "--trace", folder / "trace.jsonl"), folder)
+        args = (*ACCEPT_ARGS, *shape.accept_args, "--trace", folder / "trace.jsonl")
+        plain = start_python(shape.path, args, folder)
         w.plain[name] = Run(f"plain-{name}", folder, plain, folder / "runs", folder / "trace.jsonl")
         # `--` ends dltui's options; dltui's options before it still apply (--hist-every).
         lr = _train(
