@@ -39,7 +39,7 @@ class HeadlessPrinter(Callback):
         self.run_dir = run_dir
         self.every = every
         self.out = out or sys.__stdout__
-        self._next = 0.0
+        self._next_wall = 0.0  # time.time() of the next status line
         self._t0 = time.monotonic()
         self._mark = (0.0, 0)  # (time, step) at the last status line
         self._rate: float | None = None
@@ -66,7 +66,7 @@ class HeadlessPrinter(Callback):
                 f"{loop.epochs} epochs, {total} steps"
                 + (f" (resuming at step {loop.step})" if loop.step else "")
             )
-        self._next = time.monotonic() + self.every
+        self._next_wall = time.time() + self.every
 
     def _line(self, loop: Loop) -> str:
         lat = self.probe.latest
@@ -91,9 +91,8 @@ class HeadlessPrinter(Callback):
         return "[dltui] " + "  ".join(parts)
 
     def on_step_end(self, loop: Loop, out: StepOutput) -> None:
-        now = time.monotonic()
-        if now >= self._next:
-            self._next = now + self.every
+        if out.wall >= self._next_wall:  # the step's own clock reading: no second one
+            self._next_wall = out.wall + self.every
             self._print(self._line(loop))
 
     def on_validation_end(self, loop: Loop, values: dict[str, float]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import math
 import os
@@ -257,7 +258,10 @@ class Loop:
         self._move_optimizer_state()
         self.metrics = MetricSet(recipe.metrics, recipe.loss_fn, self.device, notify=self.notice)
         self.stepper = Stepper(
-            recipe, self.device, lambda: self._emit("on_before_optimizer_step"), self.notice
+            recipe,
+            self.device,
+            functools.partial(self._emit, "on_before_optimizer_step"),
+            self.notice,
         )
         self.ctx = StepContext(self)
         self.step = 0  # optimizer steps done in the whole run
@@ -459,14 +463,15 @@ class Loop:
                 self.batch += 1
             set_rng_state(now, self.r.train_loader)  # the RNGs as they were at the checkpoint
         first, gate = True, self.gate
+        limit, cap = self.s.max_steps, self.r.steps_per_epoch  # (_max_steps_reached, inlined)
         while True:
             if gate.busy:  # one attribute read when nothing is pending
                 gate.boundary(self)
                 if gate.stop_reason is not None:
                     return EARLY
-            if self._max_steps_reached():
+            if limit is not None and self.step >= limit:
                 return EARLY
-            if self.r.steps_per_epoch is not None and self.epoch_step >= self.r.steps_per_epoch:
+            if cap is not None and self.epoch_step >= cap:
                 return DONE
             self.stepping = True
             try:

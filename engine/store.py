@@ -317,6 +317,7 @@ class RunStore:
             # NORMAL in WAL mode: a killed process loses nothing committed; only power loss can.
             db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA temp_store=MEMORY")  # the rollups' GROUP BY trees: no temp files
         db.executescript(wire.SCHEMA)
         db.execute(
             "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(wire.SCHEMA_VERSION),)
