@@ -132,7 +132,7 @@ class Probe(Callback):
         self._ring: list[tuple] = []  # steps not yet read: see _flush
         self._flush_at = -math.inf  # wall time of the next flush (-inf: at every step)
         self._base = 0  # the step count this probe started at (a resumed run's checkpoint step)
-        self._next_due = 0  # the first step at which an interval part may be due
+        self._next_due: float = 0  # the first step at which an interval part may be due
         self._grad_mean: dict[str, tuple[float, int]] = {}
         self._loss_bad = False
         self._next_meta = 0.0
@@ -179,11 +179,16 @@ class Probe(Callback):
             return step - self._base in WARMUP_AT[what]
         return step % self.every[what] == 0
 
-    def _next_due_after(self, step: int) -> int:
-        """The first step after `step` at which _due may say yes for any part."""
+    def _next_due_after(self, step: int) -> float:
+        """The first step after `step` at which _due may say yes for a part that runs here: layer
+        stats and histograms when there is a model, the train metric when the warm-up measured
+        it (steps with a target: a script's have none) or its interval is forced."""
         if step + 1 - self._base <= WARMUP_STEPS:
             return step + 1
-        return min((step // e + 1) * e for e in self.every.values())
+        parts = [] if self.stats is None else ["stats", "hist"]
+        if "metric" in self.cost or self.forced["metric"] is not None:
+            parts.append("metric")
+        return min(((step // self.every[p] + 1) * self.every[p] for p in parts), default=math.inf)
 
     def _measured(self, what: str, seconds: float) -> None:
         self.cost.setdefault(what, []).append(seconds)

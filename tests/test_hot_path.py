@@ -127,3 +127,38 @@ def test_a_run_on_the_cpu_moves_no_batch_and_detaches_the_output_when_read(monke
     assert loop.optimizer.param_groups[0]["lr"] == 0.05  # the command landed (before step 1)
     out = loop.last_output
     assert isinstance(out, torch.Tensor) and out.shape == (4, 2) and not out.requires_grad
+
+
+def test_interval_parts_are_looked_at_only_at_their_steps(monkeypatch, tmp_path):
+    """After the warm-up the probe's interval code runs at the steps where stats or histograms
+    are due, not at every step: a run whose steps have no target (a script's, or a train_step
+    returning only a loss) has no train metric to keep an interval of 1 for."""
+    from dltui.engine.probe import WARMUP_STEPS, Probe
+    from dltui.engine.store import RunStore
+
+    calls = []
+    real = Probe._at_interval
+    monkeypatch.setattr(
+        Probe,
+        "_at_interval",
+        lambda self, loop, out, step, x: calls.append(step) or real(self, loop, out, step, x),
+    )
+    model = nn.Linear(4, 1)
+    data = TensorDataset(torch.randn(400, 4), torch.randn(400, 1))
+    recipe = Recipe(
+        path=loop_mod.Path("hot.py"),
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+        loss_fn=nn.MSELoss(),
+        train_loader=DataLoader(data, batch_size=2),
+        epochs=1,
+        train_step=lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1]),
+        train_form="model",
+    )
+    store = RunStore(tmp_path / "run.sqlite")
+    store.start()
+    probe = Probe(store, stats_every=50, hist_every=100)
+    loop = Loop(recipe, Settings(epochs=1, device="cpu", checkpoint_dir=None), [probe], Gate())
+    assert loop.run() == ("finished", None)
+    store.close("finished")
+    assert calls == list(range(1, WARMUP_STEPS + 1)) + [50, 100, 150, 200]
