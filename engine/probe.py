@@ -31,6 +31,12 @@ WARMUP_STEPS = 20  # steps measured before the intervals are chosen
 BUDGET = {"stats": 0.003, "hist": 0.001, "metric": 0.001}
 # Warm-up steps at which each is measured; the first sample is cold and is not used.
 WARMUP_AT = {"stats": (1, 7, 13, 19), "hist": (1, 10, 19), "metric": (2, 6, 11, 16)}
+# After the warm-up the intervals are chosen again every RECHOOSE_S from the recent step times and
+# the recent calls' costs: a warm-up on a loaded machine (or a model that gets slower or faster)
+# does not fix them for the whole run. An interval changes when its ideal value leaves
+# [interval / 3, 2 x interval] (no flapping between neighbours); each change is an info event.
+RECHOOSE_S = 60.0
+RECENT = 9  # calls of each part kept for its cost, once the warm-up is over
 SPIKE_FACTOR = 10.0  # a layer's grad norm this far above its running mean is an alert
 SPIKE_HISTORY = 5  # stats samples of a layer before its mean is trusted (early training is wild)
 META_EVERY_S = 0.5
@@ -123,8 +129,10 @@ class Probe(Callback):
         self.store = store
         self.forced = {"stats": stats_every, "hist": hist_every, "metric": metric_every}
         self.every = {k: v or 1 for k, v in self.forced.items()}
-        self.cost: dict[str, list[float]] = {}  # measured seconds per call, during warm-up
-        self.step_times: list[float] = []
+        # measured seconds per call of each part (the warm-up's, then the RECENT last)
+        self.cost: dict[str, deque[float]] = {}
+        self.step_times: deque[float] = deque(maxlen=512)  # recent step times (s)
+        self._rechoose_at = math.inf  # wall time of the next choice (after the warm-up's)
         self.pause_on_anomaly = pause_on_anomaly
         self.latest: dict[str, float] = {}  # newest value of each train scalar (for printers)
         # epoch (0-based) -> [sum, count] of its finite train losses read so far
@@ -167,9 +175,7 @@ class Probe(Callback):
             "hist_every": self.every["hist"],
             "metric_every": self.every["metric"],
             "chosen": "auto" if None in self.forced.values() else "flags",
-            "measured_cost_s": {
-                k: round(_median(v[1:] or v), 6) for k, v in self.cost.items() if v
-            },
+            "measured_cost_s": {k: round(self._cost_of(k), 6) for k, v in self.cost.items() if v},
         }
 
     def _due(self, what: str, step: int) -> bool:
@@ -191,27 +197,43 @@ class Probe(Callback):
         return min(((step // self.every[p] + 1) * self.every[p] for p in parts), default=math.inf)
 
     def _measured(self, what: str, seconds: float) -> None:
-        self.cost.setdefault(what, []).append(seconds)
+        got = self.cost.get(what)
+        if got is None:
+            got = self.cost[what] = deque(maxlen=len(WARMUP_AT[what]) + RECENT)
+        got.append(seconds)
 
-    def _choose_intervals(self, loop: Loop) -> None:
-        step_time = _median(self.step_times or [1e-3])  # median: robust to stalls
+    def _cost_of(self, what: str) -> float:
+        """The median of the recent calls' cost (the warm-up's first call, cold, left out)."""
+        samples = list(self.cost[what])
+        return _median(samples[-RECENT:] if len(samples) > RECENT else samples[1:] or samples)
+
+    def _choose_intervals(self, loop: Loop, first: bool = True) -> None:
+        """Each automatic interval from its part's cost and the step time (medians: robust to
+        stalls), within its BUDGET share of training time. `first`: the warm-up's choice;
+        later ones change an interval only when it is far off (see RECHOOSE_S)."""
+        step_time = _median(list(self.step_times) or [1e-3])
+        before = dict(self.every)
         for what, frac in BUDGET.items():
-            samples = self.cost.get(what) or []
-            if self.forced[what] is None and samples:
-                cost = _median(samples[1:] or samples)  # the first call was cold
-                self.every[what] = nice_ceil(cost / max(frac * step_time, 1e-9))
+            if self.forced[what] is None and self.cost.get(what):
+                ideal = self._cost_of(what) / max(frac * step_time, 1e-9)
+                if first or not before[what] / 3 <= ideal <= 2 * before[what]:
+                    self.every[what] = nice_ceil(ideal)
         if self.forced["hist"] is None:  # histograms are a lower-rate view than stats
             self.every["hist"] = max(self.every["hist"], 10 * self.every["stats"])
-        if not self.pause_on_anomaly:  # from here steps are read in batches
+        self._rechoose_at = time.time() + RECHOOSE_S
+        if first and not self.pause_on_anomaly:  # from here steps are read in batches
             self._flush_at = 0.0
+        if not first and self.every == before:
+            return
+        self._next_due = self._next_due_after(loop.step)
         iv = self._intervals()
         self.store.set_meta(intervals=iv)
         self.store.event(
             wire.EV_INFO,
             step=loop.step,
-            message=f"probe intervals: layer stats every {iv['stats_every']} steps, histograms every "
-            f"{iv['hist_every']}, train metric every {iv['metric_every']} (step {step_time * 1e3:.2f} ms; "
-            "budget ~0.5% of training time)",
+            message=f"probe intervals{'' if first else ' changed'}: layer stats every "
+            f"{iv['stats_every']} steps, histograms every {iv['hist_every']}, train metric every "
+            f"{iv['metric_every']} (step {step_time * 1e3:.2f} ms; budget ~0.5% of training time)",
         )
 
     # -- per step --------------------------------------------------------------------------
@@ -262,17 +284,13 @@ class Probe(Callback):
     def _at_interval(self, loop: Loop, out: StepOutput, step: int, extras: dict | None):
         """The parts of a step that run at intervals: the train metric (its values join the
         step's extras, returned), layer stats, histograms, and the warm-up's measurements."""
-        warm = step - self._base <= WARMUP_STEPS
-        if warm and out.step_time is not None:  # None: not known (a script's first step)
-            self.step_times.append(out.step_time)
         if out.target is not None and self._due("metric", step):
             t = time.perf_counter()
             reason = loop.metrics.ensure(out.output, out.target)
             if reason:
                 self.store.event(wire.EV_INFO, f"metric: {reason}", step=step)
             extras = {**(extras or {}), **loop.metrics.batch_values(out.output, out.target)}
-            if warm:
-                self._measured("metric", time.perf_counter() - t)
+            self._measured("metric", time.perf_counter() - t)
         if self._stats_due:
             self._stats_due = False
             if self.late_update:
@@ -283,8 +301,7 @@ class Probe(Callback):
             t = time.perf_counter()
             for name, kind, lo, hi, counts in self.stats.histograms():
                 self.store.histogram(step, name, kind, lo, hi, counts)
-            if warm:
-                self._measured("hist", time.perf_counter() - t)
+            self._measured("hist", time.perf_counter() - t)
         if step - self._base == WARMUP_STEPS:
             self._choose_intervals(loop)
         self._next_due = self._next_due_after(step)
@@ -312,8 +329,11 @@ class Probe(Callback):
         if wait:
             for tag, values in self.deferred.ready(wait=True):
                 self._record_step(loop, tag, values)
+        wall = time.time()
         if self._flush_at != -math.inf:
-            self._flush_at = time.time() + FLUSH_S
+            self._flush_at = wall + FLUSH_S
+        if wall >= self._rechoose_at:
+            self._choose_intervals(loop, first=False)
         now = time.monotonic()
         if now >= self._next_meta:
             self._next_meta = now + META_EVERY_S
@@ -327,6 +347,7 @@ class Probe(Callback):
             scal = {"loss": values[i]}
             i += 1
             if st is not None:  # None: not known (a script's first step)
+                self.step_times.append(st)
                 scal["step_time"] = st
                 scal["samples_per_s"] = bs / st if st > 0 else 0.0
             if dt is not None:  # None: a script loads its own data, unseen
@@ -350,8 +371,7 @@ class Probe(Callback):
         if rows is not None:
             for tag, values in self.deferred.push(rows.flatten(), ("stats", step, rows.shape)):
                 self._record_step(loop, tag, values)
-        if step <= WARMUP_STEPS:
-            self._measured("stats", self._stats_t + time.perf_counter() - t)
+        self._measured("stats", self._stats_t + time.perf_counter() - t)
 
     def log(self, loop: Loop, phase: str, scalars: dict[str, Any]) -> None:
         """dltui.log(...): extra scalars at the current step; tensors read back deferred."""

@@ -310,6 +310,49 @@ def test_automatic_intervals_are_recorded_and_followed(write_recipe, tmp_path):
     )
 
 
+SLOW_START = """
+import time
+
+calls = 0
+
+
+def train_step(model, batch):
+    global calls
+    calls += 1
+    if calls <= 20:  # the warm-up runs on a machine busy with something else
+        time.sleep(0.03)
+    x, y = batch
+    return loss_fn(model(x), y)
+"""
+
+
+def test_intervals_are_chosen_again_when_the_warm_up_was_not_typical(
+    write_recipe, tmp_path, monkeypatch
+):
+    from dltui.engine import probe as probe_mod
+
+    monkeypatch.setattr(probe_mod, "RECHOOSE_S", 0.3)
+    path = write_recipe(linear_recipe(n=6000, batch=4, epochs=1, extra=SLOW_START))
+    t = train_in_process(path, tmp_path / "run", max_steps=1500)
+    chosen = [e for e in events_of(t.run_dir, "info") if "probe intervals" in e["message"]]
+    assert chosen[0]["step"] == 20 and "changed" not in chosen[0]["message"]
+    first = int(chosen[0]["message"].split("layer stats every ")[1].split()[0])
+    changed = [e for e in chosen[1:] if "probe intervals changed" in e["message"]]
+    assert changed, [e["message"] for e in chosen]
+    # 30 ms steps in the warm-up, well under 1 ms after it: the interval grows by > 10x
+    final = t.meta()["intervals"]["stats_every"]
+    assert final >= 10 * first, (first, final)
+    at = changed[-1]["step"]
+    with RunReader(t.run_dir) as r:
+        later = [
+            s
+            for (s,) in r.db.execute(
+                "SELECT DISTINCT step FROM layer_stats WHERE step > ? ORDER BY step", (at,)
+            )
+        ]
+    assert later == [s for s in range(at + 1, 1501) if s % final == 0]
+
+
 # -- schedulers ------------------------------------------------------------------------------
 
 
@@ -606,8 +649,9 @@ def test_resume_continues_step_numbering_and_training(write_recipe, tmp_path):
                 "SELECT DISTINCT step FROM layer_stats WHERE step > 30 ORDER BY step"
             )
         ]
-    # Chosen, not kept: choosing puts histograms at >= 10x the stats interval (unmeasured, both
-    # are 1). The stats interval itself follows the measured cost and may be 1 on a loaded box.
+    # Chosen, not kept: the resumed warm-up measured every part (it used to leave the layer
+    # stats unmeasured, at interval 1), and choosing puts histograms at >= 10x the stats interval.
+    assert set(intervals["measured_cost_s"]) == {"stats", "hist", "metric"}
     assert intervals["hist_every"] >= 10 * every
     assert after == [30 + k for k in WARMUP_AT["stats"]] + [
         s for s in range(31 + WARMUP_STEPS, 101) if s % every == 0
