@@ -58,6 +58,7 @@ class _Group:
     device: torch.device
     idx: list[int]
     numel: torch.Tensor  # [k] float32 on the device
+    numel2: torch.Tensor  # [2k]: numel twice (weights, then gradients)
     per_sample: int  # the sample size each tensor of this group gets
     sizes: list[int]  # the length of each tensor's sample in the group's concatenated sample
     sizes_t: torch.Tensor  # the same, [k] float32 on the device
@@ -128,7 +129,8 @@ class LayerStats:
                 per = max(1, min(SAMPLE, TOTAL_SAMPLE // len(idx)))
                 sizes = [strided_sample(self.params[i].detach(), per).numel() for i in idx]
                 sizes_t = _on(sizes, dev, torch.float32)
-                self._groups.append(_Group(dev, idx, numel, per, sizes, sizes_t))
+                numel2 = torch.cat([numel, numel])
+                self._groups.append(_Group(dev, idx, numel, numel2, per, sizes, sizes_t))
         return self._groups
 
     def extra_bytes_bound(self) -> int:
@@ -151,30 +153,31 @@ class LayerStats:
             gs = [self.params[g.idx[j]].grad.detach() for j in have]
             part = _on(have, g.device) if len(have) < k else None
             numel, sizes = (
-                (g.numel, g.sizes_t) if part is None else (g.numel[part], g.sizes_t[part])
+                (g.numel2, g.sizes_t) if part is None else (g.numel[part], g.sizes_t[part])
             )
             # Weights and gradients in one batch: each op is launched once for both.
             both = _moments(
-                [self.params[i].detach() for i in g.idx] + gs, torch.cat([g.numel, numel])
+                [self.params[i].detach() for i in g.idx] + gs,
+                numel if part is None else torch.cat([g.numel, numel]),
             )
+            # 0, 1 or 2: the weight's and the gradient's norms not finite (a missing one is not).
+            bad = (~torch.isfinite(both[:, 0])).float()
+            nonfinite = bad[:k].clone()
             w, gm = both[:k], both[k:]
-            grad = torch.full((k, 5), math.nan, device=g.device)  # 4 moments and zero fraction
             if have:
                 # ord 0 counts the non-zero elements, over a sample (exact for small tensors:
                 # counting is a slow pass, ~8x a norm, so a big tensor's fraction is estimated).
                 samples = [strided_sample(x, g.per_sample) for x in gs]
                 zero_frac = 1 - torch.stack(torch._foreach_norm(samples, 0)).float() / sizes
-                moments = torch.cat([gm, zero_frac[:, None]], dim=1)
-                if part is None:
-                    grad = moments
-                else:
+                grad = torch.cat([gm, zero_frac[:, None]], dim=1)  # 4 moments and zero fraction
+            if part is None:
+                nonfinite += bad[k:]
+            else:
+                moments = grad if have else None
+                grad = torch.full((k, 5), math.nan, device=g.device)
+                if moments is not None:
                     grad[part] = moments
-            # 0, 1 or 2: the weight's and the gradient's norms not finite (a missing one is not).
-            bad_grad = ~torch.isfinite(grad[:, 0])
-            if len(have) < k:
-                present = set(have)
-                bad_grad &= _on([j in present for j in range(k)], g.device, torch.bool)
-            nonfinite = (~torch.isfinite(w[:, 0])).float() + bad_grad.float()
+                    nonfinite[part] += bad[k:]
             rows.append(torch.cat([w, grad, nonfinite[:, None]], dim=1))
             kept.append(self._weight_sample(g))
         self._pending = (self._assemble(rows), kept)
