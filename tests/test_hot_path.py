@@ -96,20 +96,25 @@ def test_needs_move_looks_at_every_tensor_of_the_batch():
     assert _needs_move(["text", 3], cpu) is False
 
 
+def tiny_recipe(model: nn.Module, loss_fn, loader: DataLoader, epochs: int, **kw) -> Recipe:
+    """A recipe of `model` trained by SGD, built in this process (no file)."""
+    return Recipe(
+        path=loop_mod.Path("hot.py"),
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss_fn=loss_fn,
+        train_loader=loader,
+        epochs=epochs,
+        **kw,
+    )
+
+
 def test_a_run_on_the_cpu_moves_no_batch_and_detaches_the_output_when_read(monkeypatch):
     moved = []
     real = loop_mod.to_device
     monkeypatch.setattr(loop_mod, "to_device", lambda x, d: moved.append(1) or real(x, d))
-    model = nn.Linear(4, 2)
     data = TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,)))
-    recipe = Recipe(
-        path=loop_mod.Path("hot.py"),
-        model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        loss_fn=nn.CrossEntropyLoss(),
-        train_loader=DataLoader(data, batch_size=4),
-        epochs=2,
-    )
+    recipe = tiny_recipe(nn.Linear(4, 2), nn.CrossEntropyLoss(), DataLoader(data, batch_size=4), 2)
     steps = []
 
     class Seen(Callback):
@@ -143,15 +148,12 @@ def test_interval_parts_are_looked_at_only_at_their_steps(monkeypatch, tmp_path)
         "_at_interval",
         lambda self, loop, out, step, x: calls.append(step) or real(self, loop, out, step, x),
     )
-    model = nn.Linear(4, 1)
     data = TensorDataset(torch.randn(400, 4), torch.randn(400, 1))
-    recipe = Recipe(
-        path=loop_mod.Path("hot.py"),
-        model=model,
-        optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
-        loss_fn=nn.MSELoss(),
-        train_loader=DataLoader(data, batch_size=2),
-        epochs=1,
+    recipe = tiny_recipe(
+        nn.Linear(4, 1),
+        nn.MSELoss(),
+        DataLoader(data, batch_size=2),
+        1,
         train_step=lambda model, batch: nn.functional.mse_loss(model(batch[0]), batch[1]),
         train_form="model",
     )
