@@ -1,0 +1,144 @@
+"""Engine vs bare loop in ONE process, alternating blocks of a few steps: robust to a host whose
+speed drifts from one minute to the next (this project's CI box ran the bare loop anywhere from
+200 to 585 steps/s), which whole-run comparisons (overhead.py's rounds, e2e.py) cannot resolve.
+
+The engine trains the reference workload (benchmarks/overhead.py's MLP, batch 64, one CPU thread)
+through Loop + Probe + HeadlessPrinter + RunStore writer + system sampler, as `--headless` wires
+them. Every `--block` steps an observer pauses it and trains `--block` steps of the same workload
+by hand (a separate model copy, the same loader): the bare block. Each pair (engine block, bare
+block) shares the machine's state of that moment; the verdict is the median of the pairs' ratios.
+
+Caveats, both in the engine's favour by a little: the observer adds one cheap callback per step,
+and the engine's threads (store writer, sampler) keep running during the bare blocks.
+
+    python benchmarks/interleaved.py                      # default settings, 6000 steps
+    python benchmarks/interleaved.py --stats-every 10     # layer stats and histograms every 10
+    python benchmarks/interleaved.py --before DIR         # also an older `dltui` package in DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import overhead  # benchmarks/overhead.py: the workload
+import torch
+from torch import nn
+
+WARM = 200  # engine steps before pairs are kept (the probe's warm-up, the metric's import)
+
+
+def pairs(block: int, steps: int, every: int | None) -> tuple[list[float], list[float], dict]:
+    """(engine s/step per block, bare s/step per block, the intervals the probe used)."""
+    from dltui.engine.gate import Gate
+    from dltui.engine.headless import HeadlessPrinter
+    from dltui.engine.loop import Callback, Loop, Settings
+    from dltui.engine.probe import Probe
+    from dltui.engine.recipe import Recipe
+    from dltui.engine.sampler import Sampler
+    from dltui.engine.store import RunStore
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    init, loader = overhead.make_model(), overhead.make_loader()
+    device = torch.device("cpu")
+    bare_model, bare_opt = overhead.fresh(init, device)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def batches():
+        while True:
+            yield from loader
+
+    source = batches()
+
+    class Alternate(Callback):
+        def __init__(self) -> None:
+            self.n, self.mark = 0, None
+            self.engine: list[float] = []
+            self.bare: list[float] = []
+
+        def on_step_end(self, loop, out) -> None:
+            self.n += 1
+            if self.n % block:
+                return
+            now = time.perf_counter()
+            if self.mark is not None and loop.step > WARM:
+                self.engine.append((now - self.mark) / block)
+            for _ in range(block):
+                x, y = next(source)
+                loss = loss_fn(bare_model(x), y)
+                bare_opt.zero_grad()
+                loss.backward()
+                bare_opt.step()
+            if loop.step > WARM:
+                self.bare.append((time.perf_counter() - now) / block)
+            self.mark = time.perf_counter()
+
+    model, opt = overhead.fresh(init, device)
+    epochs = -(-steps // len(loader))
+    recipe = Recipe(
+        path=Path("interleaved.py"),
+        model=model,
+        optimizer=opt,
+        loss_fn=nn.CrossEntropyLoss(),
+        train_loader=loader,
+        epochs=epochs,
+    )
+    alt = Alternate()
+    with tempfile.TemporaryDirectory(prefix="dltui-interleaved-") as tmp:
+        store = RunStore(Path(tmp) / "run.sqlite")
+        store.start()
+        probe = Probe(store, stats_every=every, hist_every=every)
+        printer = HeadlessPrinter(probe, Path(tmp), every=5.0, out=io.StringIO())
+        sampler = Sampler(store.system, lambda message: None, meta=store.set_meta)
+        sampler.start()
+        settings = Settings(epochs=epochs, max_steps=steps, device="cpu", checkpoint_dir=None)
+        try:
+            status, error = Loop(recipe, settings, [probe, printer, alt], Gate()).run()
+        finally:
+            sampler.stop()
+            store.close("finished")
+        if error is not None:
+            raise error
+    return alt.engine, alt.bare, dict(probe.every)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Engine vs bare loop, alternating blocks in one run.")
+    p.add_argument("--block", type=int, default=20, help="steps per block (default 20)")
+    p.add_argument("--steps", type=int, default=6000, help="engine steps (default 6000)")
+    p.add_argument("--stats-every", type=int, help="force layer stats and histograms every N")
+    p.add_argument("--before", type=Path, metavar="DIR", help="also run the dltui package in DIR")
+    p.add_argument("--label", default="this checkout", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.before is not None:  # the older code first, in its own process
+        env = {
+            **os.environ,
+            "PYTHONPATH": f"{args.before}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        }
+        cmd = [sys.executable, __file__, "--block", str(args.block), "--steps", str(args.steps)]
+        cmd += ["--label", f"before ({args.before})"]
+        if args.stats_every:
+            cmd += ["--stats-every", str(args.stats_every)]
+        subprocess.run(cmd, env=env, check=True)
+    engine, bare, every = pairs(args.block, args.steps, args.stats_every)
+    ratios = [b / e for e, b in zip(engine, bare, strict=True)]
+    q1, med, q3 = statistics.quantiles(ratios, n=4)
+    print(
+        f"{args.label}: {len(ratios)} pairs of {args.block}-step blocks; bare "
+        f"{1 / statistics.median(bare):.1f} steps/s, engine {1 / statistics.median(engine):.1f}; "
+        f"ratio (median of pairs) {med:.3f}, quartiles {q1:.3f}..{q3:.3f}; intervals {every}; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
