@@ -19,12 +19,10 @@ and the engine's threads (store writer, sampler) keep running during the bare bl
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,14 +34,8 @@ WARM = 200  # engine steps before pairs are kept (the probe's warm-up, the metri
 
 
 def pairs(block: int, steps: int, every: int | None) -> tuple[list[float], list[float], dict]:
-    """(engine s/step per block, bare s/step per block, the intervals the probe used)."""
-    from dltui.engine.gate import Gate
-    from dltui.engine.headless import HeadlessPrinter
-    from dltui.engine.loop import Callback, Loop, Settings
-    from dltui.engine.probe import Probe
-    from dltui.engine.recipe import Recipe
-    from dltui.engine.sampler import Sampler
-    from dltui.engine.store import RunStore
+    """(engine s/step per block, bare s/step per block, the intervals the probe chose)."""
+    from dltui.engine.loop import Callback
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -81,33 +73,9 @@ def pairs(block: int, steps: int, every: int | None) -> tuple[list[float], list[
                 self.bare.append((time.perf_counter() - now) / block)
             self.mark = time.perf_counter()
 
-    model, opt = overhead.fresh(init, device)
-    epochs = -(-steps // len(loader))
-    recipe = Recipe(
-        path=Path("interleaved.py"),
-        model=model,
-        optimizer=opt,
-        loss_fn=nn.CrossEntropyLoss(),
-        train_loader=loader,
-        epochs=epochs,
-    )
     alt = Alternate()
-    with tempfile.TemporaryDirectory(prefix="dltui-interleaved-") as tmp:
-        store = RunStore(Path(tmp) / "run.sqlite")
-        store.start()
-        probe = Probe(store, stats_every=every, hist_every=every)
-        printer = HeadlessPrinter(probe, Path(tmp), every=5.0, out=io.StringIO())
-        sampler = Sampler(store.system, lambda message: None, meta=store.set_meta)
-        sampler.start()
-        settings = Settings(epochs=epochs, max_steps=steps, device="cpu", checkpoint_dir=None)
-        try:
-            status, error = Loop(recipe, settings, [probe, printer, alt], Gate()).run()
-        finally:
-            sampler.stop()
-            store.close("finished")
-        if error is not None:
-            raise error
-    return alt.engine, alt.bare, dict(probe.every)
+    _, intervals = overhead.run_engine(init, loader, steps, device, (every, every), extra=[alt])
+    return alt.engine, alt.bare, {k: v for k, v in intervals.items() if k.endswith("_every")}
 
 
 def main(argv: list[str] | None = None) -> int:

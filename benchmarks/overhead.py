@@ -132,15 +132,16 @@ def run_bare(init: nn.Module, loader: DataLoader, steps: int, device: torch.devi
     return clock.rates(steps), None
 
 
-def observed(run_dir: Path, every, steps: int, device: torch.device, make_driver):
+def observed(run_dir: Path, every, steps: int, device: torch.device, make_driver, extra=()):
     """One driver run wired as `python -m dltui.engine --headless` wires it: a fresh store,
     the probe, the headless printer (to a sink) and the system sampler. make_driver(store, probe,
-    callbacks) builds the Loop or ScriptRun. Returns (rates of driver.run(), chosen intervals)."""
+    callbacks) builds the Loop or ScriptRun; `extra` observers follow the printer. Returns
+    (rates of driver.run(), chosen intervals)."""
     store = RunStore(run_dir / "run.sqlite")
     store.start()
     probe = Probe(store, stats_every=every[0], hist_every=every[1])
     printer = HeadlessPrinter(probe, run_dir, every=5.0, out=io.StringIO())
-    driver = make_driver(store, probe, [probe, printer])
+    driver = make_driver(store, probe, [probe, printer, *extra])
     sampler = Sampler(
         store.system,
         lambda msg: store.event(wire.EV_INFO, msg, level="warning"),
@@ -164,8 +165,11 @@ def observed(run_dir: Path, every, steps: int, device: torch.device, make_driver
         return rates, reader.meta()["intervals"]
 
 
-def run_engine(init: nn.Module, loader: DataLoader, steps: int, device: torch.device, every):
-    """The same training through the engine (headless, fresh store); also returns its intervals."""
+def run_engine(
+    init: nn.Module, loader: DataLoader, steps: int, device: torch.device, every, extra=()
+):
+    """The same training through the engine (headless, fresh store); also returns its intervals.
+    `extra`: more observers (benchmarks/interleaved.py's)."""
     model, optimizer = fresh(init, device)
     epochs = -(-steps // len(loader))
     recipe = Recipe(
@@ -184,6 +188,7 @@ def run_engine(init: nn.Module, loader: DataLoader, steps: int, device: torch.de
             steps,
             device,
             lambda store, probe, callbacks: Loop(recipe, settings, callbacks, Gate()),
+            extra,
         )
 
 
