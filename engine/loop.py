@@ -463,15 +463,14 @@ class Loop:
                 self.batch += 1
             set_rng_state(now, self.r.train_loader)  # the RNGs as they were at the checkpoint
         first, gate = True, self.gate
-        limit, cap = self.s.max_steps, self.r.steps_per_epoch  # (_max_steps_reached, inlined)
         while True:
             if gate.busy:  # one attribute read when nothing is pending
                 gate.boundary(self)
                 if gate.stop_reason is not None:
                     return EARLY
-            if limit is not None and self.step >= limit:
+            if self._max_steps_reached():
                 return EARLY
-            if cap is not None and self.epoch_step >= cap:
+            if self.r.steps_per_epoch is not None and self.epoch_step >= self.r.steps_per_epoch:
                 return DONE
             self.stepping = True
             try:
