@@ -264,6 +264,14 @@ class Loop:
             self.notice,
         )
         self.ctx = StepContext(self)
+        # The common case steps through _plain_window: one batch per step, the built-in step, no
+        # autocast, no closure optimizer.
+        self._plain = (
+            recipe.accumulate == 1
+            and recipe.train_step is None
+            and self.stepper.dtype is None
+            and not self.stepper.closure_driven
+        )
         self.step = 0  # optimizer steps done in the whole run
         self.epoch = 0  # epochs completed
         self.current_epoch = 0  # the epoch under way (ctx.epoch), 0-based
@@ -463,6 +471,7 @@ class Loop:
                 self.batch += 1
             set_rng_state(now, self.r.train_loader)  # the RNGs as they were at the checkpoint
         first, gate = True, self.gate
+        window = self._plain_window if self._plain else self._window
         while True:
             if gate.busy:  # one attribute read when nothing is pending
                 gate.boundary(self)
@@ -474,7 +483,7 @@ class Loop:
                 return DONE
             self.stepping = True
             try:
-                out = self._window(it)
+                out = window(it)
             finally:
                 self.stepping = False
             if out is None:
@@ -482,6 +491,63 @@ class Loop:
             first = False
             if out is not False:
                 self._emit("on_step_end", out)
+
+    def _plain_window(self, it: Any) -> StepOutput | None:
+        """_window for the common case, in far fewer calls (it runs at every step): one batch per
+        step, the built-in step (model(x), loss_fn(output, target)), no autocast, no closure."""
+        st = self.stepper
+        st.begin_window()
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return None
+        if self._move is None:
+            self._move = _needs_move(batch, self.device)
+            self._tokens = tokens_of(batch) > 0
+        if self._move:
+            batch = to_device(batch, self.device)
+        t1 = time.perf_counter()
+        self.batch += 1
+        x, target = batch
+        self.last_input = x
+        output = self.model(x)
+        loss = _one_loss(self.r.loss_fn(output, target))
+        loss.backward()
+        st.step_all()
+        st.finish_window()
+        self.step += 1
+        self.epoch_step += 1
+        self._last_output = output
+        t2 = time.perf_counter()
+        if len(st.stepped) == 1 and not st.grad_norms and not self._tokens:
+            lrs, scalars = st.stepped[self._main], {}
+        else:
+            tokens = tokens_of(batch) if self._tokens else 0
+            lrs, scalars = self._step_scalars(st, tokens, t2 - t0, None, 1)
+        size = x.shape[0] if isinstance(x, torch.Tensor) and x.ndim else batch_size_of(batch)
+        return StepOutput(
+            loss.detach(), output, target, size, t2 - t0, t1 - t0, time.time(), lrs, scalars
+        )
+
+    def _step_scalars(
+        self, st: Stepper, tokens: int, seconds: float, extras: dict | None, m: int
+    ) -> tuple[list[float], dict[str, Any]]:
+        """The main optimizer's LRs as this step used them, and the step's further scalars:
+        `extras` (summed over `m` micro-batches) as means, the other optimizers' LRs, clipping's
+        grad norms, tokens/s."""
+        lrs = st.lrs_used()
+        scalars = {name: v / m for name, v in extras.items()} if extras else {}
+        main = self._main
+        if len(lrs) > 1:
+            for name, values in lrs.items():
+                if name != main:
+                    scalars.update({wire.lr_name(i, name): v for i, v in enumerate(values)})
+        for name, norm in st.grad_norms.items():
+            scalars["grad_norm" if name == main else f"grad_norm/{name}"] = norm
+        if tokens and seconds > 0:
+            scalars["tokens_per_s"] = tokens / seconds
+        return lrs[main], scalars
 
     def _window(self, it: Any) -> StepOutput | bool | None:
         """One optimizer step over `accumulate` micro-batches. None: no data left; False: fp16
@@ -542,19 +608,7 @@ class Loop:
             self.last_input = _first_tensor(batch)
         self._last_output = res.output  # detached when read (last_output): not every step
         t2 = time.perf_counter()
-        lrs = st.lrs_used()
-        scalars = {name: v / m for name, v in extras.items()} if extras else {}
-        if len(lrs) > 1:
-            main = self._main
-            for name, values in lrs.items():
-                if name != main:
-                    scalars.update({wire.lr_name(i, name): v for i, v in enumerate(values)})
-        if st.grad_norms:
-            main = self._main
-            for name, norm in st.grad_norms.items():
-                scalars["grad_norm" if name == main else f"grad_norm/{name}"] = norm
-        if tokens and t2 > t0:
-            scalars["tokens_per_s"] = tokens / (t2 - t0)
+        lrs, scalars = self._step_scalars(st, tokens, t2 - t0, extras, m)
         return StepOutput(
             loss_sum if m == 1 else loss_sum / m,
             res.output,
@@ -563,7 +617,7 @@ class Loop:
             t2 - t0,
             data_time,
             time.time(),
-            lrs[self._main],
+            lrs,
             scalars,
         )
 

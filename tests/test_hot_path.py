@@ -164,3 +164,84 @@ def test_interval_parts_are_looked_at_only_at_their_steps(monkeypatch, tmp_path)
     assert loop.run() == ("finished", None)
     store.close("finished")
     assert calls == list(range(1, WARMUP_STEPS + 1)) + [50, 100, 150, 200]
+
+
+class Record(Callback):
+    def __init__(self, seen: list) -> None:
+        self.seen = seen
+
+    def on_step_end(self, loop, out):
+        scalars = {k: float(v) for k, v in out.scalars.items() if k != "tokens_per_s"}
+        self.seen.append(
+            (
+                loop.step,
+                float(out.loss),
+                out.batch_size,
+                out.lrs,
+                scalars,
+                "tokens_per_s" in out.scalars,
+                out.data_time <= out.step_time,
+            )
+        )
+
+
+def _run_both_ways(make) -> list[list[tuple]]:
+    """The same recipe (from make(), seeded alike) trained through _plain_window and through the
+    general _window: each step's record, and the final weights."""
+    runs = []
+    for plain in (True, False):
+        torch.manual_seed(0)
+        recipe = make()
+        seen: list = []
+        loop = Loop(recipe, Settings(device="cpu", checkpoint_dir=None), [Record(seen)], Gate())
+        assert loop._plain is True  # the common case: the short path is taken
+        loop._plain = plain
+        assert loop.run() == ("finished", None)
+        seen.append(tuple(p.detach().clone() for p in recipe.model.parameters()))
+        runs.append(seen)
+    return runs
+
+
+def _same(a: list, b: list) -> None:
+    assert a[:-1] == b[:-1]
+    assert all(torch.equal(x, y) for x, y in zip(a[-1], b[-1], strict=True))
+
+
+def test_the_short_step_path_trains_and_records_exactly_as_the_general_one():
+    """Clipping, two optimizers (one per-step scheduled, two param groups), a last short batch."""
+
+    def make() -> Recipe:
+        model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+        data = TensorDataset(torch.randn(30, 6), torch.randint(0, 3, (30,)))
+        first = torch.optim.SGD(
+            [{"params": model[0].parameters()}, {"params": [], "lr": 0.3}], lr=0.1, momentum=0.9
+        )
+        second = torch.optim.Adam(model[2].parameters(), lr=0.01)
+        sched = torch.optim.lr_scheduler.StepLR(first, step_size=2, gamma=0.5)
+        return tiny_recipe(
+            model,
+            nn.CrossEntropyLoss(),
+            DataLoader(data, batch_size=8),
+            2,
+            optimizers={"main": first, "head": second},
+            schedulers={"main": sched},
+            scheduler_interval="step",
+            grad_clip=0.5,
+        )
+
+    plain, general = _run_both_ways(make)
+    assert len(plain) == 9 and plain[3][2] == 6  # 4 steps an epoch, the last of 6 samples
+    assert {"grad_norm", "grad_norm/head", "lr/head/0"} <= set(plain[0][4])
+    assert plain[2][3] == [0.05, 0.15]  # the LRs step 3 trained with (StepLR halved them)
+    _same(plain, general)
+
+
+def test_the_short_step_path_counts_tokens_as_the_general_one():
+    def make() -> Recipe:
+        model = nn.Sequential(nn.Embedding(11, 4), nn.Flatten(), nn.Linear(4 * 5, 11))
+        data = TensorDataset(torch.randint(0, 11, (12, 5)), torch.randint(0, 11, (12,)))
+        return tiny_recipe(model, nn.CrossEntropyLoss(), DataLoader(data, batch_size=4), 1)
+
+    plain, general = _run_both_ways(make)
+    assert len(plain) == 4 and all(s[5] for s in plain[:-1])  # tokens/s at every step
+    _same(plain, general)
