@@ -19,6 +19,7 @@ and the engine's threads (store writer, sampler) keep running during the bare bl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -29,17 +30,59 @@ from pathlib import Path
 import overhead  # benchmarks/overhead.py: the workload
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 WARM = 200  # engine steps before pairs are kept (the probe's warm-up, the metric's import)
 
 
-def pairs(block: int, steps: int, every: int | None) -> tuple[list[float], list[float], dict]:
+def tiny_model() -> nn.Module:
+    """--tiny: a model whose step costs next to nothing, so the difference is the engine's µs."""
+    return nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+
+
+def tiny_loader() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(400, 8, generator=g), torch.randint(0, 4, (400,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=2, shuffle=False)
+
+
+@contextlib.contextmanager
+def unobserved(run):
+    """Script mode's bare blocks run without its hooks: every optimizer's step hooks and the
+    patched torch.autograd.backward would otherwise observe the bare loop too."""
+    if run is None:
+        yield
+        return
+    from torch.optim import optimizer as opt_mod
+
+    hooks = [opt_mod._global_optimizer_pre_hooks, opt_mod._global_optimizer_post_hooks]
+    saved = [dict(h) for h in hooks]
+    patched = torch.autograd.backward
+    for h in hooks:
+        h.clear()
+    torch.autograd.backward = next(
+        old for obj, attr, old in run._undo if (obj, attr) == (torch.autograd, "backward")
+    )
+    try:
+        yield
+    finally:
+        torch.autograd.backward = patched
+        for h, s in zip(hooks, saved, strict=True):
+            h.update(s)
+
+
+def pairs(
+    block: int, steps: int, every: int | None, script: bool = False, tiny: bool = False
+) -> tuple[list[float], list[float], dict]:
     """(engine s/step per block, bare s/step per block, the intervals the probe chose)."""
     from dltui.engine.loop import Callback
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    init, loader = overhead.make_model(), overhead.make_loader()
+    if tiny:
+        init, loader = tiny_model(), tiny_loader()
+    else:
+        init, loader = overhead.make_model(), overhead.make_loader()
     device = torch.device("cpu")
     bare_model, bare_opt = overhead.fresh(init, device)
     loss_fn = nn.CrossEntropyLoss()
@@ -63,18 +106,20 @@ def pairs(block: int, steps: int, every: int | None) -> tuple[list[float], list[
             now = time.perf_counter()
             if self.mark is not None and loop.step > WARM:
                 self.engine.append((now - self.mark) / block)
-            for _ in range(block):
-                x, y = next(source)
-                loss = loss_fn(bare_model(x), y)
-                bare_opt.zero_grad()
-                loss.backward()
-                bare_opt.step()
+            with unobserved(loop if script else None):
+                for _ in range(block):
+                    x, y = next(source)
+                    loss = loss_fn(bare_model(x), y)
+                    bare_opt.zero_grad()
+                    loss.backward()
+                    bare_opt.step()
             if loop.step > WARM:
                 self.bare.append((time.perf_counter() - now) / block)
             self.mark = time.perf_counter()
 
     alt = Alternate()
-    _, intervals = overhead.run_engine(init, loader, steps, device, (every, every), extra=[alt])
+    run = overhead.run_script if script else overhead.run_engine
+    _, intervals = run(init, loader, steps, device, (every, every), extra=[alt])
     return alt.engine, alt.bare, {k: v for k, v in intervals.items() if k.endswith("_every")}
 
 
@@ -83,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block", type=int, default=20, help="steps per block (default 20)")
     p.add_argument("--steps", type=int, default=6000, help="engine steps (default 6000)")
     p.add_argument("--stats-every", type=int, help="force layer stats and histograms every N")
+    p.add_argument("--script", action="store_true", help="the engine in script mode")
+    p.add_argument(
+        "--tiny", action="store_true", help="a tiny model: prints the engine's added µs per step"
+    )
     p.add_argument("--before", type=Path, metavar="DIR", help="also run the dltui package in DIR")
     p.add_argument("--label", default="this checkout", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -95,15 +144,19 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--label", f"before ({args.before})"]
         if args.stats_every:
             cmd += ["--stats-every", str(args.stats_every)]
+        cmd += [f for f in ("--script", "--tiny") if getattr(args, f[2:])]
         subprocess.run(cmd, env=env, check=True)
-    engine, bare, every = pairs(args.block, args.steps, args.stats_every)
+    engine, bare, every = pairs(args.block, args.steps, args.stats_every, args.script, args.tiny)
     ratios = [b / e for e, b in zip(engine, bare, strict=True)]
     q1, med, q3 = statistics.quantiles(ratios, n=4)
+    added = statistics.quantiles([(e - b) * 1e6 for e, b in zip(engine, bare, strict=True)], n=4)
     print(
-        f"{args.label}: {len(ratios)} pairs of {args.block}-step blocks; bare "
-        f"{1 / statistics.median(bare):.1f} steps/s, engine {1 / statistics.median(engine):.1f}; "
-        f"ratio (median of pairs) {med:.3f}, quartiles {q1:.3f}..{q3:.3f}; intervals {every}; "
-        f"load average {os.getloadavg()[0]:.2f}"
+        f"{args.label}{' (script mode)' if args.script else ''}: {len(ratios)} pairs of "
+        f"{args.block}-step blocks; bare {1 / statistics.median(bare):.1f} steps/s, engine "
+        f"{1 / statistics.median(engine):.1f}; ratio (median of pairs) {med:.3f}, quartiles "
+        f"{q1:.3f}..{q3:.3f}; engine's added time {added[1]:.1f} µs/step (quartiles "
+        f"{added[0]:.1f}..{added[2]:.1f}); intervals {every}; load average "
+        f"{os.getloadavg()[0]:.2f}"
     )
     return 0
 

@@ -192,9 +192,12 @@ def run_engine(
         )
 
 
-def run_script(init: nn.Module, loader: DataLoader, steps: int, device: torch.device, every):
+def run_script(
+    init: nn.Module, loader: DataLoader, steps: int, device: torch.device, every, extra=()
+):
     """The bare loop as a script under ScriptRun (engine/script.py), headless, fresh store; its
-    rates are the ones the script's own loop measured (runpy and discovery not counted)."""
+    rates are the ones the script's own loop measured (runpy and discovery not counted).
+    `extra`: more observers (benchmarks/interleaved.py's)."""
     import sys
 
     import dltui
@@ -223,7 +226,7 @@ def run_script(init: nn.Module, loader: DataLoader, steps: int, device: torch.de
             session.attach(run, probe)
             return run
 
-        _, intervals = observed(run_dir, every, steps, device, make)
+        _, intervals = observed(run_dir, every, steps, device, make, extra)
     return SCRIPT_RESULT[0][0], intervals
 
 

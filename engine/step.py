@@ -103,6 +103,7 @@ class Stepper:
         self.closure_driven = (
             len(self.optimizers) == 1 and needs_closure(recipe.optimizer) and not own
         )
+        self._needs_closure = {n: needs_closure(o) for n, o in self.optimizers.items()}
         self.training = True
         self.owned = False  # the recipe's train_step steps its optimizers (sticky once seen)
         self._held: set[str] = set()  # schedulers whose schedule ran out, not yet told
@@ -187,7 +188,7 @@ class Stepper:
     def step_one(self, name: str, closure: Callable | None = None) -> bool:
         """Unscale, check for overflow, layer stats (once per window), clip, step."""
         opt = self.optimizers[name]
-        if closure is None and needs_closure(opt):
+        if closure is None and self._needs_closure[name]:
             raise TypeError(
                 f"optimizer {name!r} ({type(opt).__name__}) needs a closure that recomputes the "
                 f"loss: ctx.step({name!r}, closure=fn), fn doing zero_grad, forward, ctx.backward."
