@@ -34,6 +34,12 @@ from .gate import Gate
 from .loop import Callback, StepOutput, hooks_of
 
 PROMOTE_AFTER = 50  # another optimizer's steps before it replaces a run optimizer that never steps
+# The model's forward pre-hook (the batch size, the input the Tensors tab shows) is on for the first
+# INPUT_WARMUP steps, then for one step in INPUT_EVERY and whenever the gate has work (a paused or
+# stepped run sees its current input): any hook sends every forward of the module through torch's
+# slow call path, ~12 µs a step here. Between sampled steps the batch size is the last one seen.
+INPUT_WARMUP = 20
+INPUT_EVERY = 16
 
 
 class StopScript(BaseException):
@@ -167,6 +173,8 @@ class ScriptRun:
         self._n_skipped = 0
         self._fwd_n = 0
         self._fwd_batch = 0
+        self._fwd_hook: Any = None  # the forward pre-hook's handle while it is on
+        self._per_backward = False  # one forward per backward (accumulation): as last sampled
         self._n_backward_at_step = 0
         self._t_last = time.perf_counter()
         self._started = False
@@ -302,6 +310,7 @@ class ScriptRun:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._input_hook(False)
         for obj, attr, old in reversed(self._undo):
             setattr(obj, attr, old)
         self._undo = []
@@ -383,9 +392,14 @@ class ScriptRun:
         self.batch += 1
         loss = self._mean_loss() if self._losses else torch.full((), math.nan, device=self.device)
         n_back, self._n_backward_at_step = self._n_backward_at_step, 0
-        micro = n_back if n_back == self._fwd_n and n_back > 0 else 1
+        if self._fwd_hook is not None:  # this step's forwards were counted
+            self._per_backward = n_back == self._fwd_n and n_back > 0
+        micro = n_back if self._per_backward and n_back > 0 else 1
         batch_size = max(self._fwd_batch * micro, 1)
         self._fwd_n = 0
+        sample = self.step < INPUT_WARMUP or self.step % INPUT_EVERY == 0 or self.gate.busy
+        if sample != (self._fwd_hook is not None):
+            self._input_hook(sample)
         out = StepOutput(loss, None, None, batch_size, step_time, None, time.time(), self._lrs_used)
         self._emit("on_step_end", out)
         self._t_last = time.perf_counter()  # the script's own time from here to its next step
@@ -400,9 +414,11 @@ class ScriptRun:
         n = len(ls)
         if main:
             self._n_backward_at_step += n
+        if n == 1:
+            return _scalar32(ls[0][0])
         undo = n > 1 and all(k == n for _, k in ls)
         vals = [_scalar32(x) * n if undo else _scalar32(x) for x, _ in ls]
-        return vals[0] if n == 1 else torch.stack(vals).mean()
+        return torch.stack(vals).mean()
 
     def _boundary(self) -> None:
         """Before each step of the run's optimizer: commands, pause, eval, stop."""
@@ -487,9 +503,17 @@ class ScriptRun:
             self.device = p.device
         if self._fwd_model is None:  # the run's model: its inputs are the batches (Tensors tab)
             self._fwd_model = first
-            self._handles.append(first.register_forward_pre_hook(self._forward_pre))
+            self._input_hook(True)
         if self.probe is not None:
             self.probe.late_update = len(self.optimizers) > 1
+
+    def _input_hook(self, on: bool) -> None:
+        """The run model's forward pre-hook on or off (see INPUT_EVERY)."""
+        if on and self._fwd_hook is None and self._fwd_model is not None:
+            self._fwd_hook = self._fwd_model.register_forward_pre_hook(self._forward_pre)
+        elif not on and self._fwd_hook is not None:
+            self._fwd_hook.remove()
+            self._fwd_hook = None
 
     def _forward_pre(self, module: nn.Module, args: Any) -> None:
         if args and isinstance(args[0], torch.Tensor) and torch.is_grad_enabled():

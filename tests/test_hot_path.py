@@ -245,3 +245,70 @@ def test_the_short_step_path_counts_tokens_as_the_general_one():
     plain, general = _run_both_ways(make)
     assert len(plain) == 4 and all(s[5] for s in plain[:-1])  # tokens/s at every step
     _same(plain, general)
+
+
+ACCUMULATING_SCRIPT = """
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+for step in range(60):
+    for micro in range(3):  # 3 micro-batches of 5 samples, one backward each
+        x, y = torch.randn(5, 4), torch.randint(0, 2, (5,))
+        loss = nn.functional.cross_entropy(model(x), y) / 3
+        loss.backward()
+    opt.step()
+    opt.zero_grad()
+"""
+
+
+def test_script_mode_samples_its_input_hook_and_keeps_the_batch_size(tmp_path):
+    """The forward pre-hook is on for the warm-up, one step in INPUT_EVERY and while the gate has
+    work (a paused run stepping sees each step's input); between samples every step still counts
+    3 micro-batches of 5 samples."""
+    import dltui
+    from dltui.engine import script as script_mod
+    from dltui.engine.probe import Probe
+    from dltui.engine.store import RunStore
+
+    path = tmp_path / "acc.py"
+    path.write_text(ACCUMULATING_SCRIPT)
+    store = RunStore(tmp_path / "run.sqlite")
+    store.start()
+    probe = Probe(store)
+    seen: list[tuple[int, int, bool]] = []
+    gate = Gate()
+
+    class Watch(Callback):
+        def on_step_end(self, loop, out):
+            seen.append((loop.step, out.batch_size, loop._fwd_hook is not None))
+            if loop.step == 40:  # paused, stepping to 42: the hook is on for the steps after
+                gate.paused, gate.step_target = True, 42
+            elif loop.step == 42:
+                gate.paused, gate.step_target = False, None
+
+    session = script_mod.Session(dltui.Context(mode="script"))
+    run = script_mod.ScriptRun(
+        path,
+        [str(path)],
+        callbacks=[probe, Watch()],
+        gate=gate,
+        session=session,
+        store=store,
+        probe=probe,
+    )
+    session.attach(run, probe)
+    calls = []
+    real = run._forward_pre
+    run._forward_pre = lambda m, a: calls.append(run.step) or real(m, a)
+    assert run.run()[0] == "finished"
+    store.close("finished")
+    # (the first step's batch is not seen: the model is found at its optimizer step)
+    assert [b for _, b, _ in seen] == [1] + [15] * 59
+    every = script_mod.INPUT_EVERY
+    sampled = {s for s in range(2, 61) if s <= script_mod.INPUT_WARMUP or (s - 1) % every == 0}
+    assert {s + 1 for s in calls} == sampled | {42, 43}  # (calls: the step done so far)
+    assert len(calls) == 3 * len(sampled | {42, 43})
+    assert run._fwd_hook is None and not run._fwd_model._forward_pre_hooks  # removed at the end
