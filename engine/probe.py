@@ -368,9 +368,9 @@ class Probe(Callback):
     def _stats_after(self, loop: Loop, step: int) -> None:
         self._after_pending = None
         t = time.perf_counter()
-        rows = self.stats.after_step()
-        if rows is not None:
-            for tag, values in self.deferred.push(rows.flatten(), ("stats", step, rows.shape)):
+        raw = self.stats.after_step()
+        if raw is not None:
+            for tag, values in self.deferred.push(raw[0], ("stats", step, raw[1])):
                 self._record_step(loop, tag, values)
         self._measured("stats", self._stats_t + time.perf_counter() - t)
 
@@ -465,11 +465,9 @@ class Probe(Callback):
         self.latest.update(scal)
         self.store.scalars(step, epoch, wire.TRAIN, wall, scal)
 
-    def _record_stats(self, loop: Loop, step: int, shape: tuple, flat: list[float]) -> None:
-        ncol = shape[1]
+    def _record_stats(self, loop: Loop, step: int, have: list, values: list[float]) -> None:
         rows = []
-        for i, name in enumerate(self.stats.names):
-            raw = flat[i * ncol : (i + 1) * ncol]
+        for name, raw in zip(self.stats.names, self.stats.rows(values, have), strict=True):
             row = StatRow(name, *(v if math.isfinite(v) else None for v in raw))
             rows.append(row)
             g = row.g_norm

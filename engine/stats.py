@@ -5,9 +5,12 @@ bounded strided sample of each weight (the whole tensor when it has at most SAMP
 the probe's extra device memory is at most a few times TOTAL_SAMPLE floats (tens of MiB) whatever
 the model's size; a gradient that is None is skipped, never materialised as zeros.
 
-Cost: per device, one `_foreach_norm`, one max|x| pass and one sum per tensor for weights and
-gradients, then a few kernels over one concatenated sample for zero fractions, update ratios and
-histograms. The histograms read the host twice per call (two syncs), not per parameter.
+Cost: per device, one `_foreach_norm`, one sum and one min/max pass per tensor for weights and
+gradients (on CUDA one fused max|x| kernel instead), a few kernels over the samples for zero
+fractions and update ratios, and one stack of every raw number. The arithmetic on those numbers
+(means, stds, ratios, flags) is a few dozen float operations on the host once they are read
+back (rows()): at the stats interval a Python op costs more than the number it computes.
+Histograms read the host twice per call (two syncs), not per parameter.
 """
 
 from __future__ import annotations
@@ -57,54 +60,57 @@ class _Group:
 
     device: torch.device
     idx: list[int]
-    numel: torch.Tensor  # [k] float32 on the device
-    numel2: torch.Tensor  # [2k]: numel twice (weights, then gradients)
     per_sample: int  # the sample size each tensor of this group gets
     sizes: list[int]  # the length of each tensor's sample in the group's concatenated sample
-    sizes_t: torch.Tensor  # the same, [k] float32 on the device
 
 
-def _on(values: list, device: torch.device, dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """A small host list as a device tensor without a host sync (a plain torch.tensor(...,
-    device='cuda') copies synchronously: a sync the stats interval would pay each time)."""
-    t = torch.tensor(values, dtype=dtype)
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
-
-
-def _norms(ts: list[torch.Tensor], ord: float) -> torch.Tensor:
-    """Each tensor's `ord`-norm as one [k] float32 tensor, in one foreach call: accumulated in
+def _norms(ts: list[torch.Tensor], ord: float) -> list[torch.Tensor]:
+    """Each tensor's `ord`-norm (0-d float32 tensors) in one foreach call: accumulated in
     float32 (fp16/bf16 promoted without a copy), or in float64 where a tensor is float64 (a
     float32 norm of it is refused as narrowing: a model.double() run failed at its first step)."""
     if all(t.dtype != torch.float64 for t in ts):
-        return torch.stack(torch._foreach_norm(ts, ord, dtype=torch.float32))
-    return torch.stack([n.float() for n in torch._foreach_norm(ts, ord)])
+        return list(torch._foreach_norm(ts, ord, dtype=torch.float32))
+    return [n.float() for n in torch._foreach_norm(ts, ord)]
 
 
-def _maxabs(ts: list[torch.Tensor]) -> torch.Tensor:
-    """max |x| of each tensor as one [k] tensor, without the |x| copy a foreach abs allocates."""
-    if ts[0].device.type == "cuda":  # one fused kernel over every tensor
-        return _norms(ts, math.inf)
-    # On the CPU the inf-norm foreach is a slow generic path; aminmax is one pass per tensor.
-    lo, hi = zip(*(torch.aminmax(t) for t in ts), strict=True)
-    return torch.maximum(torch.stack(lo).neg_(), torch.stack(hi)).float()
+def _extremes(ts: list[torch.Tensor]) -> torch.Tensor:
+    """[2n] float32: a pair (a, b) per tensor with max(-a, b) = max |x|, without the |x| copy a
+    foreach abs allocates: (min, max) on the CPU, where the inf-norm foreach is a slow generic
+    path and aminmax one pass; (max|x|, max|x|) from one fused kernel on CUDA."""
+    if ts[0].device.type == "cuda":
+        m = torch.stack(_norms(ts, math.inf))
+        return torch.stack([m, m], dim=1).flatten()
+    return torch.stack([v for t in ts for v in torch.aminmax(t)]).float()
 
 
-def _moments(ts: list[torch.Tensor], numel: torch.Tensor) -> torch.Tensor:
-    """[k, 4]: norm, mean, std, max|x| of each tensor (no host sync, nothing full-size)."""
-    norm = _norms(ts, 2)
-    # No signed foreach sum exists (powsum sums |x|): one small reduction per tensor, run only at
-    # the stats interval; each reads its tensor once and allocates a scalar.
-    mean = torch.stack([t.sum(dtype=torch.float32) for t in ts]).div_(numel)
-    var = (norm * norm / numel - mean * mean) * (numel / (numel - 1).clamp(min=1))
-    return torch.stack([norm, mean, var.clamp_(min=0).sqrt_(), _maxabs(ts)], dim=1)
+def _moments(norm: float, total: float, a: float, b: float, n: int) -> list[float]:
+    """norm, mean, std (unbiased), max |x| of a tensor of n elements from its raw numbers."""
+    if n == 0:
+        return [math.nan] * 4
+    mean = total / n
+    var = max(norm * norm / n - mean * mean, 0.0) * (n / max(n - 1, 1))
+    return [norm, mean, math.sqrt(var) if math.isfinite(var) else math.nan, max(-a, b)]
+
+
+def _binned(x: torch.Tensor, bins: int, lo: float, hi: float) -> torch.Tensor:
+    """histc(x, bins, lo, hi) for x within [lo, hi]. On the CPU by bincount, with one extra bin
+    (bins + 1 counts) for the values equal to hi, which the caller adds to the last: the CPU histc
+    is a slow generic path. On CUDA histc is one kernel (bincount reads the host to size its
+    output)."""
+    if x.device.type != "cpu":
+        return torch.histc(x, bins=bins, min=lo, max=hi)
+    # x >= lo exactly (lo is the sample's minimum), so no index is negative
+    return torch.bincount((x - lo).mul_(bins / (hi - lo)).long(), minlength=bins + 1)
 
 
 class LayerStats:
     """Computes the layer_stats rows for a model's trainable parameters.
 
-    Call `before_step()` once gradients exist and before optimizer.step(), then `after_step()`;
-    the result is a [k, 11] float tensor in wire.LAYER_STAT_COLUMNS order, on the first
-    parameter's device. Gradient columns of a parameter without a gradient are NaN.
+    Call `before_step()` once gradients exist and before optimizer.step(), then `after_step()`:
+    it returns the step's raw numbers, a 1-D float32 device tensor (read it back when it suits,
+    on CUDA a step or more later), and what rows() needs to turn its values into the rows, one
+    per parameter in wire.LAYER_STAT_COLUMNS order. Gradient columns of a parameter without a
+    gradient are NaN. `read(after_step())` does both at once.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -112,7 +118,7 @@ class LayerStats:
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self._groups: list[_Group] | None = None
-        self._pending: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+        self._pending: list[tuple] | None = None  # per group, what before_step() computed
 
     def __len__(self) -> int:
         return len(self.params)
@@ -125,12 +131,9 @@ class LayerStats:
             self._groups = []
             for dev in dict.fromkeys(devices):
                 idx = [i for i, d in enumerate(devices) if d == dev]
-                numel = _on([self.params[i].numel() for i in idx], dev, torch.float32)
                 per = max(1, min(SAMPLE, TOTAL_SAMPLE // len(idx)))
                 sizes = [strided_sample(self.params[i].detach(), per).numel() for i in idx]
-                sizes_t = _on(sizes, dev, torch.float32)
-                numel2 = torch.cat([numel, numel])
-                self._groups.append(_Group(dev, idx, numel, numel2, per, sizes, sizes_t))
+                self._groups.append(_Group(dev, idx, per, sizes))
         return self._groups
 
     def extra_bytes_bound(self) -> int:
@@ -143,68 +146,79 @@ class LayerStats:
         return torch.cat(views).float()  # one kernel; a copy the size of the sample only
 
     def before_step(self) -> None:
+        """The weights' and gradients' numbers, before the step writes the weights, and a sample
+        of each weight for the update ratio."""
         if not self.params:
             return
-        rows, kept = [], []
+        pending = []
         for g in self.groups():
-            k = len(g.idx)
             have = [j for j, i in enumerate(g.idx) if self.params[i].grad is not None]
             # a gradient that is None is skipped: no zeros_like of the parameter
             gs = [self.params[g.idx[j]].grad.detach() for j in have]
-            part = _on(have, g.device) if len(have) < k else None
-            numel, sizes = (
-                (g.numel2, g.sizes_t) if part is None else (g.numel[part], g.sizes_t[part])
-            )
-            # Weights and gradients in one batch: each op is launched once for both.
-            both = _moments(
-                [self.params[i].detach() for i in g.idx] + gs,
-                numel if part is None else torch.cat([g.numel, numel]),
-            )
-            # 0, 1 or 2: the weight's and the gradient's norms not finite (a missing one is not).
-            bad = (~torch.isfinite(both[:, 0])).float()
-            nonfinite = bad[:k].clone()
-            w, gm = both[:k], both[k:]
-            if have:
-                # ord 0 counts the non-zero elements, over a sample (exact for small tensors:
-                # counting is a slow pass, ~8x a norm, so a big tensor's fraction is estimated).
-                samples = [strided_sample(x, g.per_sample) for x in gs]
-                zero_frac = 1 - torch.stack(torch._foreach_norm(samples, 0)).float() / sizes
-                grad = torch.cat([gm, zero_frac[:, None]], dim=1)  # 4 moments and zero fraction
-            if part is None:
-                nonfinite += bad[k:]
-            else:
-                moments = grad if have else None
-                grad = torch.full((k, 5), math.nan, device=g.device)
-                if moments is not None:
-                    grad[part] = moments
-                    nonfinite[part] += bad[k:]
-            rows.append(torch.cat([w, grad, nonfinite[:, None]], dim=1))
-            kept.append(self._weight_sample(g))
-        self._pending = (self._assemble(rows), kept)
+            ts = [self.params[i].detach() for i in g.idx] + gs  # one batch: each op once for both
+            # No signed foreach sum exists (powsum sums |x|): one small reduction per tensor; each
+            # reads its tensor once and allocates a scalar.
+            sums = [t.sum(dtype=torch.float32) for t in ts]
+            # ord 0 counts the non-zero elements, over a sample (exact for small tensors:
+            # counting is a slow pass, ~8x a norm, so a big tensor's fraction is estimated).
+            nonzero = _norms([strided_sample(x, g.per_sample) for x in gs], 0) if gs else []
+            numbers = [*_norms(ts, 2), *sums, *nonzero]
+            pending.append((numbers, _extremes(ts), have, self._weight_sample(g)))
+        self._pending = pending
 
-    def _assemble(self, rows: list[torch.Tensor]) -> torch.Tensor:
-        """Per-group rows into one [k, n] tensor in parameter order, on the first device."""
-        groups = self.groups()
-        if len(groups) == 1:
-            return rows[0]
-        dev = groups[0].device
-        out = torch.empty((len(self.params), rows[0].shape[1]), device=dev)
-        for g, r in zip(groups, rows, strict=True):
-            out[_on(g.idx, dev)] = r.to(dev, non_blocking=True)
-        return out
-
-    def after_step(self) -> torch.Tensor | None:
+    def after_step(self) -> tuple[torch.Tensor, list[list[int]]] | None:
+        """(raw, have): the raw numbers of the step before_step() saw, on the first parameter's
+        device, and per device group the positions (in the group) of the parameters that had a
+        gradient. No host read. Per group: the norm of each weight, then of each gradient there
+        is; their sums; each gradient sample's non-zero count; each weight sample's update norm
+        and norm before the step; the max|x| pair of each weight and gradient."""
         pending, self._pending = self._pending, None
         if pending is None:
             return None
-        rows, kept = pending
-        ratios = []
-        for g, before in zip(self.groups(), kept, strict=True):
+        parts, have_all = [], []
+        first = self.groups()[0].device
+        for g, (numbers, ext, have, before) in zip(self.groups(), pending, strict=True):
             diff = self._weight_sample(g).sub_(before)  # -(the update), on the sample
-            du = torch._foreach_norm(diff.split(g.sizes))
-            wn = torch._foreach_norm(before.split(g.sizes))
-            ratios.append((torch.stack(du) / torch.stack(wn).clamp(min=1e-12))[:, None])
-        return torch.cat([rows, self._assemble(ratios)], dim=1)
+            update = torch._foreach_norm(diff.split(g.sizes))
+            weight = torch._foreach_norm(before.split(g.sizes))
+            part = torch.cat([torch.stack([*numbers, *update, *weight]), ext])
+            parts.append(part if g.device == first else part.to(first, non_blocking=True))
+            have_all.append(have)
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), have_all
+
+    def rows(self, values: list[float], have: list[list[int]]) -> list[list[float]]:
+        """The rows from after_step()'s raw numbers, read back (`values`), and its `have`."""
+        out: list[list[float]] = [[] for _ in self.params]
+        at = 0
+        for g, hv in zip(self.groups(), have, strict=True):
+            k, h = len(g.idx), len(hv)
+            n = k + h
+            norms, sums = values[at : at + n], values[at + n : at + 2 * n]
+            at += 2 * n
+            nonzero, update = values[at : at + h], values[at + h : at + h + k]
+            at += h + k
+            weight, ext = values[at : at + k], values[at + k : at + k + 2 * n]
+            at += k + 2 * n
+            numel = [self.params[i].numel() for i in g.idx]
+            grad_row = {j: r for r, j in enumerate(hv)}
+            for j, i in enumerate(g.idx):
+                w = _moments(norms[j], sums[j], ext[2 * j], ext[2 * j + 1], numel[j])
+                nonfinite = 0.0 if math.isfinite(norms[j]) else 1.0
+                r = grad_row.get(j)
+                if r is None:  # no gradient: its columns are NaN (and it is not non-finite)
+                    grad = [math.nan] * 5
+                else:
+                    e = k + r
+                    grad = _moments(norms[e], sums[e], ext[2 * e], ext[2 * e + 1], numel[j])
+                    grad.append(1 - nonzero[r] / g.sizes[j])  # the zero fraction
+                    nonfinite += 0.0 if math.isfinite(norms[e]) else 1.0
+                ratio = update[j] / max(weight[j], 1e-12)
+                out[i] = [*w, *grad, nonfinite, ratio]
+        return out
+
+    def read(self, raw: tuple[torch.Tensor, list[list[int]]] | None) -> list[list[float]] | None:
+        """rows() of after_step()'s result, read back now (on CUDA: a host sync)."""
+        return None if raw is None else self.rows(raw[0].tolist(), raw[1])
 
     def histograms(self, bins: int = HIST_BINS) -> list[tuple[str, str, float, float, list[int]]]:
         """(name, 'weight'|'grad', lo, hi, counts) per parameter, over a strided sample of at
@@ -227,9 +241,9 @@ class LayerStats:
             # samples are small; one copy, one more sync at this rare interval)
             sizes = [x.numel() for x in samples]
             samples = list(torch.cat(samples).cpu().split(sizes))
-        ranges = torch.stack([torch.stack(torch.aminmax(x)) for x in samples]).tolist()
+        ends = torch.stack([v for x in samples for v in torch.aminmax(x)]).tolist()
         out, counts = [], []
-        for (name, kind), x, (lo, hi) in zip(keys, samples, ranges, strict=True):
+        for (name, kind), x, lo, hi in zip(keys, samples, ends[::2], ends[1::2], strict=True):
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 x = x[torch.isfinite(x)]
                 if x.numel() == 0:
@@ -238,8 +252,10 @@ class LayerStats:
             if lo == hi:  # one value: a unit-wide range around it
                 lo, hi = lo - 0.5, hi + 0.5
             out.append((name, kind, lo, hi))
-            counts.append(torch.histc(x, bins=bins, min=lo, max=hi))
+            counts.append(_binned(x, bins, lo, hi))
         if not counts:
             return []
         table = torch.stack(counts).tolist()
+        if len(table[0]) > bins:  # _binned's extra bin: the values equal to hi, in the last one
+            table = [[*row[: bins - 1], row[bins - 1] + row[bins]] for row in table]
         return [(*o, [int(c) for c in row]) for o, row in zip(out, table, strict=True)]
