@@ -1,15 +1,19 @@
-"""Pick the task's torchmetrics metrics from the first batch, feed them the right shapes, and
-drop (with a warning) any metric that fails instead of failing the run."""
+"""Pick the task's default metrics from the first batch, feed them (or the recipe's own
+torchmetrics metrics) the right shapes, and drop (with a warning) any metric that fails instead of
+failing the run."""
 
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from .default_metrics import BinaryAccuracy, ClassAccuracy, MeanAbsoluteError, Perplexity
 
 Notify = Callable[..., None]  # notify(message, level="warning", data=None)
 
@@ -51,11 +55,8 @@ def _ignore_index(loss_fn: Any) -> int | None:
 
 def choose(output: Any, target: Any, loss_fn: Any) -> tuple[dict[str, Any], dict[str, Feed], str]:
     """The default metrics for this task from the shapes, how to feed them, and a sentence
-    saying why (recorded as an event)."""
-    from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
-    from torchmetrics.regression import MeanAbsoluteError
-    from torchmetrics.text import Perplexity
-
+    saying why (recorded as an event). dltui's own metrics (default_metrics), not torchmetrics':
+    importing torchmetrics costs ~2.6 s (it pulls in scipy), on the training thread."""
     if not isinstance(output, torch.Tensor) or not isinstance(target, torch.Tensor):
         return {}, {}, "no default metric: outputs or targets are not single tensors"
     shape = f"outputs {list(output.shape)}, targets {list(target.shape)} {str(target.dtype)[6:]}"
@@ -64,9 +65,7 @@ def choose(output: Any, target: Any, loss_fn: Any) -> tuple[dict[str, Any], dict
     if int_target and output.is_floating_point() and output.ndim == target.ndim + 1:
         n = output.shape[-1]
         if output.shape[:-1] == target.shape and n > 1:  # [B, V] / [B], [B, T, V] / [B, T]
-            acc = MulticlassAccuracy(
-                num_classes=n, average="micro", ignore_index=ignore, validate_args=False
-            )
+            acc = ClassAccuracy(num_classes=n, ignore_index=ignore)
             if output.ndim == 3:  # a language model: per-token accuracy and perplexity
                 return (
                     {"acc": acc, "ppl": Perplexity(ignore_index=ignore)},
@@ -80,9 +79,7 @@ def choose(output: Any, target: Any, loss_fn: Any) -> tuple[dict[str, Any], dict
             )
         c = output.shape[1]
         if output.shape[0] == target.shape[0] and output.shape[2:] == target.shape[1:] and c > 1:
-            acc = MulticlassAccuracy(
-                num_classes=c, average="micro", ignore_index=ignore, validate_args=False
-            )
+            acc = ClassAccuracy(num_classes=c, ignore_index=ignore)
             return (
                 {"acc": acc},
                 {"acc": Feed()},
@@ -93,7 +90,7 @@ def choose(output: Any, target: Any, loss_fn: Any) -> tuple[dict[str, Any], dict
     if same and (binary_loss or not target.is_floating_point()) and _binary_targets(target):
         feed = Feed(sigmoid=isinstance(loss_fn, nn.BCEWithLogitsLoss))
         return (
-            {"acc": BinaryAccuracy(validate_args=False)},
+            {"acc": BinaryAccuracy()},
             {"acc": feed},
             f"binary accuracy ({shape})",
         )
@@ -106,13 +103,19 @@ def choose(output: Any, target: Any, loss_fn: Any) -> tuple[dict[str, Any], dict
     return {}, {}, f"no default metric for {shape}: set `metrics` in the recipe"
 
 
+def _is_torchmetrics_binary_accuracy(metric: Any) -> bool:
+    # A recipe that made one has imported torchmetrics; one that did not must not pay for it here.
+    tm = sys.modules.get("torchmetrics.classification")
+    cls = getattr(tm, "BinaryAccuracy", None)
+    return cls is not None and isinstance(metric, cls)
+
+
 def user_feed(metric: Any, loss_fn: Any) -> Feed:
     """A recipe's own metric gets the output reshaped to the target's shape (and a probability
     for a binary accuracy over logits)."""
-    from torchmetrics.classification import BinaryAccuracy
-
     return Feed(
-        sigmoid=isinstance(metric, BinaryAccuracy) and isinstance(loss_fn, nn.BCEWithLogitsLoss)
+        sigmoid=isinstance(loss_fn, nn.BCEWithLogitsLoss)
+        and _is_torchmetrics_binary_accuracy(metric)
     )
 
 
