@@ -40,6 +40,8 @@ def targets() -> list[tuple[str, str, object, str]]:
         ("gate check", gate.Gate, "boundary"),
         ("gate check", script.ScriptRun, "_boundary"),
         ("loop bookkeeping", loop.Loop, "_window"),
+        ("loop bookkeeping", loop.Loop, "_plain_window"),
+        ("loop bookkeeping", loop.Loop, "_step_scalars"),
         ("loop bookkeeping", loop.Loop, "_train_epoch"),
         ("loop bookkeeping", loop.Loop, "_emit"),
         ("loop bookkeeping", step.Stepper, "finish_window"),
@@ -73,7 +75,9 @@ def targets() -> list[tuple[str, str, object, str]]:
     train = [
         ("data", dataloader._BaseDataLoaderIter, "__next__"),
         ("forward + loss", loop.Loop, "_forward"),
+        ("forward + loss", torch.nn.Module, "__call__"),  # the model and loss_fn modules
         ("backward", step.Stepper, "backward"),
+        ("backward", torch.Tensor, "backward"),
         ("optimizer step", step.Stepper, "step_all"),
         ("zero_grad", step.Stepper, "begin_window"),
     ]
