@@ -3,7 +3,7 @@ every step, on a model with >= 250 MB of parameters. Each configuration runs in 
 
 On the CPU the figure is peak RSS (ru_maxrss); on CUDA (--device cuda) it is
 torch.cuda.max_memory_allocated. The engine's fixed cost on the CPU (importing the engine,
-torchmetrics, SQLite, starting the store writer and the sampler: the same for a tiny model as for
+SQLite, starting the store writer and the sampler: the same for a tiny model as for
 a huge one) is measured separately, in two more processes that only import and start things, and
 printed. The verdict (design rule, issue 9):
 
@@ -110,7 +110,7 @@ def child_engine(a: argparse.Namespace) -> dict:
 
 def child_imports(a: argparse.Namespace, engine: bool) -> dict:
     """What a process costs before any model: torch alone, or torch and the engine started on
-    a one-parameter run (store writer, sampler, torchmetrics, probe)."""
+    a one-parameter run (store writer, sampler, probe, default metric)."""
     import torch
 
     if engine:
