@@ -5,11 +5,14 @@ the default-metric path leaves torchmetrics and scipy unimported; compute() sums
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,7 +24,7 @@ from dltui.engine.default_metrics import (
     MeanAbsoluteError,
     Perplexity,
 )
-from dltui.engine.metrics import Feed, user_feed
+from dltui.engine.metrics import Feed, MetricSet, user_feed
 
 DEVICES = [
     "cpu",
@@ -196,39 +199,66 @@ def test_recipe_binary_accuracy_still_gets_probabilities(tm) -> None:
     assert not user_feed(BinaryAccuracy(), logit).sigmoid  # never a recipe's own metric
 
 
-# Every default kind through MetricSet, as the engine runs it; prints the modules it imported.
-DEFAULT_PATH = """
-import json, sys, torch
-from torch import nn
-from dltui.engine.metrics import MetricSet, user_feed
-cpu = torch.device("cpu")
-cases = [
-    (nn.CrossEntropyLoss(), torch.randn(8, 5), torch.randint(0, 5, (8,))),
-    (nn.CrossEntropyLoss(), torch.randn(2, 6, 7), torch.randint(0, 7, (2, 6))),
-    (nn.CrossEntropyLoss(), torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))),
-    (nn.BCEWithLogitsLoss(), torch.randn(8, 1), torch.randint(0, 2, (8, 1)).float()),
-    (nn.MSELoss(), torch.randn(8, 2), torch.randn(8, 2)),
-]
-names = []
-for loss_fn, out, target in cases:
-    ms = MetricSet(None, loss_fn, cpu)
-    ms.ensure(out, target)
-    assert ms.batch_values(out, target), ms.reason
-    ms.update_val(out, target)
-    names += sorted(ms.compute_val())
-user_feed(object(), nn.BCEWithLogitsLoss())
-print(json.dumps([names, "torchmetrics" in sys.modules, "scipy" in sys.modules]))
-"""
+def run_defaults(device: str, no_sync: Callable[[], Any] = contextlib.nullcontext) -> list[str]:
+    """Every default kind through MetricSet as the engine runs it: chosen at the first batch
+    (one host read, for binary targets), then a batch value and a val batch under `no_sync`;
+    returns the val metrics' names."""
+    dev = torch.device(device)
+    cases = [
+        (nn.CrossEntropyLoss(), torch.randn(8, 5), torch.randint(0, 5, (8,))),
+        (nn.CrossEntropyLoss(), torch.randn(2, 6, 7), torch.randint(0, 7, (2, 6))),
+        (nn.CrossEntropyLoss(), torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))),
+        (nn.BCEWithLogitsLoss(), torch.randn(8, 1), torch.randint(0, 2, (8, 1)).float()),
+        (nn.MSELoss(), torch.randn(8, 2), torch.randn(8, 2)),
+    ]
+    names = []
+    for loss_fn, out, target in cases:
+        out, target = out.to(dev), target.to(dev)
+        ms = MetricSet(None, loss_fn, dev)
+        ms.ensure(out, target)
+        with no_sync():
+            values = ms.batch_values(out, target)
+            ms.update_val(out, target)
+        assert values, ms.reason
+        names += sorted(ms.compute_val())
+    return names
+
+
+DEFAULT_NAMES = ["acc", "acc", "ppl", "acc", "acc", "mae"]
 
 
 def test_default_metrics_import_neither_torchmetrics_nor_scipy() -> None:
+    """In a fresh process (this one may have imported them): the defaults, and user_feed."""
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); from torch import nn\n"
+        "from test_default_metrics import run_defaults, user_feed\n"
+        "names = run_defaults('cpu'); user_feed(object(), nn.BCEWithLogitsLoss())\n"
+        "print(json.dumps([names, 'torchmetrics' in sys.modules, 'scipy' in sys.modules]))"
+    )
     done = subprocess.run(
-        [sys.executable, "-c", DEFAULT_PATH], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     names, torchmetrics, scipy = json.loads(done.stdout)
-    assert names == ["acc", "acc", "ppl", "acc", "acc", "mae"]
+    assert names == DEFAULT_NAMES
     assert not torchmetrics and not scipy
+
+
+@contextlib.contextmanager
+def cuda_syncs_raise() -> Iterator[None]:
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_batch_values_never_sync_on_cuda() -> None:
+    assert run_defaults("cuda", cuda_syncs_raise) == DEFAULT_NAMES
 
 
 # One rank of a two-process gloo group: its own half of the batches, then compute().
