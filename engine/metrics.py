@@ -56,7 +56,7 @@ def _ignore_index(loss_fn: Any) -> int | None:
 def choose(output: Any, target: Any, loss_fn: Any) -> tuple[dict[str, Any], dict[str, Feed], str]:
     """The default metrics for this task from the shapes, how to feed them, and a sentence
     saying why (recorded as an event). dltui's own metrics (default_metrics), not torchmetrics':
-    importing torchmetrics costs ~2.6 s (it pulls in scipy), on the training thread."""
+    importing torchmetrics costs ~2 s (it pulls in scipy), on the training thread."""
     if not isinstance(output, torch.Tensor) or not isinstance(target, torch.Tensor):
         return {}, {}, "no default metric: outputs or targets are not single tensors"
     shape = f"outputs {list(output.shape)}, targets {list(target.shape)} {str(target.dtype)[6:]}"
