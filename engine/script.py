@@ -416,7 +416,7 @@ class ScriptRun:
             self._n_backward_at_step += n
         if n == 1:
             return _scalar32(ls[0][0])
-        undo = n > 1 and all(k == n for _, k in ls)
+        undo = all(k == n for _, k in ls)  # (n > 1 here)
         vals = [_scalar32(x) * n if undo else _scalar32(x) for x, _ in ls]
         return torch.stack(vals).mean()
 

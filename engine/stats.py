@@ -89,7 +89,7 @@ def _moments(norm: float, total: float, a: float, b: float, n: int) -> list[floa
         return [math.nan] * 4
     mean = total / n
     var = max(norm * norm / n - mean * mean, 0.0) * (n / max(n - 1, 1))
-    return [norm, mean, math.sqrt(var) if math.isfinite(var) else math.nan, max(-a, b)]
+    return [norm, mean, math.sqrt(var), max(-a, b)]  # (sqrt: inf and nan pass through)
 
 
 def _binned(x: torch.Tensor, bins: int, lo: float, hi: float) -> torch.Tensor:
