@@ -42,6 +42,9 @@ INPUT_WARMUP = 20
 INPUT_EVERY = 16
 
 
+UNSEEN = -1  # a backward call's loss whose divisor was not looked for (see _record_backward)
+
+
 class StopScript(BaseException):
     """Raised at a step boundary to end the script (`stop`, Ctrl-C, --max-steps).
 
@@ -140,6 +143,7 @@ class ScriptRun:
         self.store = store
         self.probe = probe
         self.max_steps = max_steps
+        self._stop_at = math.inf if max_steps is None else max_steps
         self.checkpoint_dir = checkpoint_dir
         self.r = SimpleNamespace(path=self.path, scheduler=None, val_loader=None)
         self.metrics = SimpleNamespace(train=None)
@@ -164,7 +168,7 @@ class ScriptRun:
         self._created: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> order
         self._n_created = 0
         self._saved_lrs: dict[int, list[Any]] = {}
-        self._losses: list[tuple[torch.Tensor, float | None]] = []
+        self._losses: list[tuple[torch.Tensor, int | None]] = []  # (loss, its divisor)
         self._scaled: tuple[Any, torch.Tensor] | None = None  # (scaler.scale(loss) result, loss)
         self._scalers: weakref.WeakSet = weakref.WeakSet()
         self._lrs_used: list[float] = []
@@ -175,7 +179,8 @@ class ScriptRun:
         self._fwd_batch = 0
         self._fwd_hook: Any = None  # the forward pre-hook's handle while it is on
         self._per_backward = False  # one forward per backward (accumulation): as last sampled
-        self._n_backward_at_step = 0
+        self._nan: torch.Tensor | None = None
+        self._accumulating = True  # the last step had several backward calls (first: unknown)
         self._t_last = time.perf_counter()
         self._started = False
         self._fwd_model: nn.Module | None = None
@@ -318,17 +323,35 @@ class ScriptRun:
     # -- hooks (the training thread, inside the script's optimizer.step()) -------------------
     def _record_backward(self, t: torch.Tensor) -> None:
         sc = self._scaled
-        if sc is not None and sc[0] is t:
-            t = sc[1]  # scaler.scale(loss).backward(): the loss, not loss x scale
-        self._scaled = None
-        self._losses.append((t.detach(), _divisor(t)))
+        if sc is not None:
+            self._scaled = None
+            if sc[0] is t:
+                t = sc[1]  # scaler.scale(loss).backward(): the loss, not loss x scale
+        losses = self._losses
+        # The divisor is looked for only where accumulation is possible: a step's later backward
+        # calls, and its first while the last steps had several (reading grad_fn is not free).
+        losses.append((t.detach(), _divisor(t) if losses or self._accumulating else UNSEEN))
 
     def _pre_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._stepped += 1
+        if opt is not self.optimizer or not self._started:
+            self._pre_hook_first_or_other(opt)
+            return
+        # The run's optimizer, every step: the hot path (issue 14), one comparison for the gate.
+        if self.step >= self._stop_at or self.gate.busy:
+            self._boundary()
+        if self.factors:
+            self._apply_factors(opt)
+        self._lrs_used = [float(g["lr"]) for g in opt.param_groups]
+        for _, fn in hooks_of(self.callbacks, "on_before_optimizer_step", self._hooks):
+            fn(self)
+
+    def _pre_hook_first_or_other(self, opt: torch.optim.Optimizer) -> None:
+        """The first step of the run, or a step of an optimizer that is not the run's."""
         if not self._started:
-            self._start(sys._getframe(1), opt)
+            self._start(sys._getframe(2), opt)
         elif id(opt) not in self._names:  # created after the run's first step
-            self._add_optimizer(opt, sys._getframe(1))
+            self._add_optimizer(opt, sys._getframe(2))
             self._publish_models()
         if opt is self.optimizer:
             self._boundary()
@@ -341,22 +364,27 @@ class ScriptRun:
                 wire.lr_name(i, name): lr for i, lr in enumerate(self._lrs_of(opt))
             }
             if self._losses:
-                extra[f"loss/{name}"] = self._mean_loss(main=False)
+                extra[f"loss/{name}"] = self._mean_loss()
             self.probe.log(
                 self, wire.TRAIN, extra
             )  # at this iteration's step: the run's stepped first
-        f = self.factors.get(id(opt))
-        if f is not None:
-            groups = opt.param_groups
-            self._saved_lrs[id(opt)] = [g["lr"] for g in groups]
-            for g, x in zip(groups, f, strict=False):
-                if x != 1.0:
-                    g["lr"] = (
-                        g["lr"] * x if not isinstance(g["lr"], torch.Tensor) else g["lr"].mul_(x)
-                    )
+        if self.factors:
+            self._apply_factors(opt)
         if opt is self.optimizer:
             self._lrs_used = [float(g["lr"]) for g in opt.param_groups]
             self._emit("on_before_optimizer_step")
+
+    def _apply_factors(self, opt: torch.optim.Optimizer) -> None:
+        """The user's LR factors on this step only: the script's own values are saved and put
+        back by _post_hook."""
+        f = self.factors.get(id(opt))
+        if f is None:
+            return
+        groups = opt.param_groups
+        self._saved_lrs[id(opt)] = [g["lr"] for g in groups]
+        for g, x in zip(groups, f, strict=False):
+            if x != 1.0:
+                g["lr"] = g["lr"] * x if not isinstance(g["lr"], torch.Tensor) else g["lr"].mul_(x)
 
     def _skipped(self, opt: torch.optim.Optimizer) -> None:
         """GradScaler skipped this optimizer's step (inf/NaN gradients): not a step; its losses
@@ -376,35 +404,50 @@ class ScriptRun:
             )
 
     def _post_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        saved = self._saved_lrs.pop(id(opt), None)
-        if saved is not None:  # the script sees its own LRs again
-            for g, lr, x in zip(
-                opt.param_groups, saved, self.factors.get(id(opt), ()), strict=False
-            ):
-                if isinstance(lr, torch.Tensor):
-                    lr.div_(x)
-                else:
-                    g["lr"] = lr
+        if self._saved_lrs:
+            self._restore_lrs(opt)
         if opt is not self.optimizer:
             return
-        step_time = time.perf_counter() - self._t_last if self.step else None  # the first: unknown
-        self.step += 1
+        now = time.perf_counter()
+        step_time = now - self._t_last if self.step else None  # the first: unknown
+        self.step = step = self.step + 1
         self.batch += 1
-        loss = self._mean_loss() if self._losses else torch.full((), math.nan, device=self.device)
-        n_back, self._n_backward_at_step = self._n_backward_at_step, 0
+        n = len(self._losses)
+        loss = self._mean_loss() if n else self._nan_loss()
         if self._fwd_hook is not None:  # this step's forwards were counted
-            self._per_backward = n_back == self._fwd_n and n_back > 0
-        micro = n_back if self._per_backward and n_back > 0 else 1
-        batch_size = max(self._fwd_batch * micro, 1)
-        self._fwd_n = 0
-        sample = self.step < INPUT_WARMUP or self.step % INPUT_EVERY == 0 or self.gate.busy
-        if sample != (self._fwd_hook is not None):
+            self._per_backward = n == self._fwd_n and n > 0
+            self._fwd_n = 0
+        batch_size = self._fwd_batch * n if self._per_backward and n > 1 else self._fwd_batch
+        sample = step < INPUT_WARMUP or step % INPUT_EVERY == 0 or self.gate.busy
+        if sample is (self._fwd_hook is None):
             self._input_hook(sample)
-        out = StepOutput(loss, None, None, batch_size, step_time, None, time.time(), self._lrs_used)
-        self._emit("on_step_end", out)
+        out = StepOutput(
+            loss, None, None, max(batch_size, 1), step_time, None, time.time(), self._lrs_used
+        )
+        for _, fn in hooks_of(self.callbacks, "on_step_end", self._hooks):
+            fn(self, out)
         self._t_last = time.perf_counter()  # the script's own time from here to its next step
 
-    def _mean_loss(self, main: bool = True) -> torch.Tensor:
+    def _restore_lrs(self, opt: torch.optim.Optimizer) -> None:
+        """After a step with the user's LR factors applied: the script sees its own LRs again."""
+        saved = self._saved_lrs.pop(id(opt), None)
+        if saved is None:
+            return
+        for g, lr, x in zip(opt.param_groups, saved, self.factors.get(id(opt), ()), strict=False):
+            if isinstance(lr, torch.Tensor):
+                lr.div_(x)
+            else:
+                g["lr"] = lr
+
+    def _nan_loss(self) -> torch.Tensor:
+        """The loss of a step with no scalar backward() seen (torch.autograd.grad, a non-scalar
+        backward): NaN, one shared tensor on the device (readers never write it)."""
+        nan = self._nan
+        if nan is None or nan.device != self.device:
+            nan = self._nan = torch.full((), math.nan, device=self.device)
+        return nan
+
+    def _mean_loss(self) -> torch.Tensor:
         """The mean loss of the backward calls since the last step, on the device (no sync).
 
         Gradient accumulation written as `loss = loss / accum_steps` (nanoGPT) divides each
@@ -412,11 +455,12 @@ class ScriptRun:
         so the number is the one the script prints, not 1/accum_steps of it."""
         ls, self._losses = self._losses, []
         n = len(ls)
-        if main:
-            self._n_backward_at_step += n
+        self._accumulating = n > 1
         if n == 1:
             return _scalar32(ls[0][0])
-        undo = all(k == n for _, k in ls)  # (n > 1 here)
+        # (n > 1 here.) A first micro-batch not looked at (the steps before had one backward
+        # each) is taken to be divided like the others.
+        undo = all(k == n or (k is UNSEEN and i == 0) for i, (_, k) in enumerate(ls))
         vals = [_scalar32(x) * n if undo else _scalar32(x) for x, _ in ls]
         return torch.stack(vals).mean()
 

@@ -8,6 +8,7 @@ from another thread, an observer that does implement a hook.
 
 from __future__ import annotations
 
+import json
 import threading
 
 import torch
@@ -312,3 +313,76 @@ def test_script_mode_samples_its_input_hook_and_keeps_the_batch_size(tmp_path):
     assert {s + 1 for s in calls} == sampled | {42, 43}  # (calls: the step done so far)
     assert len(calls) == 3 * len(sampled | {42, 43})
     assert run._fwd_hook is None and not run._fwd_model._forward_pre_hooks  # removed at the end
+
+
+CHANGING_ACCUMULATION_SCRIPT = """
+import json, sys
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+model = nn.Linear(4, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+printed = []
+for step in range(12):
+    k = 1 if step < 4 or step >= 8 else 4  # one batch a step, then 4 micro-batches, then one
+    losses = []
+    for micro in range(k):
+        x, y = torch.randn(5, 4), torch.randint(0, 2, (5,))
+        loss = nn.functional.cross_entropy(model(x), y)
+        losses.append(loss.item())
+        (loss / k if k > 1 else loss).backward()
+    printed.append(sum(losses) / k)
+    opt.step()
+    opt.zero_grad()
+json.dump(printed, open(sys.argv[1], "w"))
+"""
+
+
+def test_script_mode_looks_for_the_accumulation_divisor_only_where_it_can_be(tmp_path, monkeypatch):
+    """Reading a loss's grad_fn is not free, so a step's first backward is looked at only while
+    the steps before accumulated; a step that starts accumulating takes its first micro-batch
+    to be divided like the rest. Either way the recorded loss is the undivided mean, as printed."""
+    import dltui
+    from dltui.engine import script as script_mod
+    from dltui.engine.probe import Probe
+    from dltui.engine.store import RunStore
+
+    path = tmp_path / "changing.py"
+    path.write_text(CHANGING_ACCUMULATION_SCRIPT)
+    store = RunStore(tmp_path / "run.sqlite")
+    store.start()
+    probe = Probe(store)
+    looked: list[int] = []
+    real_divisor = script_mod._divisor
+    monkeypatch.setattr(
+        script_mod, "_divisor", lambda t: looked.append(run.step) or real_divisor(t)
+    )
+    recorded: dict[int, float] = {}
+
+    class Watch(Callback):
+        def on_step_end(self, loop, out):
+            recorded[loop.step] = out.loss.item()
+
+    session = script_mod.Session(dltui.Context(mode="script"))
+    out = tmp_path / "printed.json"
+    run = script_mod.ScriptRun(
+        path,
+        [str(path), str(out)],
+        callbacks=[probe, Watch()],
+        gate=Gate(),
+        session=session,
+        store=store,
+        probe=probe,
+    )
+    session.attach(run, probe)
+    assert run.run()[0] == "finished"
+    store.close("finished")
+    printed = json.loads(out.read_text())
+    assert len(printed) == 12 and len(recorded) == 12
+    for step in range(1, 13):
+        assert abs(recorded[step] - printed[step - 1]) < 1e-5, (step, recorded, printed)
+    # looked at: the first step's backward (nothing known yet), the later micro-batches of
+    # step 5 (steps 6-8 in full), and the first backward of step 9 (the steps before accumulated)
+    per_step = {s + 1: looked.count(s) for s in set(looked)}
+    assert per_step == {1: 1, 5: 3, 6: 4, 7: 4, 8: 4, 9: 1}, per_step
