@@ -341,14 +341,20 @@ class Probe(Callback):
             self.publish(loop)
 
     def _steps_read(self, loop: Loop, ring: list[tuple], values: list[float]) -> None:
-        """Store rows of the steps in `ring`, their device values read back (in _flush's order)."""
+        """Store rows of the steps in `ring`, their device values read back (in _flush's order):
+        the epoch's mean loss, the alert for a loss that is not finite, the printers' latest
+        values. Per step on the training thread, in batches: locals, no calls it can spare."""
         i = 0
         names = self._lr_names
+        append_time, put, latest = self.step_times.append, self.store.scalars, self.latest
+        acc_epoch, acc = None, None
+        scal: dict[str, Any] = {}
         for step, epoch, wall, _, st, bs, dt, lrs, extras in ring:
-            scal = {"loss": values[i]}
+            loss = values[i]
             i += 1
+            scal = {"loss": loss}
             if st is not None:  # None: not known (a script's first step)
-                self.step_times.append(st)
+                append_time(st)
                 scal["step_time"] = st
                 scal["samples_per_s"] = bs / st if st > 0 else 0.0
             if dt is not None:  # None: a script loads its own data, unseen
@@ -363,7 +369,27 @@ class Probe(Callback):
                         i += 1
                     else:
                         scal[k] = float(v)  # a CPU tensor is a plain memory read
-            self._train_scalars(loop, step, epoch, wall, scal)
+                latest.update(scal)  # (steps without extras: the last one's, below, is newest)
+            if math.isfinite(loss):
+                if epoch != acc_epoch:
+                    acc, acc_epoch = self._epoch_acc(epoch), epoch
+                acc[0] += loss
+                acc[1] += 1
+                self._loss_bad = False
+            elif not self._loss_bad:
+                self._loss_bad = True
+                self._alert(loop, step, f"loss is {loss} at step {step}", {"loss": str(loss)})
+            put(step, epoch, wire.TRAIN, wall, scal)
+        latest.update(scal)
+
+    def _epoch_acc(self, epoch: int) -> list:
+        """[sum, count] of `epoch`'s finite train losses; a new epoch forgets the one before the
+        last (no longer asked for)."""
+        acc = self._epoch_loss.get(epoch)
+        if acc is None:
+            self._epoch_loss = {e: v for e, v in self._epoch_loss.items() if e >= epoch - 1}
+            acc = self._epoch_loss[epoch] = [0.0, 0]
+        return acc
 
     def _stats_after(self, loop: Loop, step: int) -> None:
         self._after_pending = None
@@ -446,24 +472,6 @@ class Probe(Callback):
             scal = {**host, **dict(zip(names, values, strict=True))}
             self.latest.update(scal)
             self.store.scalars(step, epoch, wire.TRAIN, wall, scal)
-
-    def _train_scalars(self, loop: Loop, step: int, epoch: int, wall: float, scal: dict) -> None:
-        """One training step's scalars, read back: the epoch's mean loss, the alert for a loss
-        that is not finite, the printers' latest values, the store."""
-        loss = scal["loss"]
-        if math.isfinite(loss):
-            acc = self._epoch_loss.get(epoch)
-            if acc is None:  # a new epoch: the one before the last is no longer asked for
-                self._epoch_loss = {e: v for e, v in self._epoch_loss.items() if e >= epoch - 1}
-                acc = self._epoch_loss[epoch] = [0.0, 0]
-            acc[0] += loss
-            acc[1] += 1
-            self._loss_bad = False
-        elif not self._loss_bad:
-            self._loss_bad = True
-            self._alert(loop, step, f"loss is {loss} at step {step}", {"loss": str(loss)})
-        self.latest.update(scal)
-        self.store.scalars(step, epoch, wire.TRAIN, wall, scal)
 
     def _record_stats(self, loop: Loop, step: int, have: list, values: list[float]) -> None:
         rows = []

@@ -37,9 +37,11 @@ PROMOTE_AFTER = 50  # another optimizer's steps before it replaces a run optimiz
 # The model's forward pre-hook (the batch size, the input the Tensors tab shows) is on for the first
 # INPUT_WARMUP steps, then for one step in INPUT_EVERY and whenever the gate has work (a paused or
 # stepped run sees its current input): any hook sends every forward of the module through torch's
-# slow call path, ~12 µs a step here. Between sampled steps the batch size is the last one seen.
+# slow call path, ~12 µs a step here, and turning it on and off costs a few µs more. Between
+# sampled steps the batch size is the last one seen (a running run's Tensors tab input: at most
+# INPUT_EVERY steps old, a few a second).
 INPUT_WARMUP = 20
-INPUT_EVERY = 16
+INPUT_EVERY = 64
 
 
 UNSEEN = -1  # a backward call's loss whose divisor was not looked for (see _record_backward)

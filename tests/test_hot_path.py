@@ -255,7 +255,7 @@ from torch import nn
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
-for step in range(60):
+for step in range(140):
     for micro in range(3):  # 3 micro-batches of 5 samples, one backward each
         x, y = torch.randn(5, 4), torch.randint(0, 2, (5,))
         loss = nn.functional.cross_entropy(model(x), y) / 3
@@ -274,6 +274,7 @@ def test_script_mode_samples_its_input_hook_and_keeps_the_batch_size(tmp_path):
     from dltui.engine.probe import Probe
     from dltui.engine.store import RunStore
 
+    assert script_mod.INPUT_EVERY < 140  # the script's 140 steps cross a sampled one
     path = tmp_path / "acc.py"
     path.write_text(ACCUMULATING_SCRIPT)
     store = RunStore(tmp_path / "run.sqlite")
@@ -307,9 +308,9 @@ def test_script_mode_samples_its_input_hook_and_keeps_the_batch_size(tmp_path):
     assert run.run()[0] == "finished"
     store.close("finished")
     # (the first step's batch is not seen: the model is found at its optimizer step)
-    assert [b for _, b, _ in seen] == [1] + [15] * 59
+    assert [b for _, b, _ in seen] == [1] + [15] * 139
     every = script_mod.INPUT_EVERY
-    sampled = {s for s in range(2, 61) if s <= script_mod.INPUT_WARMUP or (s - 1) % every == 0}
+    sampled = {s for s in range(2, 141) if s <= script_mod.INPUT_WARMUP or (s - 1) % every == 0}
     assert {s + 1 for s in calls} == sampled | {42, 43}  # (calls: the step done so far)
     assert len(calls) == 3 * len(sampled | {42, 43})
     assert run._fwd_hook is None and not run._fwd_model._forward_pre_hooks  # removed at the end
