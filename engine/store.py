@@ -210,6 +210,7 @@ class RunStore:
         self._ready = threading.Event()
         self._flushed = threading.Condition()
         self._flush_gen = 0  # number of drains completed
+        self._draining = False  # the writer has begun a drain (it may have taken its items)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._series: dict[tuple[str, str], int] = {}
@@ -240,7 +241,9 @@ class RunStore:
         if self._thread is None or not self._thread.is_alive() or self.trouble is not None:
             return
         with self._flushed:
-            target = self._flush_gen + 2  # the drain in progress may have missed recent items
+            # The next drain takes everything queued so far; one already under way may have
+            # taken its items before ours, so then the one after it.
+            target = self._flush_gen + (2 if self._draining else 1)
             self._wake.set()
             self._flushed.wait_for(
                 lambda: self._flush_gen >= target or self.trouble is not None, timeout
@@ -351,7 +354,13 @@ class RunStore:
                 stopping = self._stop.is_set()
                 if stopping and stop_at is None:
                     stop_at = time.monotonic() + CLOSE_RETRY_S
-                written = self._drain_or_hold(db)
+                with self._flushed:
+                    self._draining = True
+                try:
+                    written = self._drain_or_hold(db)
+                finally:
+                    with self._flushed:
+                        self._draining = False
                 if stopping and (written or time.monotonic() >= stop_at):
                     if not written:
                         print(

@@ -516,3 +516,42 @@ def test_local_filesystem_uses_wal(tmp_path):
     store.close("finished")
     with RunReader(path) as r:
         assert r.events() == []
+
+
+def test_flush_returns_with_everything_recorded_so_far_on_disk(tmp_path):
+    """flush() waits for the drain that takes what was queued before it: the next one when the
+    writer is idle, the one after when a drain is under way (it may have taken its items
+    before the last ones came). Another thread records all along; each flush's last step is
+    readable when it returns, and a flush does not sit out the writer's idle interval."""
+    path = tmp_path / "run.sqlite"
+    store = open_store(path)
+    stop = threading.Event()
+
+    def other() -> None:  # e.g. the system sampler, recording on its own thread
+        i = 0
+        while not stop.is_set():
+            i += 1
+            store.system(float(i), {"cpu": 1.0})
+            time.sleep(0.0005)
+
+    t = threading.Thread(target=other)
+    t.start()
+    waits = []
+    try:
+        for step in range(1, 41):
+            store.scalars(step, 0, "train", float(step), {"m": float(step)})
+            t0 = time.monotonic()
+            store.flush()
+            waits.append(time.monotonic() - t0)
+            db = sqlite3.connect(path)
+            got = db.execute("SELECT max(step) FROM scalars").fetchone()[0]
+            db.close()
+            assert got == step, f"flush returned before step {step} was written ({got})"
+    finally:
+        stop.set()
+        t.join()
+        store.close("finished")
+    # 40 flushes that each sat out the idle wait would take 40 x FLUSH_EVERY_S = 10 s
+    from dltui.engine import store as store_mod
+
+    assert sorted(waits)[len(waits) // 2] < store_mod.FLUSH_EVERY_S, waits
