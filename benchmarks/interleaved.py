@@ -8,8 +8,10 @@ them. Every `--block` steps an observer pauses it and trains `--block` steps of 
 by hand (a separate model copy, the same loader): the bare block. Each pair (engine block, bare
 block) shares the machine's state of that moment; the verdict is the median of the pairs' ratios.
 
-Caveats, both in the engine's favour by a little: the observer adds one cheap callback per step,
-and the engine's threads (store writer, sampler) keep running during the bare blocks.
+Caveats, small: the observer adds one cheap callback per step to the engine's blocks, and the
+engine's threads (store writer, sampler) keep running during the bare blocks. In script mode the
+bare block runs the script's own loop body (overhead.run_bare's, with its `.to(device)` per
+batch: a no-op on the CPU that still costs a call), so the difference is the engine's alone.
 
     python benchmarks/interleaved.py                      # default settings, 6000 steps
     python benchmarks/interleaved.py --stats-every 10     # layer stats and histograms every 10
@@ -109,6 +111,8 @@ def pairs(
             with unobserved(loop if script else None):
                 for _ in range(block):
                     x, y = next(source)
+                    if script:  # the script's loop (overhead.run_bare) moves each batch
+                        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     loss = loss_fn(bare_model(x), y)
                     bare_opt.zero_grad()
                     loss.backward()
