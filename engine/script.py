@@ -462,7 +462,7 @@ class ScriptRun:
             return _scalar32(ls[0][0])
         # (n > 1 here.) A first micro-batch not looked at (the steps before had one backward
         # each) is taken to be divided like the others.
-        undo = all(k == n or (k is UNSEEN and i == 0) for i, (_, k) in enumerate(ls))
+        undo = all(k == n or (i == 0 and k == UNSEEN) for i, (_, k) in enumerate(ls))
         vals = [_scalar32(x) * n if undo else _scalar32(x) for x, _ in ls]
         return torch.stack(vals).mean()
 
