@@ -336,20 +336,22 @@ class ScriptRun:
 
     def _pre_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._stepped += 1
-        if opt is not self.optimizer or not self._started:
-            self._pre_hook_first_or_other(opt)
-            return
-        # The run's optimizer, every step: the hot path (issue 14), one comparison for the gate.
-        if self.step >= self._stop_at or self.gate.busy:
-            self._boundary()
+        if opt is self.optimizer and self._started:
+            # The run's optimizer, every step: the hot path (issue 14), one comparison for the gate.
+            if self.step >= self._stop_at or self.gate.busy:
+                self._boundary()
+        else:
+            self._first_or_other(opt)
         if self.factors:
             self._apply_factors(opt)
-        self._lrs_used = [float(g["lr"]) for g in opt.param_groups]
-        for _, fn in hooks_of(self.callbacks, "on_before_optimizer_step", self._hooks):
-            fn(self)
+        if opt is self.optimizer:
+            self._lrs_used = [float(g["lr"]) for g in opt.param_groups]
+            for _, fn in hooks_of(self.callbacks, "on_before_optimizer_step", self._hooks):
+                fn(self)
 
-    def _pre_hook_first_or_other(self, opt: torch.optim.Optimizer) -> None:
-        """The first step of the run, or a step of an optimizer that is not the run's."""
+    def _first_or_other(self, opt: torch.optim.Optimizer) -> None:
+        """The first step of the run (discovery, then the boundary), or a step of an optimizer
+        that is not the run's (its LRs and loss, recorded at the run's current step)."""
         if not self._started:
             self._start(sys._getframe(2), opt)
         elif id(opt) not in self._names:  # created after the run's first step
@@ -357,24 +359,17 @@ class ScriptRun:
             self._publish_models()
         if opt is self.optimizer:
             self._boundary()
-        else:
-            self._other_steps += 1
-            if self.step == 0 and self._other_steps > PROMOTE_AFTER:
-                self._promote(opt)
-            name = self._names[id(opt)]
-            extra: dict[str, Any] = {
-                wire.lr_name(i, name): lr for i, lr in enumerate(self._lrs_of(opt))
-            }
-            if self._losses:
-                extra[f"loss/{name}"] = self._mean_loss()
-            self.probe.log(
-                self, wire.TRAIN, extra
-            )  # at this iteration's step: the run's stepped first
-        if self.factors:
-            self._apply_factors(opt)
-        if opt is self.optimizer:
-            self._lrs_used = [float(g["lr"]) for g in opt.param_groups]
-            self._emit("on_before_optimizer_step")
+            return
+        self._other_steps += 1
+        if self.step == 0 and self._other_steps > PROMOTE_AFTER:
+            self._promote(opt)
+        name = self._names[id(opt)]
+        extra: dict[str, Any] = {
+            wire.lr_name(i, name): lr for i, lr in enumerate(self._lrs_of(opt))
+        }
+        if self._losses:
+            extra[f"loss/{name}"] = self._mean_loss()
+        self.probe.log(self, wire.TRAIN, extra)  # at this iteration's step: the run's stepped first
 
     def _apply_factors(self, opt: torch.optim.Optimizer) -> None:
         """The user's LR factors on this step only: the script's own values are saved and put

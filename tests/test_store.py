@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import linear_recipe, run_cli, scalar_table, start_cli, steps_of
 
-from dltui.engine.store import RunStore, filesystem_type, levels_for
+from dltui.engine.store import FLUSH_EVERY_S, RunStore, filesystem_type, levels_for
 from dltui.run import wire
 from dltui.run.reader import RunReader, engine_gone
 
@@ -552,6 +552,4 @@ def test_flush_returns_with_everything_recorded_so_far_on_disk(tmp_path):
         t.join()
         store.close("finished")
     # 40 flushes that each sat out the idle wait would take 40 x FLUSH_EVERY_S = 10 s
-    from dltui.engine import store as store_mod
-
-    assert sorted(waits)[len(waits) // 2] < store_mod.FLUSH_EVERY_S, waits
+    assert sorted(waits)[len(waits) // 2] < FLUSH_EVERY_S, waits
