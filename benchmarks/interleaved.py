@@ -8,8 +8,10 @@ them. Every `--block` steps an observer pauses it and trains `--block` steps of 
 by hand (a separate model copy, the same loader): the bare block. Each pair (engine block, bare
 block) shares the machine's state of that moment; the verdict is the median of the pairs' ratios.
 
-Caveats, small: the observer adds one cheap callback per step to the engine's blocks, and the
-engine's threads (store writer, sampler) keep running during the bare blocks. In script mode the
+The observer watches `on_before_optimizer_step` (a hook the probe makes the engine call anyway),
+not `on_step_end`: in script mode any on_step_end observer but the probe makes each step build a
+StepOutput, which `dltui train` does not. Caveats, small: the observer adds one cheap callback per
+step to the engine's blocks, and the engine's threads (store writer, sampler) keep running during the bare blocks. In script mode the
 bare block runs the script's own loop body (overhead.run_bare's, with its `.to(device)` per
 batch: a no-op on the CPU that still costs a call), so the difference is the engine's alone.
 
@@ -101,7 +103,7 @@ def pairs(
             self.engine: list[float] = []
             self.bare: list[float] = []
 
-        def on_step_end(self, loop, out) -> None:
+        def on_before_optimizer_step(self, loop) -> None:
             self.n += 1
             if self.n % block:
                 return

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from .loop import Callback, Loop, StepOutput
+from .loop import Callback, Loop
 from .probe import Probe
 
 
@@ -43,6 +43,9 @@ class HeadlessPrinter(Callback):
         self._t0 = time.monotonic()
         self._mark = (0.0, 0)  # (time, step) at the last status line
         self._rate: float | None = None
+        # The status line is looked at after each of the probe's flushes (the newest values are
+        # the flushed ones), not at every step: a step pays nothing for it.
+        probe.after_flush.append(self._tick)
 
     def _print(self, line: str) -> None:
         try:
@@ -90,9 +93,9 @@ class HeadlessPrinter(Callback):
         parts.append(f"ETA {fmt_duration(eta)}")
         return "[dltui] " + "  ".join(parts)
 
-    def on_step_end(self, loop: Loop, out: StepOutput) -> None:
-        if out.wall >= self._next_wall:  # the step's own clock reading: no second one
-            self._next_wall = out.wall + self.every
+    def _tick(self, loop: Loop, wall: float) -> None:
+        if wall >= self._next_wall:
+            self._next_wall = wall + self.every
             self._print(self._line(loop))
 
     def on_validation_end(self, loop: Loop, values: dict[str, float]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -154,6 +155,9 @@ class Probe(Callback):
         # optimizer stepped), so after_step() waits for the next step of the run's optimizer.
         self.late_update = False
         self._after_pending: int | None = None
+        # Called with (loop, wall) after each flush (every FLUSH_S while steps come): observers
+        # that act on the newest values at intervals (the headless printer), not every step.
+        self.after_flush: list[Callable[[Any, float], None]] = []
 
     # -- set-up ----------------------------------------------------------------------------
     def on_run_start(self, loop: Loop) -> None:
@@ -282,6 +286,26 @@ class Probe(Callback):
         if out.wall >= self._flush_at:
             self._flush(loop)
 
+    def step_done(
+        self,
+        loop: Any,
+        step: int,
+        wall: float,
+        loss: Any,
+        step_time: float | None,
+        batch_size: int,
+        lrs: list[float],
+    ) -> bool:
+        """Script mode's hot path: a plain step (no extras, no output to measure) recorded
+        without a StepOutput. False when an interval part may be due at this step: then the
+        driver hands on_step_end the whole StepOutput instead."""
+        if step >= self._next_due:
+            return False
+        self._ring.append((step, loop.epoch, wall, loss, step_time, batch_size, None, lrs, None))
+        if wall >= self._flush_at:
+            self._flush(loop)
+        return True
+
     def _at_interval(self, loop: Loop, out: StepOutput, step: int, extras: dict | None):
         """The parts of a step that run at intervals: the train metric (its values join the
         step's extras, returned), layer stats, histograms, and the warm-up's measurements."""
@@ -311,7 +335,8 @@ class Probe(Callback):
     def _flush(self, loop: Loop, wait: bool = False) -> None:
         """Read the steps recorded since the last flush and hand them to the store: on the CPU
         at once (a plain memory read each), on CUDA as one copy of every value, read back when
-        it has landed (`wait`: now). Also the progress meta, every META_EVERY_S."""
+        it has landed (`wait`: now). Also the progress meta, every META_EVERY_S, and then the
+        after_flush observers."""
         ring = self._ring
         if ring:
             self._ring = []
@@ -339,6 +364,8 @@ class Probe(Callback):
         if now >= self._next_meta:
             self._next_meta = now + META_EVERY_S
             self.publish(loop)
+        for fn in self.after_flush:
+            fn(loop, wall)
 
     def _steps_read(self, loop: Loop, ring: list[tuple], values: list[float]) -> None:
         """Store rows of the steps in `ring`, their device values read back (in _flush's order):

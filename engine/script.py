@@ -140,6 +140,7 @@ class ScriptRun:
         self.argv = argv  # the script's sys.argv
         self.callbacks = callbacks
         self._hooks: dict[str, tuple[int, list]] = {}  # hook -> the callbacks that implement it
+        self._others: tuple[int, list] = (-1, [])  # see _step_observers
         self.gate = gate
         self.session = session
         self.store = store
@@ -418,12 +419,27 @@ class ScriptRun:
         sample = step < INPUT_WARMUP or step % INPUT_EVERY == 0 or self.gate.busy
         if sample is (self._fwd_hook is None):
             self._input_hook(sample)
-        out = StepOutput(
-            loss, None, None, max(batch_size, 1), step_time, None, time.time(), self._lrs_used
-        )
-        for _, fn in hooks_of(self.callbacks, "on_step_end", self._hooks):
-            fn(self, out)
+        wall, lrs, batch_size = time.time(), self._lrs_used, max(batch_size, 1)
+        # The probe is fed directly (no StepOutput) unless an interval part may be due; other
+        # observers of on_step_end (a benchmark's, a test's) get the StepOutput.
+        fed = self.probe.step_done(self, step, wall, loss, step_time, batch_size, lrs)
+        others = self._step_observers()
+        if others or not fed:
+            out = StepOutput(loss, None, None, batch_size, step_time, None, wall, lrs)
+            if not fed:
+                self.probe.on_step_end(self, out)
+            for fn in others:
+                fn(self, out)
         self._t_last = time.perf_counter()  # the script's own time from here to its next step
+
+    def _step_observers(self) -> list:
+        """on_step_end of the observers other than the probe (kept until the callbacks change)."""
+        n, got = self._others
+        if n != len(self.callbacks):
+            found = hooks_of(self.callbacks, "on_step_end", self._hooks)
+            got = [fn for cb, fn in found if cb is not self.probe]
+            self._others = (len(self.callbacks), got)
+        return got
 
     def _restore_lrs(self, opt: torch.optim.Optimizer) -> None:
         """After a step with the user's LR factors applied: the script sees its own LRs again."""

@@ -387,3 +387,76 @@ def test_script_mode_looks_for_the_accumulation_divisor_only_where_it_can_be(tmp
     # step 5 (steps 6-8 in full), and the first backward of step 9 (the steps before accumulated)
     per_step = {s + 1: looked.count(s) for s in set(looked)}
     assert per_step == {1: 1, 5: 3, 6: 4, 7: 4, 8: 4, 9: 1}, per_step
+
+
+PLAIN_SCRIPT = """
+import time
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+model = nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+for step in range(300):
+    x = torch.randn(8, 4)
+    loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if step in (100, 200):
+        time.sleep(0.15)  # the printer's interval passes between two flushes
+"""
+
+
+def test_script_mode_feeds_the_probe_without_a_step_output_and_prints_at_flushes(
+    tmp_path, monkeypatch
+):
+    """With only the probe and the headless printer watching (as `dltui train` runs a script),
+    a plain step builds no StepOutput: the probe takes the step's values directly and the
+    printer looks at the clock after the probe's flushes. Only steps where an interval part may
+    be due go the long way. Every step is still recorded, each with its own loss, and the
+    status lines still come."""
+    import io
+    import sqlite3
+
+    import dltui
+    from dltui.engine import script as script_mod
+    from dltui.engine.headless import HeadlessPrinter
+    from dltui.engine.probe import Probe
+    from dltui.engine.store import RunStore
+
+    built: list[int] = []
+    real = script_mod.StepOutput
+    monkeypatch.setattr(script_mod, "StepOutput", lambda *a: built.append(1) or real(*a))
+    path = tmp_path / "plain.py"
+    path.write_text(PLAIN_SCRIPT)
+    store = RunStore(tmp_path / "run.sqlite")
+    store.start()
+    probe = Probe(store)
+    out = io.StringIO()
+    printer = HeadlessPrinter(probe, tmp_path, every=0.1, out=out)
+    session = script_mod.Session(dltui.Context(mode="script"))
+    run = script_mod.ScriptRun(
+        path,
+        [str(path)],
+        callbacks=[probe, printer],
+        gate=Gate(),
+        session=session,
+        store=store,
+        probe=probe,
+    )
+    session.attach(run, probe)
+    assert run.run()[0] == "finished"
+    probe.on_run_end(run, "finished", None)
+    store.close("finished")
+    # The warm-up's steps and the few where an interval part is due build one; the rest none.
+    assert 0 < len(built) < 60, len(built)
+    db = sqlite3.connect(tmp_path / "run.sqlite")
+    losses = db.execute(
+        "SELECT s.step, s.value FROM scalars s JOIN series n ON n.id = s.series "
+        "WHERE n.name = 'loss' ORDER BY s.step"
+    ).fetchall()
+    assert [s for s, _ in losses] == list(range(1, 301))
+    assert len({v for _, v in losses}) > 250  # each step's own loss, not a repeated one
+    lines = [ln for ln in out.getvalue().splitlines() if " step " in ln and "loss" in ln]
+    assert len(lines) >= 2, out.getvalue()  # at least one after each pause
