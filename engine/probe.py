@@ -373,7 +373,9 @@ class Probe(Callback):
         values. Per step on the training thread, in batches: locals, no calls it can spare."""
         i = 0
         names = self._lr_names
-        append_time, put, latest = self.step_times.append, self.store.scalars, self.latest
+        append_time, latest = self.step_times.append, self.latest
+        rows: list[tuple[int, int, float, dict]] = []  # to the store in one record
+        put = rows.append
         acc_epoch, acc = None, None
         scal: dict[str, Any] = {}
         for step, epoch, wall, _, st, bs, dt, lrs, extras in ring:
@@ -406,8 +408,9 @@ class Probe(Callback):
             elif not self._loss_bad:
                 self._loss_bad = True
                 self._alert(loop, step, f"loss is {loss} at step {step}", {"loss": str(loss)})
-            put(step, epoch, wire.TRAIN, wall, scal)
+            put((step, epoch, wall, scal))
         latest.update(scal)
+        self.store.scalar_steps(wire.TRAIN, rows)
 
     def _epoch_acc(self, epoch: int) -> list:
         """[sum, count] of `epoch`'s finite train losses; a new epoch forgets the one before the

@@ -43,6 +43,14 @@ class Scalars(NamedTuple):
     values: dict[str, Any]
 
 
+class ScalarSteps(NamedTuple):
+    """Many steps' scalars of one phase in one record (the probe's flush): the training thread
+    appends once per flush, not once per step."""
+
+    phase: str
+    steps: list[tuple[int, int, float, dict[str, Any]]]  # (step, epoch, wall, values)
+
+
 class Params(NamedTuple):
     rows: list[tuple[str, list[int], int, bool]]
 
@@ -85,8 +93,19 @@ class Truncate(NamedTuple):
     step: int
 
 
-Record = Meta | Scalars | Params | LayerStats | Histogram | System | Event | Console | Truncate
-BULK = (Scalars, System, LayerStats, Histogram)  # what may be dropped when writes are stuck
+Record = (
+    Meta
+    | Scalars
+    | ScalarSteps
+    | Params
+    | LayerStats
+    | Histogram
+    | System
+    | Event
+    | Console
+    | Truncate
+)
+BULK = (Scalars, ScalarSteps, System, LayerStats, Histogram)  # dropped first when writes are stuck
 
 # WAL needs shared memory between processes on one host; on these it corrupts or fails.
 NETWORK_FILESYSTEMS = {
@@ -268,6 +287,10 @@ class RunStore:
     def scalars(self, step: int, epoch: int, phase: str, wall: float, values: dict) -> None:
         self._q.append(Scalars(step, epoch, phase, wall, values))
 
+    def scalar_steps(self, phase: str, steps: list[tuple[int, int, float, dict]]) -> None:
+        """scalars() of many steps at once: (step, epoch, wall, values) each, in step order."""
+        self._q.append(ScalarSteps(phase, steps))
+
     def params(self, rows: list[tuple[str, list[int], int, bool]]) -> None:
         self._q.append(Params(rows))
 
@@ -429,15 +452,18 @@ class RunStore:
         return True
 
     def _bound_pending(self) -> None:
-        over = len(self._q) - MAX_PENDING
+        """Past MAX_PENDING records waiting (a ScalarSteps counts its steps), drop the oldest bulk
+        ones until it fits."""
+        over = sum(len(r.steps) if type(r) is ScalarSteps else 1 for r in self._q) - MAX_PENDING
         if over <= 0:
             return
         kept: deque[Record] = deque()
         while self._q:
             rec = self._q.popleft()
             if over > 0 and isinstance(rec, BULK):
-                over -= 1
-                self.dropped += 1
+                n = len(rec.steps) if type(rec) is ScalarSteps else 1
+                over -= n
+                self.dropped += n
             else:
                 kept.append(rec)
         self._q.extendleft(reversed(kept))
@@ -473,25 +499,26 @@ class RunStore:
         scalar_rows: list[tuple] = []
         first = last = None  # the steps the scalar rows span
         for rec in items:
-            if isinstance(rec, Scalars):
-                key = (rec.phase, *rec.values)  # the same names step after step: ids once
-                sids = self._sids.get(key)
-                if sids is None:
-                    sids = self._sids[key] = [self._series_id(db, n, rec.phase) for n in rec.values]
-                scalar_rows.extend(
-                    zip(
-                        sids,
-                        repeat(rec.step),
-                        repeat(rec.epoch),
-                        repeat(rec.wall),
-                        rec.values.values(),
-                    )
+            kind = type(rec)
+            if kind is Scalars or kind is ScalarSteps:
+                steps = (
+                    rec.steps
+                    if kind is ScalarSteps
+                    else [(rec.step, rec.epoch, rec.wall, rec.values)]
                 )
-                if first is None or rec.step < first:
-                    first = rec.step
-                if last is None or rec.step > last:
-                    last = rec.step
-            elif isinstance(rec, Truncate):
+                for step, epoch, wall, values in steps:
+                    key = (rec.phase, *values)  # the same names step after step: ids once
+                    sids = self._sids.get(key)
+                    if sids is None:
+                        sids = self._sids[key] = [self._series_id(db, n, rec.phase) for n in values]
+                    scalar_rows.extend(
+                        zip(sids, repeat(step), repeat(epoch), repeat(wall), values.values())
+                    )
+                    if first is None or step < first:
+                        first = step
+                    if last is None or step > last:
+                        last = step
+            elif kind is Truncate:
                 self._flush_scalars(db, scalar_rows, first, last)
                 scalar_rows, first, last = [], None, None
                 self._truncate(db, rec.step)

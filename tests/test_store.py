@@ -553,3 +553,54 @@ def test_flush_returns_with_everything_recorded_so_far_on_disk(tmp_path):
         store.close("finished")
     # 40 flushes that each sat out the idle wait would take 40 x FLUSH_EVERY_S = 10 s
     assert sorted(waits)[len(waits) // 2] < FLUSH_EVERY_S, waits
+
+
+def test_a_flush_of_many_steps_is_one_record_written_like_single_steps(tmp_path):
+    """The probe hands a flush's steps over in one record (scalar_steps): rows as scalars()
+    writes them, names mixed, in order with single records around them."""
+    path = tmp_path / "run.sqlite"
+    store = open_store(path)
+    store.scalars(1, 0, "train", 1.0, {"loss": 1.0, "lr/0": 0.1})
+    steps = [(s, 0, float(s), {"loss": 1.0 / s, "lr/0": 0.1}) for s in range(2, 50)]
+    steps[10][3]["acc"] = 0.5  # a step with one more name
+    store.scalar_steps("train", steps)
+    store.scalars(50, 1, "train", 50.0, {"loss": 0.02, "lr/0": 0.1})
+    store.close("finished")
+    db = sqlite3.connect(path)
+    loss = db.execute(
+        "SELECT s.step, s.epoch, s.wall, s.value FROM scalars s JOIN series n ON n.id = s.series "
+        "WHERE n.name = 'loss' ORDER BY s.step"
+    ).fetchall()
+    assert loss == [(1, 0, 1.0, 1.0)] + [(s, 0, float(s), 1.0 / s) for s in range(2, 50)] + [
+        (50, 1, 50.0, 0.02)
+    ]
+    acc = db.execute(
+        "SELECT s.step, s.value FROM scalars s JOIN series n ON n.id = s.series "
+        "WHERE n.name = 'acc'"
+    ).fetchall()
+    assert acc == [(12, 0.5)]
+    n_lr = db.execute(
+        "SELECT count(*) FROM scalars s JOIN series n ON n.id = s.series WHERE n.name = 'lr/0'"
+    ).fetchone()[0]
+    assert n_lr == 50
+
+
+def test_held_records_are_bounded_counting_each_step_of_a_batch(tmp_path, monkeypatch):
+    """While writes fail, what waits is bounded by MAX_PENDING: a flush's batch of steps counts
+    as its steps, not as one record. The oldest bulk records go first, whole; events never."""
+    from dltui.engine import store as store_mod
+
+    monkeypatch.setattr(store_mod, "MAX_PENDING", 100)
+    store = RunStore(tmp_path / "run.sqlite")  # not started: nothing drains what is queued
+    for b in range(5):  # five flushes of 40 steps: 200 steps held
+        store.scalar_steps("train", [(b * 40 + i, 0, 1.0, {"loss": 1.0}) for i in range(1, 41)])
+        store.event(wire.EV_INFO, f"event {b}")
+    store._bound_pending()
+    held = [r for r in store._q if isinstance(r, store_mod.ScalarSteps)]
+    assert [r.steps[0][0] for r in held] == [121, 161]  # the newest two batches kept
+    assert store.dropped == 120
+    assert [r.message for r in store._q if isinstance(r, store_mod.Event)] == [
+        f"event {b}" for b in range(5)
+    ]
+    store._bound_pending()  # within the bound now: nothing more goes
+    assert store.dropped == 120 and len(store._q) == 7
