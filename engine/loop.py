@@ -76,7 +76,9 @@ class EngineError(Exception):
 
 @dataclass
 class StepOutput:
-    loss: torch.Tensor  # detached, still on the device: reading it is the probe's business
+    # detached, still on the device: reading it is the probe's business (script mode: a float when
+    # the loss was on the CPU, read at its backward)
+    loss: torch.Tensor | float
     output: Any
     target: Any
     batch_size: int  # samples: the input's leading dimension, summed over micro-batches
