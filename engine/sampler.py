@@ -112,6 +112,7 @@ class Sampler:
         self._meta_sent: dict[str, Any] = {}
         self._proc_notes: dict[str, str] = {}  # NVML index -> why its processes are not listed
         self._proc = psutil.Process()  # cached: psutil keeps per-Process state for cpu_percent
+        self._max_proc_cpu = 100.0 * (psutil.cpu_count() or 1)
         # cpu_percent(interval=None) measures since the previous call and never sleeps; this first
         # call only sets the starting point (its own result is a meaningless 0.0). psutil keeps the
         # system-wide starting point per thread, so _run() primes it again on its own thread.
@@ -187,8 +188,11 @@ class Sampler:
         values["ram_percent"] = float(vm.percent)
         with self._proc.oneshot():  # one /proc/<pid>/stat read for both values
             values["proc_rss"] = float(self._proc.memory_info().rss)
-            # Like top: 100 per fully busy core, so up to 100 * cores.
-            values["proc_cpu"] = float(self._proc.cpu_percent(interval=None))
+            # Like top: 100 per fully busy core, so up to 100 * cores. Two readings close together
+            # (sample_once() on demand right after the 1 Hz one) divide the CPU time's clock-tick
+            # steps by a tiny interval and read far above that: held to the most it can be.
+            cpu = float(self._proc.cpu_percent(interval=None))
+            values["proc_cpu"] = min(cpu, self._max_proc_cpu)
 
     # -- GPUs ----------------------------------------------------------------------------------
     def _source(self) -> Any:

@@ -72,6 +72,11 @@ def test_real_sampler_records_sane_system_values():
     assert 0 < values["ram_used"] <= values["ram_total"]
     assert 10 * 2**20 < values["proc_rss"] < values["ram_total"]  # this python + pytest
     assert 0 <= values["proc_cpu"] <= 100 * cores
+    for _ in range(30):  # readings close together: CPU time moves in clock ticks, not smoothly
+        t = time.perf_counter()
+        while time.perf_counter() - t < 0.002:
+            pass
+        assert 0 <= s.sample_once()["proc_cpu"] <= 100 * cores
     if HAS_GPU:
         assert values["gpu0.mem_total"] > 0 and rec.meta[wire.META_GPUS]["note"] is None
     else:  # this machine: the reason is data (meta), and one readable note event
