@@ -76,9 +76,7 @@ class EngineError(Exception):
 
 @dataclass
 class StepOutput:
-    # detached, still on the device: reading it is the probe's business (script mode: a float when
-    # the loss was on the CPU, read at its backward)
-    loss: torch.Tensor | float
+    loss: torch.Tensor  # detached, still on the device: reading it is the probe's business
     output: Any
     target: Any
     batch_size: int  # samples: the input's leading dimension, summed over micro-batches

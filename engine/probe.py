@@ -345,16 +345,11 @@ class Probe(Callback):
                 tensors.append(rec[3])
                 if rec[8]:
                     tensors += [v for v in rec[8].values() if _on_device(v)]
-            # (script mode's CPU losses are floats already: read at its backward)
-            dev = None
-            if self.deferred.cuda:
-                dev = next((t.device for t in tensors if t.__class__ is not float), None)
-            if dev is None:
-                self._steps_read(
-                    loop, ring, [t if t.__class__ is float else t.item() for t in tensors]
-                )
+            if not self.deferred.cuda:
+                self._steps_read(loop, ring, [t.item() for t in tensors])
             else:
-                flat = torch.stack([_scalar_on(t, dev) for t in tensors])
+                dev = tensors[0].device  # (a value elsewhere joins it: a copy, still async)
+                flat = torch.stack([t.detach().float().reshape(()).to(dev) for t in tensors])
                 for tag, values in self.deferred.push(flat, ("steps", ring)):
                     self._record_step(loop, tag, values)
         if wait:
@@ -571,14 +566,6 @@ class Probe(Callback):
             self._stats_after(loop, self._after_pending)
         self._flush(loop, wait=True)
         self.publish(loop)
-
-
-def _scalar_on(t: torch.Tensor | float, dev: torch.device) -> torch.Tensor:
-    """A step's value as a 0-d float32 tensor on `dev` (a value elsewhere joins it: a copy,
-    still async from a device; a float, a small host-to-device copy)."""
-    if t.__class__ is float:
-        return torch.tensor(t, dtype=torch.float32, device=dev)
-    return t.detach().float().reshape(()).to(dev)
 
 
 def _on_device(v: Any) -> bool:

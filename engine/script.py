@@ -171,7 +171,7 @@ class ScriptRun:
         self._created: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # optimizer -> order
         self._n_created = 0
         self._saved_lrs: dict[int, list[Any]] = {}
-        self._losses: list[tuple[torch.Tensor | float, int | None]] = []  # (loss, its divisor)
+        self._losses: list[tuple[torch.Tensor, int | None]] = []  # (loss, its divisor)
         self._scaled: tuple[Any, torch.Tensor] | None = None  # (scaler.scale(loss) result, loss)
         self._scalers: weakref.WeakSet = weakref.WeakSet()
         self._lrs_used: list[float] = []
@@ -333,10 +333,7 @@ class ScriptRun:
         losses = self._losses
         # The divisor is looked for only where accumulation is possible: a step's later backward
         # calls, and its first while the last steps had several (reading grad_fn is not free).
-        k = _divisor(t) if losses or self._accumulating else UNSEEN
-        # A CPU loss is read now (a plain memory read, cheaper than keeping a detached tensor to
-        # read at the flush); one on a device stays there, read back deferred (no sync).
-        losses.append((t.item() if t.is_cpu else t.detach(), k))
+        losses.append((t.detach(), _divisor(t) if losses or self._accumulating else UNSEEN))
 
     def _pre_hook(self, opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         self._stepped += 1
@@ -463,9 +460,8 @@ class ScriptRun:
             nan = self._nan = torch.full((), math.nan, device=self.device)
         return nan
 
-    def _mean_loss(self) -> torch.Tensor | float:
-        """The mean loss of the backward calls since the last step: a float when they were on the
-        CPU (read already), else a tensor on the device (no sync).
+    def _mean_loss(self) -> torch.Tensor:
+        """The mean loss of the backward calls since the last step, on the device (no sync).
 
         Gradient accumulation written as `loss = loss / accum_steps` (nanoGPT) divides each
         micro-batch's loss by the number of backward calls; then the undivided loss is averaged,
@@ -474,21 +470,12 @@ class ScriptRun:
         n = len(ls)
         self._accumulating = n > 1
         if n == 1:
-            x = ls[0][0]
-            return x if x.__class__ is float else _scalar32(x)
+            return _scalar32(ls[0][0])
         # (n > 1 here.) A first micro-batch not looked at (the steps before had one backward
         # each) is taken to be divided like the others.
         undo = all(k == n or (i == 0 and k == UNSEEN) for i, (_, k) in enumerate(ls))
-        vals = [x if x.__class__ is float else _scalar32(x) for x, _ in ls]
-        if undo:
-            vals = [v * n for v in vals]
-        on_device = [v for v in vals if v.__class__ is not float]
-        if not on_device:
-            return sum(vals) / n
-        dev = on_device[0].device  # (CPU losses beside device ones: rare, a small copy each)
-        return torch.stack(
-            [torch.as_tensor(v, dtype=torch.float32, device=dev) for v in vals]
-        ).mean()
+        vals = [_scalar32(x) * n if undo else _scalar32(x) for x, _ in ls]
+        return torch.stack(vals).mean()
 
     def _boundary(self) -> None:
         """Before each step of the run's optimizer: commands, pause, eval, stop."""

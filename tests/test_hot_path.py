@@ -363,7 +363,7 @@ def test_script_mode_looks_for_the_accumulation_divisor_only_where_it_can_be(tmp
 
     class Watch(Callback):
         def on_step_end(self, loop, out):
-            recorded[loop.step] = float(out.loss)
+            recorded[loop.step] = out.loss.item()
 
     session = script_mod.Session(dltui.Context(mode="script"))
     out = tmp_path / "printed.json"
