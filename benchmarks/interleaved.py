@@ -11,9 +11,10 @@ block) shares the machine's state of that moment; the verdict is the median of t
 The observer watches `on_before_optimizer_step` (a hook the probe makes the engine call anyway),
 not `on_step_end`: in script mode any on_step_end observer but the probe makes each step build a
 StepOutput, which `dltui train` does not. Caveats, small: the observer adds one cheap callback per
-step to the engine's blocks, and the engine's threads (store writer, sampler) keep running during the bare blocks. In script mode the
-bare block runs the script's own loop body (overhead.run_bare's, with its `.to(device)` per
-batch: a no-op on the CPU that still costs a call), so the difference is the engine's alone.
+step to the engine's blocks, and the engine's threads (store writer, sampler) keep running during
+the bare blocks. In script mode the bare block runs the script's own loop body
+(overhead.run_bare's, with its `.to(device)` per batch: a no-op on the CPU that still costs a
+call), so the difference is the engine's alone.
 
     python benchmarks/interleaved.py                      # default settings, 6000 steps
     python benchmarks/interleaved.py --stats-every 10     # layer stats and histograms every 10

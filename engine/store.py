@@ -36,16 +36,8 @@ class Meta(NamedTuple):
 
 
 class Scalars(NamedTuple):
-    step: int
-    epoch: int
-    phase: str
-    wall: float
-    values: dict[str, Any]
-
-
-class ScalarSteps(NamedTuple):
-    """Many steps' scalars of one phase in one record (the probe's flush): the training thread
-    appends once per flush, not once per step."""
+    """The scalars of one or many steps of one phase (the probe's flush: the training thread
+    appends once per flush, not once per step)."""
 
     phase: str
     steps: list[tuple[int, int, float, dict[str, Any]]]  # (step, epoch, wall, values)
@@ -93,19 +85,8 @@ class Truncate(NamedTuple):
     step: int
 
 
-Record = (
-    Meta
-    | Scalars
-    | ScalarSteps
-    | Params
-    | LayerStats
-    | Histogram
-    | System
-    | Event
-    | Console
-    | Truncate
-)
-BULK = (Scalars, ScalarSteps, System, LayerStats, Histogram)  # dropped first when writes are stuck
+Record = Meta | Scalars | Params | LayerStats | Histogram | System | Event | Console | Truncate
+BULK = (Scalars, System, LayerStats, Histogram)  # what may be dropped when writes are stuck
 
 # WAL needs shared memory between processes on one host; on these it corrupts or fails.
 NETWORK_FILESYSTEMS = {
@@ -285,11 +266,11 @@ class RunStore:
         self._q.append(Meta(values))
 
     def scalars(self, step: int, epoch: int, phase: str, wall: float, values: dict) -> None:
-        self._q.append(Scalars(step, epoch, phase, wall, values))
+        self._q.append(Scalars(phase, [(step, epoch, wall, values)]))
 
     def scalar_steps(self, phase: str, steps: list[tuple[int, int, float, dict]]) -> None:
         """scalars() of many steps at once: (step, epoch, wall, values) each, in step order."""
-        self._q.append(ScalarSteps(phase, steps))
+        self._q.append(Scalars(phase, steps))
 
     def params(self, rows: list[tuple[str, list[int], int, bool]]) -> None:
         self._q.append(Params(rows))
@@ -452,16 +433,16 @@ class RunStore:
         return True
 
     def _bound_pending(self) -> None:
-        """Past MAX_PENDING records waiting (a ScalarSteps counts its steps), drop the oldest bulk
+        """Past MAX_PENDING records waiting (a Scalars counts its steps), drop the oldest bulk
         ones until it fits."""
-        over = sum(len(r.steps) if type(r) is ScalarSteps else 1 for r in self._q) - MAX_PENDING
+        over = sum(map(_weight, self._q)) - MAX_PENDING
         if over <= 0:
             return
         kept: deque[Record] = deque()
         while self._q:
             rec = self._q.popleft()
             if over > 0 and isinstance(rec, BULK):
-                n = len(rec.steps) if type(rec) is ScalarSteps else 1
+                n = _weight(rec)
                 over -= n
                 self.dropped += n
             else:
@@ -499,14 +480,8 @@ class RunStore:
         scalar_rows: list[tuple] = []
         first = last = None  # the steps the scalar rows span
         for rec in items:
-            kind = type(rec)
-            if kind is Scalars or kind is ScalarSteps:
-                steps = (
-                    rec.steps
-                    if kind is ScalarSteps
-                    else [(rec.step, rec.epoch, rec.wall, rec.values)]
-                )
-                for step, epoch, wall, values in steps:
+            if isinstance(rec, Scalars):
+                for step, epoch, wall, values in rec.steps:
                     key = (rec.phase, *values)  # the same names step after step: ids once
                     sids = self._sids.get(key)
                     if sids is None:
@@ -518,7 +493,7 @@ class RunStore:
                         first = step
                     if last is None or step > last:
                         last = step
-            elif kind is Truncate:
+            elif isinstance(rec, Truncate):
                 self._flush_scalars(db, scalar_rows, first, last)
                 scalar_rows, first, last = [], None, None
                 self._truncate(db, rec.step)
@@ -616,6 +591,11 @@ class RunStore:
 
     def _w_console(self, db: sqlite3.Connection, rec: Console) -> None:
         db.execute("INSERT INTO console (wall, stream, line) VALUES (?, ?, ?)", tuple(rec))
+
+
+def _weight(rec: Record) -> int:
+    """What a queued record counts for against MAX_PENDING: its steps (Scalars), else 1."""
+    return len(rec.steps) if type(rec) is Scalars else 1
 
 
 def host_info() -> dict[str, Any]:

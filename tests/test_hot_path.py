@@ -32,6 +32,26 @@ class Boundary:
         return {}
 
 
+def script_run(path, argv, callbacks, store, probe, gate=None):
+    """A ScriptRun of the script at `path`, wired as the engine wires one (its dltui session
+    attached), not started."""
+    import dltui
+    from dltui.engine import script as script_mod
+
+    session = script_mod.Session(dltui.Context(mode="script"))
+    run = script_mod.ScriptRun(
+        path,
+        argv,
+        callbacks=callbacks,
+        gate=gate if gate is not None else Gate(),
+        session=session,
+        store=store,
+        probe=probe,
+    )
+    session.attach(run, probe)
+    return run
+
+
 def test_gate_is_busy_exactly_while_it_has_work():
     gate, drv = Gate(), Boundary()
     assert gate.busy is False
@@ -269,7 +289,6 @@ def test_script_mode_samples_its_input_hook_and_keeps_the_batch_size(tmp_path):
     """The forward pre-hook is on for the warm-up, one step in INPUT_EVERY and while the gate has
     work (a paused run stepping sees each step's input); between samples every step still counts
     3 micro-batches of 5 samples."""
-    import dltui
     from dltui.engine import script as script_mod
     from dltui.engine.probe import Probe
     from dltui.engine.store import RunStore
@@ -291,17 +310,7 @@ def test_script_mode_samples_its_input_hook_and_keeps_the_batch_size(tmp_path):
             elif loop.step == 42:
                 gate.paused, gate.step_target = False, None
 
-    session = script_mod.Session(dltui.Context(mode="script"))
-    run = script_mod.ScriptRun(
-        path,
-        [str(path)],
-        callbacks=[probe, Watch()],
-        gate=gate,
-        session=session,
-        store=store,
-        probe=probe,
-    )
-    session.attach(run, probe)
+    run = script_run(path, [str(path)], [probe, Watch()], store, probe, gate)
     calls = []
     real = run._forward_pre
     run._forward_pre = lambda m, a: calls.append(run.step) or real(m, a)
@@ -344,7 +353,6 @@ def test_script_mode_looks_for_the_accumulation_divisor_only_where_it_can_be(tmp
     """Reading a loss's grad_fn is not free, so a step's first backward is looked at only while
     the steps before accumulated; a step that starts accumulating takes its first micro-batch
     to be divided like the rest. Either way the recorded loss is the undivided mean, as printed."""
-    import dltui
     from dltui.engine import script as script_mod
     from dltui.engine.probe import Probe
     from dltui.engine.store import RunStore
@@ -365,18 +373,8 @@ def test_script_mode_looks_for_the_accumulation_divisor_only_where_it_can_be(tmp
         def on_step_end(self, loop, out):
             recorded[loop.step] = out.loss.item()
 
-    session = script_mod.Session(dltui.Context(mode="script"))
     out = tmp_path / "printed.json"
-    run = script_mod.ScriptRun(
-        path,
-        [str(path), str(out)],
-        callbacks=[probe, Watch()],
-        gate=Gate(),
-        session=session,
-        store=store,
-        probe=probe,
-    )
-    session.attach(run, probe)
+    run = script_run(path, [str(path), str(out)], [probe, Watch()], store, probe)
     assert run.run()[0] == "finished"
     store.close("finished")
     printed = json.loads(out.read_text())
@@ -419,7 +417,6 @@ def test_script_mode_feeds_the_probe_without_a_step_output_and_prints_at_flushes
     import io
     import sqlite3
 
-    import dltui
     from dltui.engine import script as script_mod
     from dltui.engine.headless import HeadlessPrinter
     from dltui.engine.probe import Probe
@@ -435,17 +432,7 @@ def test_script_mode_feeds_the_probe_without_a_step_output_and_prints_at_flushes
     probe = Probe(store)
     out = io.StringIO()
     printer = HeadlessPrinter(probe, tmp_path, every=0.1, out=out)
-    session = script_mod.Session(dltui.Context(mode="script"))
-    run = script_mod.ScriptRun(
-        path,
-        [str(path)],
-        callbacks=[probe, printer],
-        gate=Gate(),
-        session=session,
-        store=store,
-        probe=probe,
-    )
-    session.attach(run, probe)
+    run = script_run(path, [str(path)], [probe, printer], store, probe)
     assert run.run()[0] == "finished"
     probe.on_run_end(run, "finished", None)
     store.close("finished")

@@ -596,7 +596,7 @@ def test_held_records_are_bounded_counting_each_step_of_a_batch(tmp_path, monkey
         store.scalar_steps("train", [(b * 40 + i, 0, 1.0, {"loss": 1.0}) for i in range(1, 41)])
         store.event(wire.EV_INFO, f"event {b}")
     store._bound_pending()
-    held = [r for r in store._q if isinstance(r, store_mod.ScalarSteps)]
+    held = [r for r in store._q if isinstance(r, store_mod.Scalars)]
     assert [r.steps[0][0] for r in held] == [121, 161]  # the newest two batches kept
     assert store.dropped == 120
     assert [r.message for r in store._q if isinstance(r, store_mod.Event)] == [
