@@ -434,8 +434,9 @@ class RunStore:
 
     def _bound_pending(self) -> None:
         """Past MAX_PENDING records waiting (a Scalars counts its steps), drop the oldest bulk
-        ones until it fits."""
-        over = sum(map(_weight, self._q)) - MAX_PENDING
+        ones until it fits. The training thread appends meanwhile: the count is taken over a copy
+        (deque.copy() runs in C, without giving up the GIL), never over the live queue."""
+        over = sum(map(_weight, self._q.copy())) - MAX_PENDING
         if over <= 0:
             return
         kept: deque[Record] = deque()

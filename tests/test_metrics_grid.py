@@ -5,6 +5,7 @@ grid's second run is a store written with the engine's RunStore."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,34 @@ def scalars_of(run_dir: Path) -> list[tuple[str, str]]:
 
 def grid_titles(pane: MetricsPane) -> list[str]:
     return [p.border_title for p in pane.plots() if p.styles.visibility != "hidden"]
+
+
+class SlowMetricsPane(MetricsPane):
+    """A pane whose reads take 0.5 s (a slow disk, a loaded machine)."""
+
+    def fetch(self):
+        time.sleep(0.5)
+        return super().fetch()
+
+
+@sync
+async def test_a_page_key_pressed_during_a_read_is_kept(runs):
+    """Page keys pressed while a read is under way are not undone when it lands (CI lost a
+    pagedown this way on a loaded machine): the pane goes on to the page asked for last."""
+    names = scalars_of(runs[0])
+    app = PaneApp(lambda: SlowMetricsPane(runs[0], None, classes="pane"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = app.query_one(MetricsPane)
+        await until(pilot, lambda: pane.data is not None and grid_titles(pane), what="charts")
+        assert len(names) > 2 * pane.page_size  # three pages at least
+        await pilot.press("pagedown")  # a read of page 2 starts
+        await pilot.pause(0.1)
+        assert pane._busy.locked()
+        await pilot.press("pagedown")  # page 3, asked for while page 2 is read
+        await until(pilot, lambda: pane.data.page == 2, what="page 3")
+        await pilot.pause(0.7)  # no later read takes it back
+        assert pane.page == pane.data.page == 2
+        assert "page 3/" in screen_text(app).splitlines()[0]
 
 
 @sync

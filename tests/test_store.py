@@ -99,18 +99,24 @@ def test_recording_never_waits_for_the_disk(tmp_path):
     store.scalars(0, 0, "train", 0.0, {"x": 0.0})
     time.sleep(0.3)  # let the writer reach the lock
     wall0, cpu0 = time.perf_counter(), time.thread_time()
+    longest = 0.0
     for i in range(1, 100_001):
+        t = time.perf_counter()
         store.scalars(i, 0, "train", 0.0, {"x": float(i)})
+        longest = max(longest, time.perf_counter() - t)
     wall, cpu = time.perf_counter() - wall0, time.thread_time() - cpu0
     blocker.execute("COMMIT")
     blocker.close()
     print(
-        f"100k scalar appends with the writer blocked: {wall * 1e3:.0f} ms ({cpu * 1e3:.0f} ms CPU)"
+        f"100k scalar appends with the writer blocked: {wall * 1e3:.0f} ms ({cpu * 1e3:.0f} ms "
+        f"CPU), the longest {longest * 1e3:.1f} ms"
     )
-    # Loose sanity bounds, not a benchmark: waiting on the lock would have taken the 5 s busy
-    # timeout (wall); CPU is what the training thread pays, bounded at 30 us an append because
-    # this shared host's speed varies 2x (1.24 s CPU seen on an idle but slow day, 0.5 s before).
-    assert cpu < 3.0 and wall < 4.5
+    # Loose sanity bounds, not a benchmark. An append that waited on the lock would take the 5 s
+    # busy timeout: none takes half of it. (The loop's wall time is no measure: CI's two test
+    # workers and their engines share two cores, 5.2 s wall for 0.86 s CPU was seen.) CPU is what
+    # the training thread pays, bounded at 30 us an append because this shared host's speed
+    # varies 2x (1.24 s CPU seen on an idle but slow day, 0.5 s before).
+    assert longest < 2.5 and cpu < 3.0
     store.close("finished")
     with RunReader(path) as r:
         count = r.db.execute("SELECT count(*), max(step) FROM scalars").fetchone()
@@ -604,3 +610,36 @@ def test_held_records_are_bounded_counting_each_step_of_a_batch(tmp_path, monkey
     ]
     store._bound_pending()  # within the bound now: nothing more goes
     assert store.dropped == 120 and len(store._q) == 7
+
+
+def test_bounding_held_records_while_training_appends(tmp_path, monkeypatch):
+    """The writer bounds what is held while the training thread goes on appending: it never
+    trips over the queue changing under it (CI saw 'deque mutated during iteration' kill the
+    writer), and what was appended meanwhile is kept, in order."""
+    from dltui.engine import store as store_mod
+
+    monkeypatch.setattr(store_mod, "MAX_PENDING", 1000)
+    store = RunStore(tmp_path / "run.sqlite")  # not started: the test plays the writer
+    for i in range(3000):
+        store.scalars(i, 0, "train", 0.0, {"loss": 1.0})
+    stop = threading.Event()
+    appended = []
+
+    def training() -> None:
+        i = 3000
+        while not stop.is_set():
+            store.scalars(i, 0, "train", 0.0, {"loss": 1.0})
+            appended.append(i)
+            i += 1
+
+    t = threading.Thread(target=training)
+    t.start()
+    try:
+        for _ in range(300):
+            store._bound_pending()
+    finally:
+        stop.set()
+        t.join()
+    steps = [r.steps[0][0] for r in store._q]
+    assert steps == sorted(steps) and steps[-1] == appended[-1]
+    assert store.dropped + len(steps) == 3000 + len(appended)

@@ -36,7 +36,8 @@ class GridData:
 
     total: int  # scalars recorded
     keys: list[tuple[str, str]]  # the filter's matches
-    page: int
+    asked: int  # the page asked for
+    page: int  # the page shown: the one asked for, or the last one if there are fewer now
     shown: list[tuple[str, str]]
     series: dict[tuple[str, str], list[Series | None]]  # per source, in order
     t0s: list[float | None]
@@ -196,7 +197,7 @@ class MetricsPane(PollingPane, can_focus=True):
         names = self.readers.names()
         keys = [k for k in names if matches(k, text)]
         pages = max(1, -(-len(keys) // size))
-        page = min(page, pages - 1)
+        asked, page = page, min(page, pages - 1)
         shown = [zoomed] if zoomed else keys[page * size : (page + 1) * size]
         series: dict[tuple[str, str], list[Series | None]] = {}
         t0s = []
@@ -208,7 +209,7 @@ class MetricsPane(PollingPane, can_focus=True):
             for src in self.sources:
                 r = self.readers.get(src.path)
                 series[k].append(r.series(k[0], k[1], buckets) if r else None)
-        return GridData(len(names), keys, page, shown, series, t0s)
+        return GridData(len(names), keys, asked, page, shown, series, t0s)
 
     def on_unmount(self) -> None:
         if self._busy.acquire(timeout=1.0):
@@ -219,7 +220,8 @@ class MetricsPane(PollingPane, can_focus=True):
 
     def show(self, data: GridData) -> None:
         self.data = data
-        self.page = data.page
+        if data.asked == self.page:  # a page key pressed while this was read is not undone
+            self.page = data.page
         if self.zoomed:
             self._draw(self.zoom, self.zoomed)
         else:
