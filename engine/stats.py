@@ -80,7 +80,9 @@ def _extremes(ts: list[torch.Tensor]) -> torch.Tensor:
     if ts[0].device.type == "cuda":
         m = torch.stack(_norms(ts, math.inf))
         return torch.stack([m, m], dim=1).flatten()
-    return torch.stack([v for t in ts for v in torch.aminmax(t)]).float()
+    zero = torch.zeros((), dtype=ts[0].dtype, device=ts[0].device)
+    none = (zero, zero)  # a zero-element tensor's pair (aminmax refuses it; its row says NaN)
+    return torch.stack([v for t in ts for v in (torch.aminmax(t) if t.numel() else none)]).float()
 
 
 def _moments(norm: float, total: float, a: float, b: float, n: int) -> list[float]:
@@ -210,9 +212,10 @@ class LayerStats:
                 else:
                     e = k + r
                     grad = _moments(norms[e], sums[e], ext[2 * e], ext[2 * e + 1], numel[j])
-                    grad.append(1 - nonzero[r] / g.sizes[j])  # the zero fraction
+                    size = g.sizes[j]
+                    grad.append(1 - nonzero[r] / size if size else math.nan)  # the zero fraction
                     nonfinite += 0.0 if math.isfinite(norms[e]) else 1.0
-                ratio = update[j] / max(weight[j], 1e-12)
+                ratio = update[j] / max(weight[j], 1e-12) if g.sizes[j] else math.nan
                 out[i] = [*w, *grad, nonfinite, ratio]
         return out
 

@@ -87,6 +87,32 @@ def test_nonfinite_counts_a_nan_gradient_but_not_a_missing_one():
     assert nonfinite == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 
 
+def test_a_zero_element_parameter_gets_a_nan_row_and_the_others_are_exact():
+    """A parameter with no elements (a 0-wide layer: a rank-0 adapter, a pruned head) has
+    nothing to measure: its row is NaN where a number needs elements, no histogram, and the
+    other rows are unchanged. It used to stop the stats: aminmax refuses an empty tensor."""
+    torch.manual_seed(0)
+    m = nn.ModuleDict({"a": nn.Linear(20, 30), "none": nn.Linear(30, 0), "b": nn.Linear(30, 4)})
+    ls = LayerStats(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    h = torch.relu(m["a"](torch.randn(16, 20)))
+    loss = m["b"](h).square().mean() + m["none"](h).sum()
+    loss.backward()
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    ls.before_step()
+    opt.step()
+    rows = dict(zip(ls.names, ls.read(ls.after_step()), strict=True))
+    empty = rows["none.weight"]
+    assert all(math.isnan(empty[COL[c]]) for c in ("w_norm", "g_std", "zero_frac", "update_ratio"))
+    assert empty[COL["nonfinite"]] == 0.0
+    for name in ("a.weight", "b.bias"):
+        p = dict(m.named_parameters())[name]
+        ref = reference(before[name], p.detach(), p.grad)
+        for col, want in ref.items():
+            assert rows[name][COL[col]] == pytest.approx(want, rel=1e-4, abs=1e-6), (name, col)
+    assert {n for n, _, _, _, _ in ls.histograms()} == {"a.weight", "a.bias", "b.weight", "b.bias"}
+
+
 def test_no_full_size_copy_of_weights_or_gradients(monkeypatch):
     """A 16M-element weight (64 MB): the stats hold a bounded sample, never a copy, and a
     parameter without a gradient gets no zeros_like."""
