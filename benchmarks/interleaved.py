@@ -10,11 +10,13 @@ block) shares the machine's state of that moment; the verdict is the median of t
 
 The observer watches `on_before_optimizer_step` (a hook the probe makes the engine call anyway),
 not `on_step_end`: in script mode any on_step_end observer but the probe makes each step build a
-StepOutput, which `dltui train` does not. Caveats, small: the observer adds one cheap callback per
-step to the engine's blocks, and the engine's threads (store writer, sampler) keep running during
-the bare blocks. In script mode the bare block runs the script's own loop body
-(overhead.run_bare's, with its `.to(device)` per batch: a no-op on the CPU that still costs a
-call), so the difference is the engine's alone.
+StepOutput, which `dltui train` does not. The store writer is held during the bare blocks
+(WriterGate): it writes only the engine's records, so its cost (a core, the GIL) belongs to the
+engine's blocks; left running, it slowed the bare blocks as much and hid about 0.01 of the ratio.
+Caveats, small: the observer adds one cheap callback per step to the engine's blocks, and the
+system sampler (a reading a second) keeps running during the bare blocks. In script mode the
+bare block runs the script's own loop body (overhead.run_bare's, with its `.to(device)` per
+batch: a no-op on the CPU that still costs a call), so the difference is the engine's alone.
 
     python benchmarks/interleaved.py                      # default settings, 6000 steps
     python benchmarks/interleaved.py --stats-every 10     # layer stats and histograms every 10
@@ -29,6 +31,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -76,6 +79,33 @@ def unobserved(run):
             h.update(s)
 
 
+class WriterGate:
+    """Holds the run store's writer thread during the bare blocks (see the module's text). A
+    drain under way when a bare block starts finishes in it: a small leak the other way."""
+
+    def __init__(self, loop) -> None:
+        from dltui.engine.probe import Probe
+
+        self.store = next(cb for cb in loop.callbacks if isinstance(cb, Probe)).store
+        self.open = threading.Event()
+        self.open.set()
+        drain = self.store._drain
+
+        def gated(db):
+            self.open.wait()
+            return drain(db)
+
+        self.store._drain = gated
+
+    @contextlib.contextmanager
+    def held(self):
+        self.open.clear()
+        try:
+            yield
+        finally:
+            self.open.set()
+
+
 def pairs(
     block: int, steps: int, every: int | None, script: bool = False, tiny: bool = False
 ) -> tuple[list[float], list[float], dict]:
@@ -101,6 +131,7 @@ def pairs(
     class Alternate(Callback):
         def __init__(self) -> None:
             self.n, self.mark = 0, None
+            self.writer: WriterGate | None = None
             self.engine: list[float] = []
             self.bare: list[float] = []
 
@@ -111,7 +142,9 @@ def pairs(
             now = time.perf_counter()
             if self.mark is not None and loop.step > WARM:
                 self.engine.append((now - self.mark) / block)
-            with unobserved(loop if script else None):
+            if self.writer is None:
+                self.writer = WriterGate(loop)
+            with unobserved(loop if script else None), self.writer.held():
                 for _ in range(block):
                     x, y = next(source)
                     if script:  # the script's loop (overhead.run_bare) moves each batch

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import deque
-from itertools import repeat
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -478,7 +478,8 @@ class RunStore:
             self._flushed.notify_all()
 
     def _write(self, db: sqlite3.Connection, items: list[Record]) -> None:
-        scalar_rows: list[tuple] = []
+        scalar_rows: list = []  # the rows' values, flat: 5 a row (see _insert_rows)
+        put = scalar_rows.extend
         first = last = None  # the steps the scalar rows span
         for rec in items:
             if isinstance(rec, Scalars):
@@ -487,9 +488,8 @@ class RunStore:
                     sids = self._sids.get(key)
                     if sids is None:
                         sids = self._sids[key] = [self._series_id(db, n, rec.phase) for n in values]
-                    scalar_rows.extend(
-                        zip(sids, repeat(step), repeat(epoch), repeat(wall), values.values())
-                    )
+                    row = zip(sids, repeat(step), repeat(epoch), repeat(wall), values.values())
+                    put(chain.from_iterable(row))  # (iterated in C: no Python per value)
                     if first is None or step < first:
                         first = step
                     if last is None or step > last:
@@ -497,19 +497,21 @@ class RunStore:
             elif isinstance(rec, Truncate):
                 self._flush_scalars(db, scalar_rows, first, last)
                 scalar_rows, first, last = [], None, None
+                put = scalar_rows.extend
                 self._truncate(db, rec.step)
             else:
                 self._writers[type(rec)](db, rec)  # Meta, Params, Event, ...
         self._flush_scalars(db, scalar_rows, first, last)
 
     def _flush_scalars(
-        self, db: sqlite3.Connection, rows: list[tuple], first: int | None, last: int | None
+        self, db: sqlite3.Connection, rows: list, first: int | None, last: int | None
     ) -> None:
-        """Insert scalar rows (steps first..last) and bring the rollups up to date."""
+        """Insert scalar rows (flat: 5 values a row; steps first..last) and bring the rollups
+        up to date."""
         if not rows:
             return
         lo = db.execute("SELECT coalesce(max(rowid), 0) FROM scalars").fetchone()[0]
-        db.executemany("INSERT INTO scalars VALUES (?, ?, ?, ?, ?)", rows)
+        _insert_rows(db, rows)
         hi = db.execute("SELECT max(rowid) FROM scalars").fetchone()[0]
         db.execute(_ROLLUP_NEW_ROWS, {"w": wire.ROLLUP_BASE, "level": 1, "lo": lo, "hi": hi})
         kept, self._levels = self._levels, max(self._levels, levels_for(last))
@@ -592,6 +594,29 @@ class RunStore:
 
     def _w_console(self, db: sqlite3.Connection, rec: Console) -> None:
         db.execute("INSERT INTO console (wall, stream, line) VALUES (?, ?, ?)", tuple(rec))
+
+
+# Scalar rows go in as multi-row INSERTs of INSERT_CHUNK rows (the rest in power-of-two
+# statements: a handful of statement texts, all cached): executemany() would hand the GIL back
+# and forth between this thread and the training thread at every row (it is released for each
+# row's sqlite3_step), and each handoff makes the training thread wait for a thread wake-up;
+# measured with benchmarks/interleaved.py, whose bare blocks hold the writer. 5 values a row:
+# 128 rows bind 640 values, within SQLite's oldest limit of 999 per statement.
+INSERT_CHUNK = 128
+_INSERT_SQL = {
+    n: "INSERT INTO scalars VALUES " + ", ".join(["(?, ?, ?, ?, ?)"] * n)
+    for n in (INSERT_CHUNK, *(1 << k for k in range(INSERT_CHUNK.bit_length() - 1)))
+}
+
+
+def _insert_rows(db: sqlite3.Connection, flat: list) -> None:
+    """INSERT scalar rows given flat (5 values a row), in order, in a few statements (see
+    INSERT_CHUNK)."""
+    at, left = 0, len(flat) // 5
+    while left:
+        n = INSERT_CHUNK if left >= INSERT_CHUNK else 1 << (left.bit_length() - 1)
+        db.execute(_INSERT_SQL[n], flat[at : at + 5 * n])
+        at, left = at + 5 * n, left - n
 
 
 def _weight(rec: Record) -> int:
