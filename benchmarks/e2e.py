@@ -24,6 +24,7 @@ import argparse
 import math
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -109,12 +110,109 @@ def timed(argv: list[str], env: dict | None = None) -> tuple[float, float]:
     return wall, cpu
 
 
+def _tree(root: int) -> list[int]:
+    """root and every process descended from it (the CLI's engine runs in its own session, so a
+    process group would miss it): from /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (R, S, T: stopped, ...) from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _signal_tree(root: int, sig: int) -> None:
+    """Send sig to root's whole tree; for SIGSTOP, again until no new process appears (one may
+    be forked between the listing and the signal)."""
+    done: set[int] = set()
+    while True:
+        pids = [p for p in _tree(root) if p not in done]
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+            done.add(pid)
+        if sig != signal.SIGSTOP:
+            return
+
+
+def sliced(argvs: list[list[str]], slot: float, envs: list[dict | None]) -> list[float]:
+    """Run the commands in turns of `slot` seconds each, only one running at a time (the others
+    stopped with SIGSTOP, their engines too), until all have exited; returns each command's
+    running wall time. Each starts in its first turn. Commands in one
+    slicing see the machine at the same moments: a host whose speed drifts over seconds and
+    minutes (this box: 250 to 470 bare steps/s from one minute to the next) slows them alike."""
+    procs = [  # a shell that stops itself, then becomes the command in its first turn
+        subprocess.Popen(
+            ["/bin/sh", "-c", 'kill -STOP $$; exec "$@"', "sh", *argv],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for argv, env in zip(argvs, envs, strict=True)
+    ]
+    for proc in procs:
+        while _state(proc.pid) != "T":
+            time.sleep(0.001)
+    ran = [0.0] * len(procs)
+    try:
+        while any(p.returncode is None for p in procs):
+            for i, proc in enumerate(procs):
+                if proc.returncode is not None:
+                    continue
+                _signal_tree(proc.pid, signal.SIGCONT)
+                t0 = time.perf_counter()  # (the stop below lists the tree while it runs)
+                try:
+                    proc.wait(timeout=slot)
+                except subprocess.TimeoutExpired:
+                    _signal_tree(proc.pid, signal.SIGSTOP)
+                ran[i] += time.perf_counter() - t0
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                _signal_tree(proc.pid, signal.SIGKILL)
+                proc.wait()
+    for argv, proc in zip(argvs, procs, strict=True):
+        if proc.returncode != 0:
+            err = proc.stderr.read()[-2000:] if proc.stderr else ""
+            raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}):\n{err}")
+        if proc.stderr:
+            proc.stderr.close()
+    return ran
+
+
 def measure(
-    rounds: int, short: int, long: int, names: list[str], before: Path | None = None
+    rounds: int,
+    short: int,
+    long: int,
+    names: list[str],
+    before: Path | None = None,
+    slot: float = 0.0,
 ) -> dict:
     """Per config, per round: (wall steps/s, cpu steps/s) of the long run's extra steps.
     `before`: a folder holding an older `dltui` package, first on PYTHONPATH for the configs
-    named "... [before]"."""
+    named "... [before]". `slot` > 0: every config's long runs of a round are run together in
+    turns of `slot` seconds (sliced()), then their short runs, and the rates are of running
+    time (no CPU figure: nan); 0: one run after another, as a user would."""
     rates: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     old_env = None
     if before is not None:
@@ -123,8 +221,22 @@ def measure(
             "PYTHONPATH": f"{before}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         }
 
+    def env(name: str) -> dict | None:
+        return old_env if name.endswith(BEFORE) else None
+
     def run(name: str, files: dict, steps: int) -> tuple[float, float]:
-        return timed(command(name, files, steps), old_env if name.endswith(BEFORE) else None)
+        return timed(command(name, files, steps), env(name))
+
+    def run_sliced(order: list[str], files: dict) -> dict[str, tuple[float, float]]:
+        walls = {}
+        for steps in (long, short):
+            argvs = [command(n, files, steps) for n in order]
+            walls[steps] = sliced(argvs, slot, [env(n) for n in order])
+        extra = long - short
+        return {
+            n: (extra / (w2 - w1) if w2 > w1 else math.nan, math.nan)
+            for n, w2, w1 in zip(order, walls[long], walls[short], strict=True)
+        }
 
     with tempfile.TemporaryDirectory(prefix="dltui-e2e-") as tmp:
         files = {"bare": Path(tmp, "bare.py"), "recipe": Path(tmp, "recipe.py")}
@@ -135,15 +247,19 @@ def measure(
             run(name, files, 20)
         for r in range(rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
-            got = {}
+            if slot > 0:
+                got = run_sliced(order, files)
+            else:
+                got = {}
+                for name in order:
+                    w1, c1 = run(name, files, short)
+                    w2, c2 = run(name, files, long)
+                    extra = long - short  # a long run no slower than the short: noise
+                    got[name] = (
+                        extra / (w2 - w1) if w2 > w1 else math.nan,
+                        extra / (c2 - c1) if c2 > c1 else math.nan,
+                    )
             for name in order:
-                w1, c1 = run(name, files, short)
-                w2, c2 = run(name, files, long)
-                extra = long - short  # a long run no slower than the short: noise, not a rate
-                got[name] = (
-                    extra / (w2 - w1) if w2 > w1 else math.nan,
-                    extra / (c2 - c1) if c2 > c1 else math.nan,
-                )
                 rates[name].append(got[name])
             ratios = "  ".join(f"{n} {got[n][0] / got[names[0]][0]:.3f}" for n in names[1:])
             print(f"round {r + 1}: bare {got[names[0]][0]:.1f} st/s; ratios {ratios}", flush=True)
@@ -179,7 +295,7 @@ def report(rates: dict, base: str = "bare script") -> None:
                 f"{med:.1f}",
                 f"{med / bare_w:.3f}",
                 f"{min(per):.3f}..{max(per):.3f}",
-                f"{med_c / bare_c:.3f}",
+                "-" if math.isnan(med_c) else f"{med_c / bare_c:.3f}",
                 f"{target:.2f}",
                 verdict,
             )
@@ -197,6 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short", type=int, default=300, help="steps of the short run (default 300)")
     p.add_argument("--long", type=int, default=2300, help="steps of the long run (default 2300)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, 100 and 600 steps")
+    p.add_argument(
+        "--slot",
+        type=float,
+        default=0.5,
+        help="a round's runs of one length take turns of SLOT s, one running at a time, so a "
+        "drifting host slows them alike (default 0.5); 0: one whole run after another",
+    )
     p.add_argument("--only", nargs="+", choices=list(CONFIGS)[1:], help="configs besides bare")
     p.add_argument(
         "--before",
@@ -216,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} rounds x ({args.short}, {args.long}) steps; {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.2f} at start"
     )
-    report(measure(args.rounds, args.short, args.long, names, args.before))
+    report(measure(args.rounds, args.short, args.long, names, args.before, args.slot))
     return 0
 
 
