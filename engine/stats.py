@@ -121,6 +121,7 @@ class LayerStats:
         self.params = [p for _, p in named]
         self._groups: list[_Group] | None = None
         self._pending: list[tuple] | None = None  # per group, what before_step() computed
+        self._segments: dict[tuple, tuple] = {}  # histograms' segment indexes, by sample sizes
 
     def __len__(self) -> int:
         return len(self.params)
@@ -223,6 +224,43 @@ class LayerStats:
         """rows() of after_step()'s result, read back now (on CUDA: a host sync)."""
         return None if raw is None else self.rows(raw[0].tolist(), raw[1])
 
+    def _histograms_together(
+        self, samples: list[torch.Tensor], bins: int
+    ) -> list[tuple[float, float, list[int]]] | None:
+        """(lo, hi, counts) of every CPU sample in a dozen ops for them all (one concatenated
+        sample, a segment index, scatter_reduce for the ranges, one bincount), not a handful per
+        sample: at the histogram interval a small op's call costs more than its arithmetic.
+        None if a sample holds a NaN or inf (its range says so; nothing is binned then)."""
+        sizes = tuple(x.numel() for x in samples)
+        k = len(sizes)
+        segs = self._segments.get(sizes)
+        if segs is None:  # the same sizes at every call: built once
+            seg = torch.repeat_interleave(torch.arange(k), torch.tensor(sizes))
+            segs = self._segments[sizes] = (seg, seg * (bins + 1))
+        seg, offset = segs
+        flat = torch.cat(samples)
+        lo = flat.new_full((k,), math.inf).scatter_reduce_(0, seg, flat, "amin")
+        hi = flat.new_full((k,), -math.inf).scatter_reduce_(0, seg, flat, "amax")
+        ends = torch.cat([lo, hi]).tolist()  # read 1: every range (NaN propagates into it)
+        if not all(map(math.isfinite, ends)):
+            return None
+        los, his = ends[:k], ends[k:]
+        for i in range(k):
+            if los[i] == his[i]:  # one value: a unit-wide range around it
+                los[i], his[i] = los[i] - 0.5, his[i] + 0.5
+        scale = torch.tensor([bins / (b - a) for a, b in zip(los, his, strict=True)])
+        lo = torch.tensor(los)
+        # x >= lo in each segment (lo is its minimum): no index is negative; the values equal
+        # to hi land in an extra bin (bins + 1 a segment), added to the last below
+        # (index_select: a gather 3x quicker than lo[seg] on the CPU)
+        idx = flat - lo.index_select(0, seg)
+        idx = idx.mul_(scale.index_select(0, seg)).long().add_(offset)
+        table = torch.bincount(idx, minlength=k * (bins + 1)).view(k, bins + 1).tolist()  # read 2
+        return [
+            (lo_, hi_, [*row[: bins - 1], row[bins - 1] + row[bins]])
+            for lo_, hi_, row in zip(los, his, table, strict=True)
+        ]
+
     def histograms(self, bins: int = HIST_BINS) -> list[tuple[str, str, float, float, list[int]]]:
         """(name, 'weight'|'grad', lo, hi, counts) per parameter, over a strided sample of at
         most HIST_SAMPLE elements each, non-finite values left out.
@@ -239,6 +277,11 @@ class LayerStats:
                     samples.append(strided_sample(t.detach(), HIST_SAMPLE).float())
         if not samples:
             return []
+        if samples[0].device.type == "cpu":
+            got = self._histograms_together(samples, bins)
+            if got is not None:
+                return [(*key, *g) for key, g in zip(keys, got, strict=True)]
+            # a NaN or inf in a sample (rare): each on its own below, its finite values binned
         if samples[0].is_cuda and torch.are_deterministic_algorithms_enabled():
             # histc on CUDA refuses to run in deterministic mode: bin on the CPU instead (the
             # samples are small; one copy, one more sync at this rare interval)

@@ -161,14 +161,18 @@ def test_histograms_match_histc_and_read_the_host_twice(monkeypatch):
     ls = LayerStats(m)
     for p in m.parameters():
         p.grad = torch.randn_like(p)
+    m["unused"].bias.grad = torch.full((5,), 3.0)  # one value: a unit-wide range around it
     reads = []
     real = torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or real(self))
-    ls.histograms()
+    hists = ls.histograms()  # all finite: every sample binned at once
     assert len(reads) == 2  # every range at once, every count at once: not per tensor
+    assert_histograms_match_histc(m, hists)
     m["b"].bias.grad = torch.tensor([1.0, math.inf, 2.0, math.nan])  # non-finite left out
-    m["unused"].bias.grad = torch.full((5,), 3.0)  # one value: a unit-wide range around it
-    hists = ls.histograms()
+    assert_histograms_match_histc(m, ls.histograms())  # a sample at a time (the rare path)
+
+
+def assert_histograms_match_histc(m: nn.Module, hists: list) -> None:
     assert [(n, k) for n, k, *_ in hists][:2] == [("a.weight", "weight"), ("a.weight", "grad")]
     by = {(n, k): (lo, hi, c) for n, k, lo, hi, c in hists}
     assert len(by) == 12
