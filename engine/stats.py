@@ -121,7 +121,7 @@ class LayerStats:
         self.params = [p for _, p in named]
         self._groups: list[_Group] | None = None
         self._pending: list[tuple] | None = None  # per group, what before_step() computed
-        self._segments: dict[tuple, tuple] = {}  # histograms' segment indexes, by sample sizes
+        self._segments: dict[tuple, torch.Tensor] = {}  # _segment_index()'s, by sizes
 
     def __len__(self) -> int:
         return len(self.params)
@@ -162,11 +162,11 @@ class LayerStats:
             # No signed foreach sum exists (powsum sums |x|): one small reduction per tensor; each
             # reads its tensor once and allocates a scalar.
             sums = [t.sum(dtype=torch.float32) for t in ts]
-            # ord 0 counts the non-zero elements, over a sample (exact for small tensors:
-            # counting is a slow pass, ~8x a norm, so a big tensor's fraction is estimated).
-            nonzero = _norms([strided_sample(x, g.per_sample) for x in gs], 0) if gs else []
-            numbers = [*_norms(ts, 2), *sums, *nonzero]
-            pending.append((numbers, _extremes(ts), have, self._weight_sample(g)))
+            # the non-zero elements are counted over a sample (exact for small tensors: counting
+            # is a slow pass, ~8x a norm, so a big tensor's fraction is estimated)
+            nonzero = self._nonzero([strided_sample(x, g.per_sample) for x in gs], g.device)
+            numbers = [*_norms(ts, 2), *sums]
+            pending.append((numbers, nonzero, _extremes(ts), have, self._weight_sample(g)))
         self._pending = pending
 
     def after_step(self) -> tuple[torch.Tensor, list[list[int]]] | None:
@@ -180,11 +180,11 @@ class LayerStats:
             return None
         parts, have_all = [], []
         first = self.groups()[0].device
-        for g, (numbers, ext, have, before) in zip(self.groups(), pending, strict=True):
+        for g, (numbers, nonzero, ext, have, before) in zip(self.groups(), pending, strict=True):
             diff = self._weight_sample(g).sub_(before)  # -(the update), on the sample
             update = torch._foreach_norm(diff.split(g.sizes))
             weight = torch._foreach_norm(before.split(g.sizes))
-            part = torch.cat([torch.stack([*numbers, *update, *weight]), ext])
+            part = torch.cat([torch.stack(numbers), nonzero, torch.stack([*update, *weight]), ext])
             parts.append(part if g.device == first else part.to(first, non_blocking=True))
             have_all.append(have)
         return (parts[0] if len(parts) == 1 else torch.cat(parts)), have_all
@@ -224,6 +224,25 @@ class LayerStats:
         """rows() of after_step()'s result, read back now (on CUDA: a host sync)."""
         return None if raw is None else self.rows(raw[0].tolist(), raw[1])
 
+    def _segment_index(self, sizes: tuple[int, ...]) -> torch.Tensor:
+        """[sum(sizes)] int64: i at the positions of the i-th of tensors of these sizes laid end
+        to end (the same sizes come at every call: built once)."""
+        seg = self._segments.get(sizes)
+        if seg is None:
+            seg = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes, dtype=torch.long))
+            self._segments[sizes] = seg
+        return seg
+
+    def _nonzero(self, samples: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+        """[len(samples)] float32: each sample's count of non-zero elements. On the CPU
+        count_nonzero, half the time of an ord-0 norm there (a concatenated sample counted per
+        segment by a bincount was slower still); on CUDA ord-0 norms in one foreach call."""
+        if not samples:
+            return torch.zeros(0, device=device)
+        if device.type != "cpu":
+            return torch.stack(_norms(samples, 0))
+        return torch.stack([torch.count_nonzero(x) for x in samples]).float()
+
     def _histograms_together(
         self, samples: list[torch.Tensor], bins: int
     ) -> list[tuple[float, float, list[int]]] | None:
@@ -231,13 +250,8 @@ class LayerStats:
         sample, a segment index, scatter_reduce for the ranges, one bincount), not a handful per
         sample: at the histogram interval a small op's call costs more than its arithmetic.
         None if a sample holds a NaN or inf (its range says so; nothing is binned then)."""
-        sizes = tuple(x.numel() for x in samples)
-        k = len(sizes)
-        segs = self._segments.get(sizes)
-        if segs is None:  # the same sizes at every call: built once
-            seg = torch.repeat_interleave(torch.arange(k), torch.tensor(sizes))
-            segs = self._segments[sizes] = (seg, seg * (bins + 1))
-        seg, offset = segs
+        k = len(samples)
+        seg = self._segment_index(tuple(x.numel() for x in samples))
         flat = torch.cat(samples)
         lo = flat.new_full((k,), math.inf).scatter_reduce_(0, seg, flat, "amin")
         hi = flat.new_full((k,), -math.inf).scatter_reduce_(0, seg, flat, "amax")
@@ -254,7 +268,7 @@ class LayerStats:
         # to hi land in an extra bin (bins + 1 a segment), added to the last below
         # (index_select: a gather 3x quicker than lo[seg] on the CPU)
         idx = flat - lo.index_select(0, seg)
-        idx = idx.mul_(scale.index_select(0, seg)).long().add_(offset)
+        idx = idx.mul_(scale.index_select(0, seg)).long().add_(seg * (bins + 1))
         table = torch.bincount(idx, minlength=k * (bins + 1)).view(k, bins + 1).tolist()  # read 2
         return [
             (lo_, hi_, [*row[: bins - 1], row[bins - 1] + row[bins]])
