@@ -220,6 +220,20 @@ def test_script_header_says_script_and_unknown_totals(script_run: Path, size) ->
     run(go())
 
 
+def test_a_tab_activated_without_a_screen_is_ignored(script_run: Path) -> None:
+    """TabbedContent may announce a tab while the app comes up or is torn down, when the header
+    has no screen: the handler lets it be (it raised NoScreen and failed the app once in CI)."""
+    app = make_app(script_run)  # not running: no screen
+    app._focus_pane("overview")
+
+    async def go() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.snapshot is not None, "a snapshot")
+        app._focus_pane("overview")  # torn down
+
+    run(go())
+
+
 def test_metric_cycles_through_every_scalar_and_lr_by_optimizer(script_run: Path) -> None:
     async def go() -> None:
         app = make_app(script_run)

@@ -182,7 +182,11 @@ class DltuiApp(App[int]):
         self._focus_pane(event.pane.id or "")
 
     def _focus_pane(self, tab: str) -> None:
-        # query, not query_one: at start-up TabbedContent may not have mounted its panes yet
+        # query, not query_one: at start-up TabbedContent may not have mounted its panes yet;
+        # a TabActivated may also arrive while the app comes up or is torn down, with no screen
+        # (seen once in the suite: NoScreen from this handler failed the app)
+        if not self.header.is_attached:
+            return
         for pane in self.header.screen.query(f"TabPane#{tab}"):
             focus_first(pane)
 
