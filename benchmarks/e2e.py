@@ -110,6 +110,12 @@ def timed(argv: list[str], env: dict | None = None) -> tuple[float, float]:
     return wall, cpu
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields after the command name (state, ppid, ...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def _tree(root: int) -> list[int]:
     """root and every process descended from it (the CLI's engine runs in its own session, so a
     process group would miss it): from /proc's parent links."""
@@ -117,8 +123,7 @@ def _tree(root: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                ppid = int(_stat_fields(entry)[1])
             except (OSError, ValueError, IndexError):
                 continue  # gone meanwhile
             children.setdefault(ppid, []).append(int(entry))
@@ -132,8 +137,7 @@ def _tree(root: int) -> list[int]:
 
 def _state(pid: int) -> str:
     """A process's state letter (R, S, T: stopped, ...) from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
+    return _stat_fields(pid)[0]
 
 
 def _signal_tree(root: int, sig: int) -> None:
@@ -200,6 +204,12 @@ def sliced(argvs: list[list[str]], slot: float, envs: list[dict | None]) -> list
     return ran
 
 
+def _rate(steps: int, t_long: float, t_short: float) -> float:
+    """Steps per second of the long run's extra steps (nan: a long run no slower than the short
+    one is noise, not a rate)."""
+    return steps / (t_long - t_short) if t_long > t_short else math.nan
+
+
 def measure(
     rounds: int,
     short: int,
@@ -234,7 +244,7 @@ def measure(
             walls[steps] = sliced(argvs, slot, [env(n) for n in order])
         extra = long - short
         return {
-            n: (extra / (w2 - w1) if w2 > w1 else math.nan, math.nan)
+            n: (_rate(extra, w2, w1), math.nan)
             for n, w2, w1 in zip(order, walls[long], walls[short], strict=True)
         }
 
@@ -254,11 +264,7 @@ def measure(
                 for name in order:
                     w1, c1 = run(name, files, short)
                     w2, c2 = run(name, files, long)
-                    extra = long - short  # a long run no slower than the short: noise
-                    got[name] = (
-                        extra / (w2 - w1) if w2 > w1 else math.nan,
-                        extra / (c2 - c1) if c2 > c1 else math.nan,
-                    )
+                    got[name] = (_rate(long - short, w2, w1), _rate(long - short, c2, c1))
             for name in order:
                 rates[name].append(got[name])
             ratios = "  ".join(f"{n} {got[n][0] / got[names[0]][0]:.3f}" for n in names[1:])

@@ -121,7 +121,7 @@ class LayerStats:
         self.params = [p for _, p in named]
         self._groups: list[_Group] | None = None
         self._pending: list[tuple] | None = None  # per group, what before_step() computed
-        self._segments: dict[tuple, torch.Tensor] = {}  # _segment_index()'s, by sizes
+        self._segments: dict[tuple, torch.Tensor] = {}  # histograms' segment index, by sizes
 
     def __len__(self) -> int:
         return len(self.params)
@@ -205,6 +205,7 @@ class LayerStats:
             numel = [self.params[i].numel() for i in g.idx]
             grad_row = {j: r for r, j in enumerate(hv)}
             for j, i in enumerate(g.idx):
+                size = g.sizes[j]  # of its samples (0: a zero-element parameter)
                 w = _moments(norms[j], sums[j], ext[2 * j], ext[2 * j + 1], numel[j])
                 nonfinite = 0.0 if math.isfinite(norms[j]) else 1.0
                 r = grad_row.get(j)
@@ -213,25 +214,15 @@ class LayerStats:
                 else:
                     e = k + r
                     grad = _moments(norms[e], sums[e], ext[2 * e], ext[2 * e + 1], numel[j])
-                    size = g.sizes[j]
                     grad.append(1 - nonzero[r] / size if size else math.nan)  # the zero fraction
                     nonfinite += 0.0 if math.isfinite(norms[e]) else 1.0
-                ratio = update[j] / max(weight[j], 1e-12) if g.sizes[j] else math.nan
+                ratio = update[j] / max(weight[j], 1e-12) if size else math.nan
                 out[i] = [*w, *grad, nonfinite, ratio]
         return out
 
     def read(self, raw: tuple[torch.Tensor, list[list[int]]] | None) -> list[list[float]] | None:
         """rows() of after_step()'s result, read back now (on CUDA: a host sync)."""
         return None if raw is None else self.rows(raw[0].tolist(), raw[1])
-
-    def _segment_index(self, sizes: tuple[int, ...]) -> torch.Tensor:
-        """[sum(sizes)] int64: i at the positions of the i-th of tensors of these sizes laid end
-        to end (the same sizes come at every call: built once)."""
-        seg = self._segments.get(sizes)
-        if seg is None:
-            seg = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes, dtype=torch.long))
-            self._segments[sizes] = seg
-        return seg
 
     def _nonzero(self, samples: list[torch.Tensor], device: torch.device) -> torch.Tensor:
         """[len(samples)] float32: each sample's count of non-zero elements. On the CPU
@@ -251,7 +242,11 @@ class LayerStats:
         sample: at the histogram interval a small op's call costs more than its arithmetic.
         None if a sample holds a NaN or inf (its range says so; nothing is binned then)."""
         k = len(samples)
-        seg = self._segment_index(tuple(x.numel() for x in samples))
+        sizes = tuple(x.numel() for x in samples)
+        seg = self._segments.get(sizes)
+        if seg is None:  # which sample each element is: the same sizes at every call
+            seg = torch.arange(k).repeat_interleave(torch.tensor(sizes, dtype=torch.long))
+            self._segments[sizes] = seg
         flat = torch.cat(samples)
         lo = flat.new_full((k,), math.inf).scatter_reduce_(0, seg, flat, "amin")
         hi = flat.new_full((k,), -math.inf).scatter_reduce_(0, seg, flat, "amax")

@@ -479,7 +479,6 @@ class RunStore:
 
     def _write(self, db: sqlite3.Connection, items: list[Record]) -> None:
         scalar_rows: list = []  # the rows' values, flat: 5 a row (see _insert_rows)
-        put = scalar_rows.extend
         first = last = None  # the steps the scalar rows span
         for rec in items:
             if isinstance(rec, Scalars):
@@ -489,7 +488,7 @@ class RunStore:
                     if sids is None:
                         sids = self._sids[key] = [self._series_id(db, n, rec.phase) for n in values]
                     row = zip(sids, repeat(step), repeat(epoch), repeat(wall), values.values())
-                    put(chain.from_iterable(row))  # (iterated in C: no Python per value)
+                    scalar_rows.extend(chain.from_iterable(row))  # (in C: no Python per value)
                     if first is None or step < first:
                         first = step
                     if last is None or step > last:
@@ -497,7 +496,6 @@ class RunStore:
             elif isinstance(rec, Truncate):
                 self._flush_scalars(db, scalar_rows, first, last)
                 scalar_rows, first, last = [], None, None
-                put = scalar_rows.extend
                 self._truncate(db, rec.step)
             else:
                 self._writers[type(rec)](db, rec)  # Meta, Params, Event, ...
